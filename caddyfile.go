@@ -1,0 +1,237 @@
+package webhookguard
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("webhook_guard", parseCaddyfile)
+	// Ordering the directive here lets a plain site block use it without
+	// an order option; it must see the body before reverse_proxy sends it.
+	httpcaddyfile.RegisterDirectiveOrder("webhook_guard", httpcaddyfile.Before, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(Handler)
+	err := m.UnmarshalCaddyfile(h.Dispenser)
+	return m, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	webhook_guard [<matcher>] {
+//	    # one line per verifier; a request passes when any accepts it
+//	    verify <kapso|meta|hmac|standard> <secret...>
+//	    verify <scheme> [<secret...>] {
+//	        secret    <secret...>
+//	        header    <name>                # hmac only, required there
+//	        prefix    <prefix>              # hmac only
+//	        encoding  hex|base64            # hmac only, default hex
+//	        algorithm sha256|sha512|sha1    # hmac only, default sha256
+//	        tolerance <duration>            # standard only, default 5m
+//	    }
+//	    max_body <size>                     # default 5MB
+//	    dedupe [{
+//	        key            <placeholder>    # default {http.request.header.X-Idempotency-Key}
+//	        capacity       <n>              # default 100000
+//	        ttl            <duration>       # default 24h
+//	        wait           <duration>       # default 8s
+//	        lease          <duration>       # default 5m
+//	        scope          <name>           # default "default"
+//	        redis          <url>            # default: in memory
+//	        prefix         <prefix>         # default "webhookguard:"
+//	        on_store_error pass|reject      # default pass
+//	    }]
+//	    unbatch [{
+//	        max_items <n>                   # default 1000
+//	    }]
+//	    forward_secret <secret>
+//	}
+//
+// Secrets may be {env.NAME} or {file./path} placeholders, resolved when
+// the config is loaded and never written into the JSON config.
+func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "verify":
+			err = m.unmarshalVerify(d)
+		case "max_body":
+			err = parseSize(d, &m.MaxBody)
+		case "dedupe":
+			if m.Dedupe != nil {
+				return d.Err("dedupe given twice")
+			}
+			m.Dedupe = new(Dedupe)
+			err = m.Dedupe.unmarshalCaddyfile(d)
+		case "unbatch":
+			if m.Unbatch != nil {
+				return d.Err("unbatch given twice")
+			}
+			m.Unbatch = new(Unbatch)
+			err = m.Unbatch.unmarshalCaddyfile(d)
+		case "forward_secret":
+			err = parseString(d, &m.ForwardSecret)
+		default:
+			return d.Errf("unrecognized subdirective %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Handler) unmarshalVerify(d *caddyfile.Dispenser) error {
+	if !d.NextArg() {
+		return d.Err("verify needs a scheme: kapso, meta, hmac or standard")
+	}
+	v := &Verifier{Scheme: d.Val(), Secrets: d.RemainingArgs()}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "secret", "secrets":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			v.Secrets = append(v.Secrets, args...)
+		case "header":
+			err = parseString(d, &v.Header)
+		case "prefix":
+			err = parseString(d, &v.Prefix)
+		case "encoding":
+			err = parseString(d, &v.Encoding)
+		case "algorithm":
+			err = parseString(d, &v.Algorithm)
+		case "tolerance":
+			err = parseDuration(d, &v.Tolerance)
+		default:
+			return d.Errf("unrecognized verify option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(v.Secrets) == 0 {
+		return d.Errf("verify %s needs at least one secret", v.Scheme)
+	}
+	m.Verify = append(m.Verify, v)
+	return nil
+}
+
+func (dd *Dedupe) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "key":
+			err = parseString(d, &dd.Key)
+		case "capacity":
+			err = parseInt(d, &dd.Capacity)
+		case "ttl":
+			err = parseDuration(d, &dd.TTL)
+		case "wait":
+			err = parseDuration(d, &dd.Wait)
+		case "lease":
+			err = parseDuration(d, &dd.Lease)
+		case "scope":
+			err = parseString(d, &dd.Scope)
+		case "redis":
+			err = parseString(d, &dd.Redis)
+		case "prefix":
+			err = parseString(d, &dd.Prefix)
+		case "on_store_error":
+			err = parseString(d, &dd.OnStoreError)
+		default:
+			return d.Errf("unrecognized dedupe option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (u *Unbatch) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "max_items":
+			if err := parseInt(d, &u.MaxItems); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized unbatch option %q", d.Val())
+		}
+	}
+	return nil
+}
+
+// parseString reads exactly one argument.
+func parseString(d *caddyfile.Dispenser, dst *string) error {
+	if !d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	return nil
+}
+
+func parseInt(d *caddyfile.Dispenser, dst *int) error {
+	var s string
+	if err := parseString(d, &s); err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return d.Errf("%s: want a non-negative whole number, got %q", d.Val(), s)
+	}
+	*dst = n
+	return nil
+}
+
+func parseSize(d *caddyfile.Dispenser, dst *int64) error {
+	var s string
+	if err := parseString(d, &s); err != nil {
+		return err
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n == 0 {
+		return d.Errf("bad size %q: %v", s, err)
+	}
+	*dst = int64(n)
+	return nil
+}
+
+func parseDuration(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	var s string
+	if err := parseString(d, &s); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("bad duration %q: %v", s, err)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,324 @@
+package webhookguard
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// Dedupe defaults. The wait stays below Kapso's 10 s answer deadline so
+// that a waiting duplicate is still answered in time.
+const (
+	defaultCapacity = 100000
+	defaultTTL      = 24 * time.Hour
+	defaultWait     = 8 * time.Second
+	defaultLease    = 5 * time.Minute
+	defaultScope    = "default"
+	defaultKey      = "{http.request.header.X-Idempotency-Key}"
+	defaultPrefix   = "webhookguard:"
+
+	storeErrorPass   = "pass"
+	storeErrorReject = "reject"
+)
+
+// Dedupe makes each delivery reach the upstream once. A delivery's keys
+// are its idempotency key (the X-Idempotency-Key header by default, else
+// the SHA-256 of the body) and, for Kapso message events, the content key
+// "<event>:<message.id>", which also recognises Kapso's individual
+// redelivery of an item that first arrived in a batch. A delivery is a
+// duplicate when any of its keys is committed.
+//
+// Keys are claimed before forwarding and committed only once the upstream
+// answered 2xx; on any other answer they are released, the upstream's
+// answer goes back unchanged and the sender's retry is forwarded again.
+// A duplicate of a committed delivery is answered 200
+// {"status":"duplicate"} with X-Webhook-Duplicate: true. A duplicate of a
+// delivery still in flight waits for it (up to Wait): if the first
+// succeeds it is a duplicate, if the first fails it is forwarded in its
+// place, and if it is still unresolved it is answered 409 with Retry-After.
+type Dedupe struct {
+	// Key is the idempotency key, usually a placeholder. When it evaluates
+	// empty, the SHA-256 of the raw body is used instead.
+	// Default: {http.request.header.X-Idempotency-Key}.
+	Key string `json:"key,omitempty"`
+
+	// Capacity bounds the number of committed keys kept in memory; the
+	// least recently used are forgotten first. Ignored with Redis.
+	// Default: 100000.
+	Capacity int `json:"capacity,omitempty"`
+
+	// TTL is how long a committed key is remembered. Default: 24h.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+
+	// Wait is how long a duplicate of a delivery still in flight waits for
+	// the first one to finish before it is answered 409. Default: 8s.
+	Wait caddy.Duration `json:"wait,omitempty"`
+
+	// Lease is how long a claim on a key in Redis lasts if the instance
+	// that made it dies before committing or releasing it. Default: 5m.
+	Lease caddy.Duration `json:"lease,omitempty"`
+
+	// Scope names the store. Handlers with the same scope share their
+	// keys; handlers with different scopes never see each other's keys.
+	// In memory, the store outlives config reloads. Default: "default".
+	Scope string `json:"scope,omitempty"`
+
+	// Redis is a redis:// or rediss:// URL. When set, keys are kept in
+	// Redis, so several Caddy instances share them. Default: in memory.
+	Redis string `json:"redis,omitempty"`
+
+	// Prefix starts every Redis key; the scope follows it.
+	// Default: "webhookguard:".
+	Prefix string `json:"prefix,omitempty"`
+
+	// OnStoreError says what happens when the store cannot be reached:
+	// "pass" forwards the delivery without deduplication (and logs it),
+	// "reject" answers 503 so that the sender retries later.
+	// Default: pass.
+	OnStoreError string `json:"on_store_error,omitempty"`
+
+	store   store
+	poolKey string
+	ttl     time.Duration
+	wait    time.Duration
+	lease   time.Duration
+	logger  *zap.Logger
+}
+
+// store is where claims and committed keys live.
+type store interface {
+	// claim takes every key for the caller unless one of them is committed
+	// (duplicate) or claimed by another delivery (busy). A busy result may
+	// come with a channel that is closed when that claim is resolved.
+	claim(ctx context.Context, keys []storeKey) (claimResult, error)
+	commit(ctx context.Context, c *claim) error
+	release(ctx context.Context, c *claim) error
+}
+
+// storeKey is a fixed-size digest of a dedupe key: keys come from senders
+// and may be long, and a fixed size keeps the memory per key bounded.
+type storeKey [16]byte
+
+func newStoreKey(s string) storeKey {
+	sum := sha256.Sum256([]byte(s))
+	var k storeKey
+	copy(k[:], sum[:])
+	return k
+}
+
+type claimResult struct {
+	state outcome
+	claim *claim
+	wait  <-chan struct{}
+}
+
+// claim is one delivery's hold on its keys.
+type claim struct {
+	keys  []storeKey
+	token string
+	done  chan struct{}
+}
+
+type outcome int
+
+const (
+	outcomeOwned outcome = iota
+	outcomeDuplicate
+	outcomeBusy
+	outcomeStoreDown
+)
+
+func (d *Dedupe) provision(ctx caddy.Context, logger *zap.Logger) error {
+	d.logger = logger
+	if d.Key == "" {
+		d.Key = defaultKey
+	}
+	if d.Capacity <= 0 {
+		d.Capacity = defaultCapacity
+	}
+	d.ttl = durationOr(d.TTL, defaultTTL)
+	d.wait = durationOr(d.Wait, defaultWait)
+	d.lease = durationOr(d.Lease, defaultLease)
+	if d.Scope == "" {
+		d.Scope = defaultScope
+	}
+	if d.Prefix == "" {
+		d.Prefix = defaultPrefix
+	}
+	if d.OnStoreError == "" {
+		d.OnStoreError = storeErrorPass
+	}
+	if d.Redis != "" {
+		return d.provisionRedis(ctx)
+	}
+	return d.provisionMemory()
+}
+
+func durationOr(v caddy.Duration, def time.Duration) time.Duration {
+	if v > 0 {
+		return time.Duration(v)
+	}
+	return def
+}
+
+func (d *Dedupe) validate() error {
+	switch d.OnStoreError {
+	case storeErrorPass, storeErrorReject:
+	default:
+		return fmt.Errorf("on_store_error must be pass or reject, not %q", d.OnStoreError)
+	}
+	if d.Redis != "" && !strings.HasPrefix(d.Redis, "redis://") && !strings.HasPrefix(d.Redis, "rediss://") &&
+		!strings.HasPrefix(d.Redis, "unix://") && !strings.Contains(d.Redis, "{") {
+		return errors.New("redis must be a redis://, rediss:// or unix:// URL")
+	}
+	return nil
+}
+
+func (d *Dedupe) cleanup() error {
+	if d.poolKey == "" {
+		return nil
+	}
+	_, err := stores.Delete(d.poolKey)
+	d.poolKey = ""
+	return err
+}
+
+func (d *Dedupe) rejectOnStoreError() bool { return d.OnStoreError == storeErrorReject }
+
+func (d *Dedupe) retryAfter() string {
+	return strconv.Itoa(max(1, int(math.Ceil(d.wait.Seconds()))))
+}
+
+// deliveryKeyset is the set of keys one delivery is known by.
+type deliveryKeyset struct {
+	primary string
+	content string
+}
+
+func (k deliveryKeyset) all() []string {
+	if k.content == "" {
+		return []string{"id:" + k.primary}
+	}
+	return []string{"id:" + k.primary, "content:" + k.content}
+}
+
+// deliveryKeys works out the keys of a single (non-batched) delivery.
+func (d *Dedupe) deliveryKeys(r *http.Request, repl *caddy.Replacer, event string, body []byte) deliveryKeyset {
+	return deliveryKeyset{primary: d.primaryKey(repl, body), content: contentKey(event, body)}
+}
+
+// primaryKey evaluates the configured key, falling back to the body's
+// SHA-256 (raw Meta deliveries carry no idempotency header).
+func (d *Dedupe) primaryKey(repl *caddy.Replacer, body []byte) string {
+	if k := repl.ReplaceAll(d.Key, ""); k != "" {
+		return k
+	}
+	sum := sha256.Sum256(body)
+	return "sha256:" + encodeHex(sum[:])
+}
+
+// contentKey is "<event>:<message.id>" for a Kapso message event. Status
+// events (sent, delivered, read, failed) share the message id, so the
+// event is part of the key.
+func contentKey(event string, item []byte) string {
+	if !strings.HasPrefix(event, "whatsapp.message.") {
+		return ""
+	}
+	v, ok := fieldPath(item, "message", "id")
+	if !ok {
+		return ""
+	}
+	id, ok := stringValue(item, v)
+	if !ok || id == "" {
+		return ""
+	}
+	return event + ":" + id
+}
+
+// acquire claims keys for one delivery, waiting while another delivery
+// with a shared key is in flight.
+func (d *Dedupe) acquire(ctx context.Context, names []string) (*claim, outcome) {
+	keys := make([]storeKey, len(names))
+	for i, n := range names {
+		keys[i] = newStoreKey(n)
+	}
+	deadline := time.Now().Add(d.wait)
+	poll := 20 * time.Millisecond
+	for {
+		res, err := d.store.claim(ctx, keys)
+		if err != nil {
+			d.logger.Warn("dedupe store unreachable", zap.String("scope", d.Scope),
+				zap.String("on_store_error", d.OnStoreError), zap.Error(err))
+			return nil, outcomeStoreDown
+		}
+		if res.state != outcomeBusy {
+			return res.claim, res.state
+		}
+		remaining := time.Until(deadline)
+		if remaining <= 0 {
+			return nil, outcomeBusy
+		}
+		if !waitForRelease(ctx, res.wait, min(remaining, poll)) {
+			return nil, outcomeBusy
+		}
+		poll = min(poll*2, 250*time.Millisecond)
+	}
+}
+
+// waitForRelease sleeps until the other claim is resolved (when the store
+// can tell), the poll interval passes, or the request is cancelled.
+func waitForRelease(ctx context.Context, resolved <-chan struct{}, poll time.Duration) bool {
+	t := time.NewTimer(poll)
+	defer t.Stop()
+	if resolved == nil {
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	select {
+	case <-resolved:
+		return true
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// commit marks a delivered event's keys; it runs on a context of its own
+// so that a sender hanging up after delivery cannot stop the commit.
+func (d *Dedupe) commit(c *claim) {
+	if c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.store.commit(ctx, c); err != nil {
+		d.logger.Error("dedupe commit failed: a retry of this delivery may be forwarded again",
+			zap.String("scope", d.Scope), zap.Error(err))
+	}
+}
+
+func (d *Dedupe) release(c *claim) {
+	if c == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.store.release(ctx, c); err != nil {
+		d.logger.Warn("dedupe release failed: the claim lapses when its lease ends",
+			zap.String("scope", d.Scope), zap.Error(err))
+	}
+}

@@ -1,0 +1,301 @@
+package webhookguard
+
+import (
+	"encoding/json"
+	"errors"
+)
+
+// A small JSON scanner that finds values inside a body without decoding it.
+// Batch items must be forwarded as the exact bytes that were signed, and
+// the dedupe key of a delivery needs one string out of a document that may
+// be megabytes long; decoding into maps would cost both copies and time.
+// Every function takes the position of the first byte to look at and
+// returns positions into the same slice. Malformed input yields
+// errMalformedJSON, never a panic.
+
+var errMalformedJSON = errors.New("malformed JSON")
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+			i++
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// skipValue returns the position just after the value that starts at i
+// (after optional white space).
+func skipValue(b []byte, i int) (int, error) {
+	return skipValueDepth(b, skipSpace(b, i), 0)
+}
+
+// maxDepth bounds nesting so that a hostile body cannot exhaust the stack.
+const maxDepth = 512
+
+func skipValueDepth(b []byte, i, depth int) (int, error) {
+	if i >= len(b) {
+		return 0, errMalformedJSON
+	}
+	switch c := b[i]; {
+	case c == '"':
+		return skipString(b, i)
+	case c == '{' || c == '[':
+		if depth >= maxDepth {
+			return 0, errMalformedJSON
+		}
+		return skipContainer(b, i, depth)
+	case c == 't':
+		return skipLiteral(b, i, "true")
+	case c == 'f':
+		return skipLiteral(b, i, "false")
+	case c == 'n':
+		return skipLiteral(b, i, "null")
+	case c == '-' || ('0' <= c && c <= '9'):
+		return skipNumber(b, i)
+	}
+	return 0, errMalformedJSON
+}
+
+func skipLiteral(b []byte, i int, lit string) (int, error) {
+	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {
+		return 0, errMalformedJSON
+	}
+	return i + len(lit), nil
+}
+
+func skipNumber(b []byte, i int) (int, error) {
+	start := i
+	for i < len(b) {
+		switch c := b[i]; {
+		case '0' <= c && c <= '9', c == '-', c == '+', c == '.', c == 'e', c == 'E':
+			i++
+		default:
+			return i, checkNumber(b[start:i])
+		}
+	}
+	return i, checkNumber(b[start:i])
+}
+
+func checkNumber(n []byte) error {
+	var num json.Number
+	if len(n) == 0 || json.Unmarshal(n, &num) != nil {
+		return errMalformedJSON
+	}
+	return nil
+}
+
+// skipString returns the position after the closing quote of the string
+// starting at b[i] == '"'.
+func skipString(b []byte, i int) (int, error) {
+	for j := i + 1; j < len(b); j++ {
+		switch b[j] {
+		case '\\':
+			j++
+		case '"':
+			return j + 1, nil
+		default:
+			if b[j] < 0x20 {
+				return 0, errMalformedJSON
+			}
+		}
+	}
+	return 0, errMalformedJSON
+}
+
+func skipContainer(b []byte, i, depth int) (int, error) {
+	closing := byte('}')
+	if b[i] == '[' {
+		closing = ']'
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == closing {
+		return i + 1, nil
+	}
+	for {
+		var err error
+		if closing == '}' {
+			if i >= len(b) || b[i] != '"' {
+				return 0, errMalformedJSON
+			}
+			if i, err = skipString(b, i); err != nil {
+				return 0, err
+			}
+			i = skipSpace(b, i)
+			if i >= len(b) || b[i] != ':' {
+				return 0, errMalformedJSON
+			}
+			i = skipSpace(b, i+1)
+		}
+		if i, err = skipValueDepth(b, i, depth+1); err != nil {
+			return 0, err
+		}
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return 0, errMalformedJSON
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case closing:
+			return i + 1, nil
+		default:
+			return 0, errMalformedJSON
+		}
+	}
+}
+
+// span is a [start,end) range of a value inside a body.
+type span struct{ start, end int }
+
+// objectField finds the value of key in the object that starts at i. Keys
+// are compared after unescaping, so "\u0064ata" finds "data". When a key
+// repeats, the last occurrence wins, as it does for JSON.parse.
+func objectField(b []byte, i int, key string) (span, bool, error) {
+	var found span
+	ok := false
+	err := eachField(b, i, func(k []byte, v span) error {
+		if keyEquals(k, key) {
+			found, ok = v, true
+		}
+		return nil
+	})
+	return found, ok, err
+}
+
+// eachField calls fn with the raw (quoted) key and the value span of every
+// member of the object starting at i.
+func eachField(b []byte, i int, fn func(key []byte, v span) error) error {
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != '{' {
+		return errNotObject
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return nil
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return errMalformedJSON
+		}
+		kEnd, err := skipString(b, i)
+		if err != nil {
+			return err
+		}
+		key := b[i:kEnd]
+		i = skipSpace(b, kEnd)
+		if i >= len(b) || b[i] != ':' {
+			return errMalformedJSON
+		}
+		vStart := skipSpace(b, i+1)
+		vEnd, err := skipValueDepth(b, vStart, 1)
+		if err != nil {
+			return err
+		}
+		if err := fn(key, span{vStart, vEnd}); err != nil {
+			return err
+		}
+		i = skipSpace(b, vEnd)
+		if i >= len(b) {
+			return errMalformedJSON
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case '}':
+			return nil
+		default:
+			return errMalformedJSON
+		}
+	}
+}
+
+var (
+	errNotObject = errors.New("not a JSON object")
+	errNotArray  = errors.New("not a JSON array")
+)
+
+// arrayItems returns the span of every element of the array starting at i.
+func arrayItems(b []byte, i int) ([]span, error) {
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != '[' {
+		return nil, errNotArray
+	}
+	var items []span
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return items, nil
+	}
+	for {
+		end, err := skipValueDepth(b, i, 1)
+		if err != nil {
+			return nil, err
+		}
+		items = append(items, span{i, end})
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return nil, errMalformedJSON
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case ']':
+			return items, nil
+		default:
+			return nil, errMalformedJSON
+		}
+	}
+}
+
+// keyEquals compares a raw quoted key with an unescaped name.
+func keyEquals(raw []byte, name string) bool {
+	inner := raw[1 : len(raw)-1]
+	if !containsByte(inner, '\\') {
+		return string(inner) == name
+	}
+	var s string
+	return json.Unmarshal(raw, &s) == nil && s == name
+}
+
+func containsByte(b []byte, c byte) bool {
+	for _, x := range b {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}
+
+// stringValue decodes the JSON string in v, reporting false when v is not
+// a string.
+func stringValue(b []byte, v span) (string, bool) {
+	raw := b[v.start:v.end]
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", false
+	}
+	inner := raw[1 : len(raw)-1]
+	if !containsByte(inner, '\\') {
+		return string(inner), true
+	}
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
+// fieldPath follows object keys from the top-level value of b.
+func fieldPath(b []byte, path ...string) (span, bool) {
+	cur := span{skipSpace(b, 0), len(b)}
+	for _, key := range path {
+		v, ok, err := objectField(b, cur.start, key)
+		if err != nil || !ok {
+			return span{}, false
+		}
+		cur = v
+	}
+	return cur, true
+}

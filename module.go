@@ -1,0 +1,334 @@
+// Package webhookguard is a Caddy HTTP middleware that sits in front of any
+// app receiving signed webhooks (Kapso, Meta WhatsApp, generic HMAC,
+// Standard Webhooks). It verifies the signature over the exact bytes
+// received, deduplicates deliveries so each event reaches the app once,
+// splits Kapso batched deliveries into ordered individual requests and can
+// answer Meta's subscription handshake, all before the request reaches the
+// next handler (normally reverse_proxy).
+package webhookguard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Headers the gateway sets on what it forwards. A client could send any of
+// them to fool the upstream, so every one is removed from the incoming
+// request before anything else happens.
+const (
+	headerVerified       = "X-Webhook-Verified"
+	headerDuplicate      = "X-Webhook-Duplicate"
+	headerNormalized     = "X-Webhook-Normalized"
+	headerBatchID        = "X-Webhook-Batch-Id"
+	headerBatchIndex     = "X-Webhook-Batch-Index"
+	headerBatchCount     = "X-Webhook-Batch-Count"
+	headerConversationID = "X-Webhook-Conversation-Id"
+	headerSequence       = "X-Webhook-Sequence"
+
+	headerEvent          = "X-Webhook-Event"
+	headerIdempotencyKey = "X-Idempotency-Key"
+	headerKapsoSignature = "X-Webhook-Signature"
+)
+
+var gatewayHeaders = []string{
+	headerVerified, headerDuplicate, headerNormalized, headerBatchID,
+	headerBatchIndex, headerBatchCount, headerConversationID, headerSequence,
+}
+
+// defaultMaxBody is above Meta's documented 3 MB payload limit.
+const defaultMaxBody = 5 * 1000 * 1000
+
+// Handler verifies, deduplicates and unbatches webhook deliveries before they
+// reach the next handler.
+//
+// A request whose signature is missing or wrong is answered 401 with a JSON
+// body {"error":"invalid_signature","message":"..."}; a body over max_body is
+// answered 413. Neither reaches the next handler. An accepted request is
+// passed on with its body byte-for-byte unchanged and the header
+// X-Webhook-Verified set to the scheme that accepted it.
+//
+// Placeholders set for later handlers and logs:
+//
+//	{http.webhook.verified}         the scheme that accepted the request
+//	{http.webhook.event}            the X-Webhook-Event header (or a batch's type)
+//	{http.webhook.idempotency_key}  the delivery's dedupe key
+//	{http.webhook.duplicate}        "true" when answered as a duplicate
+//	{http.webhook.batch_index}      0-based index of a batch item
+//	{http.webhook.batch_count}      number of items in the batch
+type Handler struct {
+	// Verify lists the signature verifiers. A request passes when any one
+	// of them accepts it. At least one is required: a handler without
+	// verifiers fails validation rather than running open.
+	Verify []*Verifier `json:"verify,omitempty"`
+
+	// MaxBody is the largest request body, in bytes, that is read and
+	// verified. Larger bodies are answered 413, before reading when the
+	// Content-Length says so. Default: 5MB.
+	MaxBody int64 `json:"max_body,omitempty"`
+
+	// Dedupe turns on deduplication of deliveries when set. Default: off
+	// (but see Unbatch).
+	Dedupe *Dedupe `json:"dedupe,omitempty"`
+
+	// Unbatch turns a Kapso batched delivery into ordered individual
+	// forwards when set. It needs a dedupe store to deliver each item
+	// exactly once, so it turns on Dedupe with its defaults when Dedupe is
+	// not set. Default: off.
+	Unbatch *Unbatch `json:"unbatch,omitempty"`
+
+	// ForwardSecret, when set, re-signs every body the gateway rewrote or
+	// split with X-Webhook-Signature: hex(HMAC-SHA256(forward_secret,
+	// body)), so an upstream that verifies Kapso signatures keeps working.
+	// Accepts {env.*} and {file.*} placeholders. Default: none (rewritten
+	// bodies carry no signature).
+	ForwardSecret string `json:"forward_secret,omitempty"`
+
+	forwardKey *macKey
+	maxBody    int64
+	logger     *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.webhook_guard",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves secrets, sets defaults and attaches the dedupe store.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	h.maxBody = h.MaxBody
+	if h.maxBody <= 0 {
+		h.maxBody = defaultMaxBody
+	}
+	repl := caddy.NewReplacer()
+	for i, v := range h.Verify {
+		if v == nil {
+			return fmt.Errorf("verify[%d]: empty verifier", i)
+		}
+		if err := v.provision(repl); err != nil {
+			return fmt.Errorf("verify[%d] (%s): %w", i, v.Scheme, err)
+		}
+	}
+	if h.ForwardSecret != "" {
+		secret, err := resolveSecret(repl, h.ForwardSecret)
+		if err != nil {
+			return fmt.Errorf("forward_secret: %w", err)
+		}
+		h.forwardKey = newMacKey(hashSHA256, []byte(secret))
+	}
+	if h.Unbatch != nil {
+		h.Unbatch.provision()
+		if h.Dedupe == nil {
+			h.logger.Info("unbatch needs a dedupe store to deliver each item once; using an in-memory store with defaults")
+			h.Dedupe = new(Dedupe)
+		}
+	}
+	if h.Dedupe != nil {
+		if err := h.Dedupe.provision(ctx, h.logger); err != nil {
+			return fmt.Errorf("dedupe: %w", err)
+		}
+	}
+	return nil
+}
+
+// Validate checks the provisioned configuration without changing it.
+func (h *Handler) Validate() error {
+	if len(h.Verify) == 0 {
+		return errors.New("webhook_guard needs at least one verify: it never forwards unverified requests")
+	}
+	for i, v := range h.Verify {
+		if err := v.validate(); err != nil {
+			return fmt.Errorf("verify[%d] (%s): %w", i, v.Scheme, err)
+		}
+	}
+	if h.Dedupe != nil {
+		if err := h.Dedupe.validate(); err != nil {
+			return fmt.Errorf("dedupe: %w", err)
+		}
+	}
+	if h.Unbatch != nil && h.Unbatch.MaxItems < 0 {
+		return errors.New("unbatch: max_items must not be negative")
+	}
+	return nil
+}
+
+// Cleanup releases the dedupe store. It is safe on a handler whose
+// provisioning failed half-way.
+func (h *Handler) Cleanup() error {
+	if h.Dedupe != nil {
+		return h.Dedupe.cleanup()
+	}
+	return nil
+}
+
+// ServeHTTP runs the pipeline: strip spoofable headers, read and verify the
+// body, then unbatch or deduplicate and forward.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	for _, name := range gatewayHeaders {
+		r.Header.Del(name)
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	event := r.Header.Get(headerEvent)
+	repl.Set("http.webhook.event", event)
+
+	body, err := h.readBody(w, r)
+	if err != nil {
+		return h.rejectBody(w, r, event, err)
+	}
+	defer body.release()
+
+	scheme, verr := h.verify(r, body.bytes())
+	if verr != nil {
+		h.logRejection(r, event, "invalid_signature", verr.reason)
+		return writeJSONError(w, http.StatusUnauthorized, "invalid_signature", verr.message)
+	}
+	r.Header.Set(headerVerified, scheme)
+	repl.Set("http.webhook.verified", scheme)
+
+	d := &delivery{h: h, w: w, r: r, next: next, repl: repl, body: body, event: event, scheme: scheme}
+	if h.Unbatch != nil && isBatch(r, body.bytes()) {
+		return d.serveBatch()
+	}
+	return d.serveSingle()
+}
+
+// delivery carries one verified request through dedupe and forwarding.
+type delivery struct {
+	h      *Handler
+	w      http.ResponseWriter
+	r      *http.Request
+	next   caddyhttp.Handler
+	repl   *caddy.Replacer
+	body   *pooledBody
+	event  string
+	scheme string
+
+	batchKey string
+}
+
+// serveSingle forwards one delivery, deduplicated when dedupe is on. The
+// dedupe keys are committed only after the upstream answered 2xx, so a
+// failed delivery can be retried by the sender.
+func (d *delivery) serveSingle() error {
+	if d.h.Dedupe == nil {
+		d.body.attach(d.r)
+		return d.next.ServeHTTP(d.w, d.r)
+	}
+	keys := d.h.Dedupe.deliveryKeys(d.r, d.repl, d.event, d.body.bytes())
+	d.repl.Set("http.webhook.idempotency_key", keys.primary)
+	d.repl.Set("http.webhook.duplicate", "false")
+
+	claim, outcome := d.h.Dedupe.acquire(d.r.Context(), keys.all())
+	switch outcome {
+	case outcomeDuplicate:
+		return d.answerDuplicate()
+	case outcomeBusy:
+		return d.answerBusy()
+	case outcomeStoreDown:
+		if d.h.Dedupe.rejectOnStoreError() {
+			return writeJSONError(d.w, http.StatusServiceUnavailable, "store_unavailable",
+				"the dedupe store is unreachable; retry later")
+		}
+		d.body.attach(d.r)
+		return d.next.ServeHTTP(d.w, d.r)
+	}
+
+	rec := caddyhttp.NewResponseRecorder(d.w, nil, nil)
+	d.body.attach(d.r)
+	err := d.next.ServeHTTP(rec, d.r)
+	if err == nil && isSuccess(rec.Status()) {
+		d.h.Dedupe.commit(claim)
+	} else {
+		d.h.Dedupe.release(claim)
+	}
+	return err
+}
+
+func (d *delivery) answerDuplicate() error {
+	d.repl.Set("http.webhook.duplicate", "true")
+	d.w.Header().Set(headerDuplicate, "true")
+	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "duplicate"})
+}
+
+func (d *delivery) answerBusy() error {
+	d.w.Header().Set("Retry-After", d.h.Dedupe.retryAfter())
+	d.h.logRejection(d.r, d.event, "in_flight", "an identical delivery is still being forwarded")
+	return writeJSONError(d.w, http.StatusConflict, "in_flight",
+		"an identical delivery is still being processed; retry later")
+}
+
+// isSuccess treats a handler that wrote nothing as 200, as net/http does.
+func isSuccess(status int) bool {
+	return status == 0 || (status >= 200 && status < 300)
+}
+
+// rejectBody answers a body that could not be read: 413 when too large,
+// 400 otherwise (for example a client that disconnected mid-body).
+func (h *Handler) rejectBody(w http.ResponseWriter, r *http.Request, event string, err error) error {
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		h.logRejection(r, event, "too_large", "body over max_body")
+		return writeJSONError(w, http.StatusRequestEntityTooLarge, "too_large",
+			fmt.Sprintf("request body is larger than the %s limit", humanize.Bytes(uint64(h.maxBody))))
+	}
+	if errors.Is(err, context.Canceled) {
+		return caddyhttp.Error(499, err)
+	}
+	h.logRejection(r, event, "bad_request", "body could not be read")
+	return writeJSONError(w, http.StatusBadRequest, "bad_request", "request body could not be read")
+}
+
+// logRejection records why a request was refused. Only the reason, the
+// remote address and the (truncated) event name are logged: never a body,
+// a signature or a secret.
+func (h *Handler) logRejection(r *http.Request, event, outcome, reason string) {
+	if c := h.logger.Check(zap.InfoLevel, "webhook rejected"); c != nil {
+		c.Write(
+			zap.String("outcome", outcome),
+			zap.String("reason", reason),
+			zap.String("remote_addr", r.RemoteAddr),
+			zap.String("event", truncate(event, 128)),
+			zap.String("uri", truncate(r.RequestURI, 256)),
+		)
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// hasToken reports whether a comma-separated header value contains tok,
+// case-insensitively.
+func hasToken(value, tok string) bool {
+	for part := range strings.SplitSeq(value, ",") {
+		if strings.EqualFold(strings.TrimSpace(part), tok) {
+			return true
+		}
+	}
+	return false
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

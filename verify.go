@@ -1,0 +1,454 @@
+package webhookguard
+
+import (
+	"crypto/hmac"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"hash"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Signature schemes.
+const (
+	schemeKapso    = "kapso"
+	schemeMeta     = "meta"
+	schemeHMAC     = "hmac"
+	schemeStandard = "standard"
+)
+
+const defaultTolerance = 5 * time.Minute
+
+// now is swapped by tests that need a fixed clock.
+var now = time.Now
+
+// Verifier checks one signature scheme against one or more secrets.
+//
+// Schemes:
+//
+//	kapso     X-Webhook-Signature: hex(HMAC-SHA256(secret, body)); an
+//	          optional "sha256=" prefix is tolerated, hex case is ignored.
+//	meta      X-Hub-Signature-256: sha256=hex(HMAC-SHA256(app secret, body)).
+//	hmac      a configurable header, prefix, encoding and hash.
+//	standard  Standard Webhooks (webhook-id, webhook-timestamp,
+//	          webhook-signature, or the same with an svix- prefix) with a
+//	          whsec_ secret and a timestamp tolerance.
+type Verifier struct {
+	// Scheme is one of "kapso", "meta", "hmac" or "standard". Required.
+	Scheme string `json:"scheme,omitempty"`
+
+	// Secrets are the keys a signature may be made with; a request passes
+	// when it was signed with any of them, so a secret can be rotated
+	// without downtime by listing the old and the new one. Each may be a
+	// {env.NAME} or {file./path} placeholder, resolved at provision time; a
+	// secret that resolves empty is an error. At least one is required.
+	Secrets []string `json:"secrets,omitempty"`
+
+	// Header names the signature header for the hmac scheme. Required for
+	// hmac, ignored by the other schemes.
+	Header string `json:"header,omitempty"`
+
+	// Prefix is stripped from the hmac header value before decoding (for
+	// example "sha256="); a value without it is rejected. Default: none.
+	Prefix string `json:"prefix,omitempty"`
+
+	// Encoding of the hmac signature: "hex" or "base64" (standard or
+	// URL alphabet, with or without padding). Default: hex.
+	Encoding string `json:"encoding,omitempty"`
+
+	// Algorithm of the hmac scheme: "sha256", "sha512" or "sha1".
+	// Default: sha256.
+	Algorithm string `json:"algorithm,omitempty"`
+
+	// Tolerance is how far the standard scheme's webhook-timestamp may be
+	// from the gateway's clock, in either direction. Default: 5m.
+	Tolerance caddy.Duration `json:"tolerance,omitempty"`
+
+	keys      []*macKey
+	header    string
+	tolerance time.Duration
+}
+
+// verifyError says why a request was refused. message goes to the sender;
+// reason goes to the log. Neither may carry a secret or a signature.
+type verifyError struct {
+	missing bool
+	message string
+	reason  string
+}
+
+func (v *Verifier) provision(repl *caddy.Replacer) error {
+	v.Scheme = strings.ToLower(strings.TrimSpace(v.Scheme))
+	v.keys = v.keys[:0]
+	alg := hashSHA256
+	switch v.Scheme {
+	case schemeKapso:
+		v.header = headerKapsoSignature
+	case schemeMeta:
+		v.header = "X-Hub-Signature-256"
+	case schemeHMAC:
+		v.header = v.Header
+		var err error
+		if alg, err = parseAlgorithm(v.Algorithm); err != nil {
+			return err
+		}
+	case schemeStandard:
+		v.header = "Webhook-Signature"
+		v.tolerance = time.Duration(v.Tolerance)
+		if v.tolerance <= 0 {
+			v.tolerance = defaultTolerance
+		}
+	default:
+		return fmt.Errorf("unknown scheme %q (want kapso, meta, hmac or standard)", v.Scheme)
+	}
+	for i, s := range v.Secrets {
+		secret, err := resolveSecret(repl, s)
+		if err != nil {
+			return fmt.Errorf("secret %d: %w", i+1, err)
+		}
+		key := []byte(secret)
+		if v.Scheme == schemeStandard {
+			if key, err = decodeStandardSecret(secret); err != nil {
+				return fmt.Errorf("secret %d: %w", i+1, err)
+			}
+		}
+		v.keys = append(v.keys, newMacKey(alg, key))
+	}
+	return nil
+}
+
+func (v *Verifier) validate() error {
+	if len(v.Secrets) == 0 {
+		return errors.New("at least one secret is required")
+	}
+	if v.Scheme == schemeHMAC && v.Header == "" {
+		return errors.New("the hmac scheme needs a header")
+	}
+	if v.Scheme == schemeHMAC {
+		switch strings.ToLower(v.Encoding) {
+		case "", "hex", "base64":
+		default:
+			return fmt.Errorf("unknown encoding %q (want hex or base64)", v.Encoding)
+		}
+	}
+	if v.Scheme != schemeHMAC && (v.Header != "" || v.Prefix != "" || v.Encoding != "" || v.Algorithm != "") {
+		return errors.New("header, prefix, encoding and algorithm apply only to the hmac scheme")
+	}
+	if v.Scheme != schemeStandard && v.Tolerance != 0 {
+		return errors.New("tolerance applies only to the standard scheme")
+	}
+	return nil
+}
+
+// resolveSecret expands {env.*} and {file.*} placeholders. An unknown
+// placeholder or an empty result is an error: a verifier must never end up
+// with an empty key, which anybody could sign with.
+func resolveSecret(repl *caddy.Replacer, s string) (string, error) {
+	out, err := repl.ReplaceOrErr(s, true, true)
+	if err != nil {
+		return "", fmt.Errorf("resolving secret: %w", err)
+	}
+	if out == "" {
+		return "", errors.New("secret is empty")
+	}
+	return out, nil
+}
+
+func decodeStandardSecret(secret string) ([]byte, error) {
+	raw := strings.TrimPrefix(secret, "whsec_")
+	key, err := base64.StdEncoding.DecodeString(raw)
+	if err != nil {
+		return nil, errors.New("a standard webhooks secret must be whsec_ followed by base64")
+	}
+	if len(key) == 0 {
+		return nil, errors.New("secret is empty")
+	}
+	return key, nil
+}
+
+// verify tries every verifier and returns the scheme of the first that
+// accepts the request. When none does, the error says whether a signature
+// was missing altogether or did not match.
+func (h *Handler) verify(r *http.Request, body []byte) (string, *verifyError) {
+	var first *verifyError
+	allMissing := true
+	for _, v := range h.Verify {
+		err := v.check(r, body)
+		if err == nil {
+			return v.Scheme, nil
+		}
+		if !err.missing {
+			allMissing = false
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if allMissing {
+		return "", &verifyError{missing: true, reason: "missing signature header",
+			message: "missing signature header: expected " + h.expectedHeaders()}
+	}
+	return "", first
+}
+
+func (h *Handler) expectedHeaders() string {
+	names := make([]string, 0, len(h.Verify))
+	for _, v := range h.Verify {
+		names = append(names, v.header)
+	}
+	return strings.Join(names, " or ")
+}
+
+func (v *Verifier) check(r *http.Request, body []byte) *verifyError {
+	if v.Scheme == schemeStandard {
+		return v.checkStandard(r, body)
+	}
+	value, err := singleHeader(r, v.header)
+	if err != nil {
+		return err
+	}
+	var sig []byte
+	var ok bool
+	switch v.Scheme {
+	case schemeKapso:
+		sig, ok = decodeHexSignature(strings.TrimPrefix(value, "sha256="))
+	case schemeMeta:
+		rest, found := strings.CutPrefix(value, "sha256=")
+		if !found {
+			return mismatch(v.header, "signature must start with sha256=")
+		}
+		sig, ok = decodeHexSignature(rest)
+	case schemeHMAC:
+		rest, found := strings.CutPrefix(value, v.Prefix)
+		if !found {
+			return mismatch(v.header, "signature lacks the configured prefix")
+		}
+		if strings.EqualFold(v.Encoding, "base64") {
+			sig, ok = decodeBase64Signature(rest)
+		} else {
+			sig, ok = decodeHexSignature(rest)
+		}
+	}
+	if !ok {
+		return mismatch(v.header, "signature is not well formed")
+	}
+	for _, k := range v.keys {
+		if k.matches(sig, body) {
+			return nil
+		}
+	}
+	return mismatch(v.header, "signature does not match")
+}
+
+// singleHeader returns the one value of a signature header. A repeated
+// header is refused: which copy would count is ambiguous, and ambiguity in
+// signature checks is where bypasses come from.
+func singleHeader(r *http.Request, name string) (string, *verifyError) {
+	values := r.Header.Values(name)
+	switch {
+	case len(values) == 0 || (len(values) == 1 && values[0] == ""):
+		return "", &verifyError{missing: true}
+	case len(values) > 1:
+		return "", &verifyError{reason: "repeated signature header",
+			message: name + " was sent more than once"}
+	}
+	return values[0], nil
+}
+
+func mismatch(header, reason string) *verifyError {
+	return &verifyError{reason: reason, message: header + ": signature does not match the request body"}
+}
+
+// checkStandard implements the Standard Webhooks scheme: the signed content
+// is "<id>.<timestamp>.<body>", the header carries space-separated
+// "v1,<base64>" entries, any of which may match.
+func (v *Verifier) checkStandard(r *http.Request, body []byte) *verifyError {
+	prefix := "Webhook-"
+	if r.Header.Get("Webhook-Signature") == "" && r.Header.Get("Svix-Signature") != "" {
+		prefix = "Svix-"
+	}
+	id, err := singleHeader(r, prefix+"Id")
+	if err != nil {
+		return err
+	}
+	ts, err := singleHeader(r, prefix+"Timestamp")
+	if err != nil {
+		return err
+	}
+	sigs, err := singleHeader(r, prefix+"Signature")
+	if err != nil {
+		return err
+	}
+	sec, perr := strconv.ParseInt(ts, 10, 64)
+	if perr != nil {
+		return &verifyError{reason: "timestamp not an integer", message: prefix + "timestamp is not a Unix time in seconds"}
+	}
+	skew := now().Sub(time.Unix(sec, 0))
+	if skew > v.tolerance || skew < -v.tolerance {
+		return &verifyError{reason: "timestamp outside tolerance",
+			message: prefix + "timestamp is outside the allowed tolerance"}
+	}
+	for _, k := range v.keys {
+		want := k.sumStandard(id, ts, body)
+		for entry := range strings.FieldsSeq(sigs) {
+			b64, found := strings.CutPrefix(entry, "v1,")
+			if !found {
+				continue
+			}
+			got, ok := decodeBase64Signature(b64)
+			if ok && hmac.Equal(got, want) {
+				return nil
+			}
+		}
+	}
+	return mismatch(prefix+"Signature", "no v1 signature matches")
+}
+
+type hashAlg int
+
+const (
+	hashSHA256 hashAlg = iota
+	hashSHA512
+	hashSHA1
+)
+
+func parseAlgorithm(s string) (hashAlg, error) {
+	switch strings.ToLower(s) {
+	case "", "sha256":
+		return hashSHA256, nil
+	case "sha512":
+		return hashSHA512, nil
+	case "sha1":
+		return hashSHA1, nil
+	}
+	return 0, fmt.Errorf("unknown algorithm %q (want sha256, sha512 or sha1)", s)
+}
+
+func (a hashAlg) newFunc() func() hash.Hash {
+	switch a {
+	case hashSHA512:
+		return sha512.New
+	case hashSHA1:
+		return sha1.New
+	}
+	return sha256.New
+}
+
+// macKey holds keyed HMAC states for one secret. Keying an HMAC hashes the
+// secret into its inner and outer pads; reusing a keyed state with Reset
+// skips that work and its allocations on every request.
+type macKey struct {
+	pool sync.Pool
+	size int
+}
+
+type macState struct {
+	mac hash.Hash
+	sum []byte
+}
+
+func newMacKey(alg hashAlg, key []byte) *macKey {
+	k := &macKey{}
+	newHash := alg.newFunc()
+	k.size = newHash().Size()
+	secret := append([]byte(nil), key...)
+	k.pool.New = func() any {
+		return &macState{mac: hmac.New(newHash, secret), sum: make([]byte, 0, sha512.Size)}
+	}
+	return k
+}
+
+// matches reports, in constant time, whether sig is the HMAC of body.
+func (k *macKey) matches(sig, body []byte) bool {
+	st := k.pool.Get().(*macState)
+	defer k.pool.Put(st)
+	st.mac.Reset()
+	st.mac.Write(body)
+	st.sum = st.mac.Sum(st.sum[:0])
+	return hmac.Equal(sig, st.sum)
+}
+
+// sign returns hex(HMAC(body)) for re-signing forwarded bodies.
+func (k *macKey) sign(body []byte) string {
+	st := k.pool.Get().(*macState)
+	defer k.pool.Put(st)
+	st.mac.Reset()
+	st.mac.Write(body)
+	st.sum = st.mac.Sum(st.sum[:0])
+	return encodeHex(st.sum)
+}
+
+func (k *macKey) sumStandard(id, ts string, body []byte) []byte {
+	st := k.pool.Get().(*macState)
+	defer k.pool.Put(st)
+	st.mac.Reset()
+	st.mac.Write([]byte(id))
+	st.mac.Write([]byte{'.'})
+	st.mac.Write([]byte(ts))
+	st.mac.Write([]byte{'.'})
+	st.mac.Write(body)
+	return st.mac.Sum(nil)
+}
+
+// decodeHexSignature decodes hex of either case. It rejects anything else,
+// including spaces and odd lengths, so that no two header values decode to
+// the same signature by accident.
+func decodeHexSignature(s string) ([]byte, bool) {
+	if len(s) == 0 || len(s)%2 != 0 || len(s) > 2*sha512.Size {
+		return nil, false
+	}
+	out := make([]byte, len(s)/2)
+	for i := range out {
+		hi, ok1 := fromHexChar(s[2*i])
+		lo, ok2 := fromHexChar(s[2*i+1])
+		if !ok1 || !ok2 {
+			return nil, false
+		}
+		out[i] = hi<<4 | lo
+	}
+	return out, true
+}
+
+func fromHexChar(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}
+
+const hexDigits = "0123456789abcdef"
+
+func encodeHex(b []byte) string {
+	out := make([]byte, 2*len(b))
+	for i, c := range b {
+		out[2*i] = hexDigits[c>>4]
+		out[2*i+1] = hexDigits[c&0x0f]
+	}
+	return string(out)
+}
+
+func decodeBase64Signature(s string) ([]byte, bool) {
+	if len(s) == 0 || len(s) > 4*sha512.Size {
+		return nil, false
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil {
+			return b, true
+		}
+	}
+	return nil, false
+}
