@@ -1,0 +1,582 @@
+package webhookguard
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func keysOf(names ...string) []storeKey {
+	out := make([]storeKey, len(names))
+	for i, n := range names {
+		out[i] = newStoreKey(n)
+	}
+	return out
+}
+
+// TestMemoryStoreClaims guards the claim protocol: one owner at a time,
+// waiters woken on release, any committed key making a delivery a
+// duplicate, and a release never dropping another delivery's claim.
+func TestMemoryStoreClaims(t *testing.T) {
+	s, err := newMemoryStore(10, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	first, _ := s.claim(ctx, keysOf("a", "b"))
+	if first.state != outcomeOwned {
+		t.Fatalf("first claim: %v", first.state)
+	}
+	second, _ := s.claim(ctx, keysOf("b"))
+	if second.state != outcomeBusy || second.wait == nil {
+		t.Fatalf("claim of a key in flight: %v", second.state)
+	}
+	_ = s.release(ctx, first.claim)
+	select {
+	case <-second.wait:
+	default:
+		t.Fatal("release did not wake the waiter")
+	}
+	third, _ := s.claim(ctx, keysOf("b", "c"))
+	if third.state != outcomeOwned {
+		t.Fatalf("claim after release: %v", third.state)
+	}
+	_ = s.release(ctx, first.claim) // stale release: must not drop third's claim
+	if again, _ := s.claim(ctx, keysOf("c")); again.state != outcomeBusy {
+		t.Fatalf("a stale release dropped another claim: %v", again.state)
+	}
+	_ = s.commit(ctx, third.claim)
+	for _, k := range []string{"b", "c"} {
+		if r, _ := s.claim(ctx, keysOf("zzz", k)); r.state != outcomeDuplicate {
+			t.Fatalf("key %s committed but claim says %v", k, r.state)
+		}
+	}
+	if r, _ := s.claim(ctx, keysOf("a")); r.state != outcomeOwned {
+		t.Fatalf("released key a: %v", r.state)
+	}
+}
+
+// TestMemoryStoreTTLAndCapacity guards expiry (a key is forgotten after
+// its TTL) and the capacity bound (the least recently used go first).
+func TestMemoryStoreTTLAndCapacity(t *testing.T) {
+	defer func(f func() time.Time) { now = f }(now)
+	clock := time.Unix(1_000_000, 0)
+	now = func() time.Time { return clock }
+	ctx := context.Background()
+
+	s, _ := newMemoryStore(3, time.Minute)
+	for _, k := range []string{"k1", "k2", "k3", "k4", "k5"} {
+		r, _ := s.claim(ctx, keysOf(k))
+		_ = s.commit(ctx, r.claim)
+	}
+	if entries, evictions := s.stats(); entries != 3 || evictions != 2 {
+		t.Fatalf("entries %d evictions %d, want 3 and 2", entries, evictions)
+	}
+	if r, _ := s.claim(ctx, keysOf("k1")); r.state != outcomeOwned {
+		t.Fatalf("evicted key still known: %v", r.state)
+	} else {
+		_ = s.release(ctx, r.claim)
+	}
+	if r, _ := s.claim(ctx, keysOf("k5")); r.state != outcomeDuplicate {
+		t.Fatalf("recent key forgotten: %v", r.state)
+	}
+	clock = clock.Add(time.Minute - time.Second)
+	if r, _ := s.claim(ctx, keysOf("k5")); r.state != outcomeDuplicate {
+		t.Fatalf("key forgotten before its TTL: %v", r.state)
+	}
+	clock = clock.Add(2 * time.Second)
+	if r, _ := s.claim(ctx, keysOf("k5")); r.state != outcomeOwned {
+		t.Fatalf("key remembered after its TTL: %v", r.state)
+	}
+}
+
+// TestContentKey guards which deliveries get a content key: Kapso message
+// events with a message id, keyed by event so status events of one
+// message stay distinct.
+func TestContentKey(t *testing.T) {
+	tests := []struct {
+		event, body, want string
+	}{
+		{"whatsapp.message.received", `{"message":{"id":"wamid.1"}}`, "whatsapp.message.received:wamid.1"},
+		{"whatsapp.message.delivered", `{"message":{"type":"text","id":"wamid.1"}}`, "whatsapp.message.delivered:wamid.1"},
+		{"whatsapp.message.received", `{"message":{"id":"wamid.\u0031"}}`, "whatsapp.message.received:wamid.1"},
+		{"whatsapp.message.received", `{"message":{"id":""}}`, ""},
+		{"whatsapp.message.received", `{"message":{"id":7}}`, ""},
+		{"whatsapp.message.received", `{"conversation":{"id":"conv"}}`, ""},
+		{"whatsapp.message.received", `not json`, ""},
+		{"whatsapp.message.received", `{"message":{"id":"wamid.1"`, ""},
+		{"whatsapp.conversation.created", `{"message":{"id":"wamid.1"}}`, ""},
+		{"", `{"message":{"id":"wamid.1"}}`, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.event+" "+tc.body, func(t *testing.T) {
+			if got := contentKey(tc.event, []byte(tc.body)); got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func dedupeSite(up *upstream, options string) string {
+	return `
+	webhook_guard {
+		verify kapso ` + kapsoSecret + `
+		dedupe {
+			` + options + `
+		}
+	}
+	reverse_proxy ` + up.Addr() + ` {
+		header_up X-Seen-Key {http.webhook.idempotency_key}
+	}`
+}
+
+func isDuplicateAnswer(status int, hdr http.Header, body []byte) bool {
+	var v struct{ Status string }
+	_ = json.Unmarshal(body, &v)
+	return status == http.StatusOK && hdr.Get("X-Webhook-Duplicate") == "true" && v.Status == "duplicate"
+}
+
+// TestDedupeForwardsOnce guards the basic promise: a redelivery with the
+// same key, a Kapso redelivery of the same message under a new key, and a
+// raw Meta redelivery (no key header: body hash) reach the upstream once.
+func TestDedupeForwardsOnce(t *testing.T) {
+	up := newUpstream(t)
+	c := startCaddy(t, dedupeSite(up, ""))
+	msg := compactFixture(t, "kapso/v2_message_received.json")
+	const ev = "whatsapp.message.received"
+
+	status, hdr, body := post(t, c.URL, msg, kapsoHeaders(kapsoSecret, msg, ev, "key-1"))
+	if status != 200 || hdr.Get("X-Upstream") != "yes" {
+		t.Fatalf("first delivery: %d %s", status, body)
+	}
+	if got := up.requests()[0].Header.Get("X-Seen-Key"); got != "key-1" {
+		t.Errorf("{http.webhook.idempotency_key} = %q", got)
+	}
+	tests := []struct {
+		name    string
+		body    []byte
+		event   string
+		key     string
+		forward bool
+	}{
+		{"same key", msg, ev, "key-1", false},
+		{"same message, new key (Kapso fallback redelivery)", msg, ev, "key-2", false},
+		{"same message, other event", msg, "whatsapp.message.delivered", "key-3", true},
+		{"raw body, no key", []byte(`{"object":"whatsapp_business_account","entry":[{"id":"1"}]}`), "", "", true},
+		{"same raw body again, no key", []byte(`{"object":"whatsapp_business_account","entry":[{"id":"1"}]}`), "", "", false},
+		{"other raw body, no key", []byte(`{"object":"whatsapp_business_account","entry":[{"id":"2"}]}`), "", "", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := up.count()
+			status, hdr, body := post(t, c.URL, tc.body, kapsoHeaders(kapsoSecret, tc.body, tc.event, tc.key))
+			forwarded := up.count() - before
+			if tc.forward {
+				if forwarded != 1 || status != 200 || hdr.Get("X-Webhook-Duplicate") != "" {
+					t.Fatalf("want forwarded: %d forwards, status %d, %s", forwarded, status, body)
+				}
+				return
+			}
+			if forwarded != 0 || !isDuplicateAnswer(status, hdr, body) {
+				t.Fatalf("want duplicate: %d forwards, status %d, dup header %q, %s",
+					forwarded, status, hdr.Get("X-Webhook-Duplicate"), body)
+			}
+		})
+	}
+}
+
+// TestDedupeConcurrentIdentical guards atomicity: 200 identical
+// deliveries at once reach the upstream exactly once, and every sender
+// gets a 200.
+func TestDedupeConcurrentIdentical(t *testing.T) {
+	up := newUpstream(t)
+	up.setRespond(func(int, recorded) (int, time.Duration) { return 200, 300 * time.Millisecond })
+	c := startCaddy(t, dedupeSite(up, ""))
+	body := []byte(`{"message":{"id":"wamid.concurrent"}}`)
+	h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "same-key")
+	statuses := runConcurrently(t, 200, func(int) (int, http.Header, []byte) { return post(t, c.URL, body, h) })
+	if n := up.count(); n != 1 {
+		t.Fatalf("upstream got %d requests, want exactly 1", n)
+	}
+	if statuses[200] != 200 {
+		t.Fatalf("statuses %v, want 200 x200", statuses)
+	}
+}
+
+// runConcurrently fires n requests at once and counts the statuses.
+func runConcurrently(t *testing.T, n int, send func(i int) (int, http.Header, []byte)) map[int]int {
+	t.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	statuses := map[int]int{}
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			status, _, _ := send(i)
+			mu.Lock()
+			statuses[status]++
+			mu.Unlock()
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return statuses
+}
+
+// TestDedupeReleasesOnFailure guards "nothing lost": when the upstream
+// fails, its answer reaches the sender unchanged, no key stays committed,
+// and the retry is forwarded.
+func TestDedupeReleasesOnFailure(t *testing.T) {
+	up := newUpstream(t)
+	fail := map[int]int{0: 500, 1: 503, 2: 429}
+	up.setRespond(func(n int, _ recorded) (int, time.Duration) {
+		if s, ok := fail[n]; ok {
+			return s, 0
+		}
+		return 200, 0
+	})
+	c := startCaddy(t, dedupeSite(up, ""))
+	body := []byte(`{"message":{"id":"wamid.retry"}}`)
+	h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "retry-key")
+	for i, want := range []int{500, 503, 429, 200} {
+		status, _, resp := post(t, c.URL, body, h)
+		if status != want || string(resp) != fmt.Sprintf("upstream %d", want) {
+			t.Fatalf("attempt %d: got %d %q, want the upstream's %d", i, status, resp, want)
+		}
+	}
+	status, hdr, resp := post(t, c.URL, body, h)
+	if !isDuplicateAnswer(status, hdr, resp) || up.count() != 4 {
+		t.Fatalf("after success: %d %s, upstream count %d", status, resp, up.count())
+	}
+}
+
+// TestDedupeUnreachableUpstream guards transport errors: a refused
+// connection is a 502 for the sender and leaves nothing committed.
+func TestDedupeUnreachableUpstream(t *testing.T) {
+	dead := freePort(t)
+	up := newUpstream(t)
+	site := func(addr string) string {
+		return `
+	webhook_guard {
+		verify kapso ` + kapsoSecret + `
+		dedupe
+	}
+	reverse_proxy ` + addr
+	}
+	c := startCaddy(t, site("127.0.0.1:"+strconv.Itoa(dead)))
+	body := []byte(`{"message":{"id":"wamid.dead"}}`)
+	h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "dead-key")
+	if status, _, _ := post(t, c.URL, body, h); status != http.StatusBadGateway {
+		t.Fatalf("refused upstream: status %d, want 502", status)
+	}
+	c.reload(site(up.Addr()))
+	if status, _, resp := post(t, c.URL, body, h); status != 200 || up.count() != 1 {
+		t.Fatalf("retry after the upstream came back: %d %s, forwarded %d", status, resp, up.count())
+	}
+}
+
+// TestDedupeInFlight guards the wait rules for a duplicate that arrives
+// while the first copy is still being forwarded.
+func TestDedupeInFlight(t *testing.T) {
+	tests := []struct {
+		name       string
+		wait       string
+		firstReply int
+		wantSecond int
+		wantFwd    int
+	}{
+		{"first succeeds: duplicate", "5s", 200, 200, 1},
+		{"first fails: forwarded in its place", "5s", 500, 200, 2},
+		{"still unresolved: 409", "300ms", 200, 409, 1},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			up := newUpstream(t)
+			up.setRespond(func(n int, _ recorded) (int, time.Duration) {
+				if n == 0 {
+					return tc.firstReply, 1500 * time.Millisecond
+				}
+				return 200, 0
+			})
+			c := startCaddy(t, dedupeSite(up, "wait "+tc.wait))
+			body := []byte(`{"message":{"id":"wamid.inflight"}}`)
+			h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "inflight-key")
+			firstDone := make(chan int)
+			go func() {
+				s, _, _ := post(t, c.URL, body, h)
+				firstDone <- s
+			}()
+			waitFor(t, func() bool { return up.count() == 1 })
+			status, hdr, resp := post(t, c.URL, body, h)
+			if status != tc.wantSecond {
+				t.Fatalf("second: %d %s, want %d", status, resp, tc.wantSecond)
+			}
+			if status == 409 {
+				if hdr.Get("Retry-After") == "" {
+					t.Error("409 without Retry-After")
+				}
+				if code, _ := errorCode(t, resp); code != "in_flight" {
+					t.Errorf("code %q", code)
+				}
+			}
+			if first := <-firstDone; first != tc.firstReply {
+				t.Fatalf("first: %d", first)
+			}
+			if n := up.count(); n != tc.wantFwd {
+				t.Fatalf("upstream got %d, want %d", n, tc.wantFwd)
+			}
+		})
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestDedupeSurvivesReload guards reload-safe state: keys committed
+// before a config change are still known after it, and scopes keep stores
+// apart.
+func TestDedupeSurvivesReload(t *testing.T) {
+	up := newUpstream(t)
+	site := func(maxBody string) string {
+		return `
+	handle /a {
+		webhook_guard {
+			verify kapso ` + kapsoSecret + `
+			max_body ` + maxBody + `
+			dedupe
+		}
+		reverse_proxy ` + up.Addr() + `
+	}
+	handle /b {
+		webhook_guard {
+			verify kapso ` + kapsoSecret + `
+			dedupe {
+				scope other
+			}
+		}
+		reverse_proxy ` + up.Addr() + `
+	}`
+	}
+	c := startCaddy(t, site("1MB"))
+	body := []byte(`{"message":{"id":"wamid.reload"}}`)
+	h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "reload-key")
+	if status, _, _ := post(t, c.URL+"/a", body, h); status != 200 || up.count() != 1 {
+		t.Fatalf("first delivery: %d", status)
+	}
+	c.reload(site("2MB"))
+	status, hdr, resp := post(t, c.URL+"/a", body, h)
+	if !isDuplicateAnswer(status, hdr, resp) || up.count() != 1 {
+		t.Fatalf("after reload: %d %s, upstream %d: the reload lost the keys", status, resp, up.count())
+	}
+	if status, _, _ := post(t, c.URL+"/b", body, h); status != 200 || up.count() != 2 {
+		t.Fatalf("other scope must not share keys: %d, upstream %d", status, up.count())
+	}
+}
+
+// TestDedupeRedisTwoInstances guards multi-instance dedupe: two Caddy
+// processes sharing one Redis forward a duplicate pair once, whether the
+// copies arrive one after the other or at the same time.
+func TestDedupeRedisTwoInstances(t *testing.T) {
+	rs := startRedis(t)
+	up := newUpstream(t)
+	up.setRespond(func(int, recorded) (int, time.Duration) { return 200, 100 * time.Millisecond })
+	site := dedupeSite(up, "redis "+rs.URL())
+	a, b := startCaddy(t, site), startCaddy(t, site)
+
+	body := []byte(`{"message":{"id":"wamid.redis.seq"}}`)
+	h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "redis-seq")
+	if status, _, _ := post(t, a.URL, body, h); status != 200 {
+		t.Fatalf("instance A: %d", status)
+	}
+	status, hdr, resp := post(t, b.URL, body, h)
+	if !isDuplicateAnswer(status, hdr, resp) || up.count() != 1 {
+		t.Fatalf("instance B: %d %s, upstream %d", status, resp, up.count())
+	}
+
+	const pairs = 20
+	before := up.count()
+	statuses := runConcurrently(t, 2*pairs, func(i int) (int, http.Header, []byte) {
+		body := []byte(`{"message":{"id":"wamid.pair.` + strconv.Itoa(i/2) + `"}}`)
+		target := a
+		if i%2 == 1 {
+			target = b
+		}
+		return post(t, target.URL, body, kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "pair-"+strconv.Itoa(i/2)))
+	})
+	if got := up.count() - before; got != pairs || statuses[200] != 2*pairs {
+		t.Fatalf("%d pairs across two instances: %d forwards, statuses %v", pairs, got, statuses)
+	}
+	if n := rs.dbsize(); n == 0 {
+		t.Fatal("nothing was stored in Redis")
+	}
+}
+
+// TestDedupeRedisDown guards on_store_error: with pass the delivery is
+// forwarded without dedupe while Redis is down; with reject the sender
+// gets 503 and nothing is forwarded; once Redis is back, dedupe works.
+func TestDedupeRedisDown(t *testing.T) {
+	rs := startRedis(t)
+	up := newUpstream(t)
+	site := `
+	handle /pass {
+		webhook_guard {
+			verify kapso ` + kapsoSecret + `
+			dedupe {
+				redis ` + rs.URL() + `
+			}
+		}
+		reverse_proxy ` + up.Addr() + `
+	}
+	handle /reject {
+		webhook_guard {
+			verify kapso ` + kapsoSecret + `
+			dedupe {
+				redis ` + rs.URL() + `
+				on_store_error reject
+			}
+		}
+		reverse_proxy ` + up.Addr() + `
+	}`
+	c := startCaddy(t, site)
+	body := []byte(`{"message":{"id":"wamid.down"}}`)
+	h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "down-key")
+
+	rs.stop()
+	for i := range 2 {
+		if status, _, resp := post(t, c.URL+"/pass", body, h); status != 200 {
+			t.Fatalf("pass while down, attempt %d: %d %s", i, status, resp)
+		}
+	}
+	if up.count() != 2 {
+		t.Fatalf("pass: upstream got %d, want 2 (no dedupe while the store is down)", up.count())
+	}
+	status, hdr, resp := post(t, c.URL+"/reject", body, h)
+	if status != http.StatusServiceUnavailable || up.count() != 2 {
+		t.Fatalf("reject while down: %d %s, upstream %d", status, resp, up.count())
+	}
+	if code, _ := errorCode(t, resp); code != "store_unavailable" || hdr.Get("Content-Type") != "application/json" {
+		t.Errorf("reject body %s", resp)
+	}
+	if !strings.Contains(c.Logs(), "dedupe store unreachable") {
+		t.Error("store outage not logged")
+	}
+
+	rs.start()
+	if status, _, _ := post(t, c.URL+"/reject", body, h); status != 200 || up.count() != 3 {
+		t.Fatalf("after restart: %d, upstream %d", status, up.count())
+	}
+	status, hdr, resp = post(t, c.URL+"/reject", body, h)
+	if !isDuplicateAnswer(status, hdr, resp) || up.count() != 3 {
+		t.Fatalf("dedupe after restart: %d %s", status, resp)
+	}
+}
+
+// TestRedisReleaseIsCompareAndDelete guards that a claim whose lease ran
+// out, and was taken over by another instance, is not deleted by the slow
+// instance's release.
+func TestRedisReleaseIsCompareAndDelete(t *testing.T) {
+	rs := startRedis(t)
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(rs.port)})
+	defer client.Close()
+	s := &redisStore{client: client, prefix: "t:", ttl: time.Hour, lease: 100 * time.Millisecond}
+	ctx := context.Background()
+	slow, err := s.claim(ctx, keysOf("k"))
+	if err != nil || slow.state != outcomeOwned {
+		t.Fatalf("claim: %v %v", slow.state, err)
+	}
+	if busy, _ := s.claim(ctx, keysOf("k")); busy.state != outcomeBusy {
+		t.Fatalf("second claim during lease: %v", busy.state)
+	}
+	time.Sleep(200 * time.Millisecond)
+	other, _ := s.claim(ctx, keysOf("k"))
+	if other.state != outcomeOwned {
+		t.Fatalf("claim after the lease ran out: %v", other.state)
+	}
+	if err := s.release(ctx, slow.claim); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := s.claim(ctx, keysOf("k")); again.state != outcomeBusy {
+		t.Fatalf("the slow instance's release deleted another's claim: %v", again.state)
+	}
+	_ = s.commit(ctx, other.claim)
+	if dup, _ := s.claim(ctx, keysOf("x", "k")); dup.state != outcomeDuplicate {
+		t.Fatalf("committed key: %v", dup.state)
+	}
+}
+
+// BenchmarkMemoryStoreBytesPerKey reports the heap held per committed key
+// with 1M keys in the in-memory store (budget: under 150 bytes).
+func BenchmarkMemoryStoreBytesPerKey(b *testing.B) {
+	const n = 1_000_000
+	ctx := context.Background()
+	for b.Loop() {
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		s, _ := newMemoryStore(n, time.Hour)
+		for i := range n {
+			r, _ := s.claim(ctx, keysOf("key-"+strconv.Itoa(i)))
+			_ = s.commit(ctx, r.claim)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if entries, _ := s.stats(); entries != n {
+			b.Fatalf("entries %d", entries)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
+		runtime.KeepAlive(s)
+	}
+}
+
+// BenchmarkMemoryStore measures claim+commit of new keys (miss) and claims
+// of committed keys (hit) with 1M keys present.
+func BenchmarkMemoryStore(b *testing.B) {
+	const n = 1_000_000
+	ctx := context.Background()
+	s, _ := newMemoryStore(2*n, time.Hour)
+	keys := make([][]storeKey, n)
+	for i := range n {
+		keys[i] = keysOf("key-" + strconv.Itoa(i))
+		r, _ := s.claim(ctx, keys[i])
+		_ = s.commit(ctx, r.claim)
+	}
+	b.Run("hit", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if r, _ := s.claim(ctx, keys[i%n]); r.state != outcomeDuplicate {
+				b.Fatal("miss")
+			}
+			i++
+		}
+	})
+	b.Run("miss+commit", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			r, _ := s.claim(ctx, keysOf("new-"+strconv.Itoa(i)))
+			_ = s.commit(ctx, r.claim)
+			i++
+		}
+	})
+}

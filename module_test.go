@@ -1,0 +1,345 @@
+package webhookguard
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+const kapsoSecret = "kapso-integration-secret"
+
+// TestForwardsVerifiedBodyByteIdentical guards the core promise: a signed
+// delivery reaches the upstream through a real reverse_proxy with its body
+// and headers unchanged, plus X-Webhook-Verified, and the placeholders are
+// set for later handlers.
+func TestForwardsVerifiedBodyByteIdentical(t *testing.T) {
+	up := newUpstream(t)
+	c := startCaddy(t, `
+	webhook_guard {
+		verify kapso `+kapsoSecret+`
+	}
+	reverse_proxy `+up.Addr()+` {
+		header_up X-Seen-Verified {http.webhook.verified}
+		header_up X-Seen-Event {http.webhook.event}
+	}`)
+
+	bodies := map[string][]byte{
+		"compact fixture":   compactFixture(t, "kapso/v2_message_received.json"),
+		"pretty fixture":    mustRead(t, "testdata/kapso/v2_message_sent.json"),
+		"unicode escapes":   []byte(`{"text":{"body":"caf\u00e9 \ud83d\udc4d"},"n":1.50}`),
+		"raw utf-8":         []byte(`{"text":{"body":"café 👍"}}`),
+		"not json at all":   []byte("plain text, still signed"),
+		"large (1 MB)":      bytes.Repeat([]byte("a"), 1<<20),
+		"empty body signed": {},
+	}
+	for name, body := range bodies {
+		t.Run(name, func(t *testing.T) {
+			before := up.count()
+			h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "")
+			h["X-Custom"] = "kept"
+			h["X-Webhook-Verified"] = "spoofed"
+			status, resp, _ := post(t, c.URL+"/hook?x=1", body, h)
+			if status != http.StatusOK || resp.Get("X-Upstream") != "yes" {
+				t.Fatalf("status %d, upstream header %q", status, resp.Get("X-Upstream"))
+			}
+			reqs := up.requests()
+			if len(reqs) != before+1 {
+				t.Fatalf("upstream got %d requests, want 1", len(reqs)-before)
+			}
+			got := reqs[len(reqs)-1]
+			if !bytes.Equal(got.Body, body) {
+				t.Fatalf("body changed in transit: got %d bytes, sent %d", len(got.Body), len(body))
+			}
+			checks := map[string]string{
+				"X-Webhook-Verified":  "kapso",
+				"X-Seen-Verified":     "kapso",
+				"X-Seen-Event":        "whatsapp.message.received",
+				"X-Webhook-Event":     "whatsapp.message.received",
+				"X-Webhook-Signature": h["X-Webhook-Signature"],
+				"X-Custom":            "kept",
+				"Content-Type":        "application/json",
+				"Content-Length":      strconv.Itoa(len(body)),
+			}
+			if len(body) == 0 {
+				delete(checks, "Content-Length")
+			}
+			for k, want := range checks {
+				if v := got.Header.Get(k); v != want {
+					t.Errorf("upstream header %s = %q, want %q", k, v, want)
+				}
+			}
+			if n := len(got.Header.Values("X-Webhook-Verified")); n != 1 {
+				t.Errorf("X-Webhook-Verified sent %d times", n)
+			}
+			if got.Path != "/hook?x=1" || got.Method != http.MethodPost {
+				t.Errorf("upstream saw %s %s", got.Method, got.Path)
+			}
+		})
+	}
+}
+
+// TestRejectsWithoutForwarding guards fail-closed behaviour: every way of
+// being unsigned, wrongly signed or too large is answered with a JSON
+// error and never reaches the upstream, and the logs carry neither the
+// secret nor the expected signature.
+func TestRejectsWithoutForwarding(t *testing.T) {
+	up := newUpstream(t)
+	c := startCaddy(t, `
+	webhook_guard {
+		verify kapso `+kapsoSecret+`
+		max_body 1KB
+	}
+	reverse_proxy `+up.Addr())
+
+	body := []byte(`{"message":{"id":"wamid.1"}}`)
+	good := signHex(kapsoSecret, body)
+	big := bytes.Repeat([]byte("b"), 1001)
+	tests := []struct {
+		name    string
+		body    []byte
+		headers map[string]string
+		status  int
+		code    string
+		message string
+	}{
+		{"missing signature", body, nil, 401, "invalid_signature", "missing signature header"},
+		{"tampered body", append([]byte{}, append(body, ' ')...), map[string]string{"X-Webhook-Signature": good}, 401, "invalid_signature", "does not match"},
+		{"garbage signature", body, map[string]string{"X-Webhook-Signature": "not-a-signature"}, 401, "invalid_signature", "does not match"},
+		{"signature of other secret", body, map[string]string{"X-Webhook-Signature": signHex("other", body)}, 401, "invalid_signature", "does not match"},
+		{"meta header instead", body, map[string]string{"X-Hub-Signature-256": "sha256=" + signHex(kapsoSecret, body)}, 401, "invalid_signature", "missing"},
+		{"too large with content-length", big, map[string]string{"X-Webhook-Signature": signHex(kapsoSecret, big)}, 413, "too_large", "larger than"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			status, hdr, resp := post(t, c.URL, tc.body, tc.headers)
+			if status != tc.status {
+				t.Fatalf("status %d, want %d (%s)", status, tc.status, resp)
+			}
+			if ct := hdr.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type %q", ct)
+			}
+			code, msg := errorCode(t, resp)
+			if code != tc.code || !strings.Contains(msg, tc.message) {
+				t.Errorf("got %s %q, want %s containing %q", code, msg, tc.code, tc.message)
+			}
+			if strings.Contains(string(resp), good) || strings.Contains(string(resp), kapsoSecret) {
+				t.Errorf("response leaks the secret or the expected signature: %s", resp)
+			}
+		})
+	}
+
+	t.Run("too large chunked", func(t *testing.T) {
+		// An io.Reader of unknown length makes the client send chunked,
+		// with no Content-Length for the early check to catch.
+		req, _ := http.NewRequest(http.MethodPost, c.URL, io.MultiReader(bytes.NewReader(big)))
+		req.Header.Set("X-Webhook-Signature", signHex(kapsoSecret, big))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if req.ContentLength != 0 || resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("status %d (content length %d): %s", resp.StatusCode, req.ContentLength, b)
+		}
+		if code, _ := errorCode(t, b); code != "too_large" {
+			t.Errorf("code %q", code)
+		}
+	})
+
+	t.Run("exactly at the limit passes", func(t *testing.T) {
+		limit := bytes.Repeat([]byte("c"), 1000)
+		status, _, resp := post(t, c.URL, limit, map[string]string{"X-Webhook-Signature": signHex(kapsoSecret, limit)})
+		if status != http.StatusOK {
+			t.Fatalf("status %d: %s", status, resp)
+		}
+	})
+
+	if n := up.count(); n != 1 {
+		t.Fatalf("upstream got %d requests; only the one at the limit should have passed", n)
+	}
+	logs := c.Logs()
+	for _, secret := range []string{kapsoSecret, good} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("Caddy's log contains a secret or an expected signature")
+		}
+	}
+	if !strings.Contains(logs, `"outcome":"invalid_signature"`) || !strings.Contains(logs, `"outcome":"too_large"`) {
+		t.Errorf("rejections were not logged with their outcome:\n%s", logs)
+	}
+}
+
+// TestSenderDisconnectMidBody guards that a body cut short by the sender
+// is never forwarded in part.
+func TestSenderDisconnectMidBody(t *testing.T) {
+	up := newUpstream(t)
+	c := startCaddy(t, `
+	webhook_guard {
+		verify kapso `+kapsoSecret+`
+	}
+	reverse_proxy `+up.Addr())
+	conn, err := net.Dial("tcp", strings.TrimPrefix(c.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := `{"message":{"id":"wamid.cut"}}`
+	_, _ = io.WriteString(conn, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\nX-Webhook-Signature: "+
+		signHex(kapsoSecret, []byte(body))+"\r\n\r\n"+body)
+	conn.Close()
+	time.Sleep(300 * time.Millisecond)
+	if n := up.count(); n != 0 {
+		t.Fatalf("a truncated body reached the upstream (%d requests)", n)
+	}
+}
+
+// TestMetaHMACAndStandardThroughCaddy runs each scheme end to end, with
+// several verify lines on one route and two secrets on one verifier.
+func TestMetaHMACAndStandardThroughCaddy(t *testing.T) {
+	up := newUpstream(t)
+	stdKey := []byte("standard-webhooks-key-32-bytes!!")
+	c := startCaddy(t, `
+	webhook_guard {
+		verify meta old_app_secret my_app_secret
+		verify hmac shopify-secret {
+			header X-Shopify-Hmac-Sha256
+			encoding base64
+		}
+		verify standard whsec_`+base64.StdEncoding.EncodeToString(stdKey)+`
+	}
+	reverse_proxy `+up.Addr())
+
+	metaBody := []byte(`{"object":"whatsapp_business_account","entry":[]}`)
+	shopBody := []byte(`{"id":820982911946154508}`)
+	m := hmac.New(sha256.New, []byte("shopify-secret"))
+	m.Write(shopBody)
+	shopSig := base64.StdEncoding.EncodeToString(m.Sum(nil))
+	stdBody := []byte(`{"type":"user.created"}`)
+	ts := strconv.FormatInt(time.Now().Unix(), 10)
+	m = hmac.New(sha256.New, stdKey)
+	m.Write([]byte("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W." + ts + "." + string(stdBody)))
+	stdSig := "v1," + base64.StdEncoding.EncodeToString(m.Sum(nil))
+
+	tests := []struct {
+		name    string
+		body    []byte
+		headers map[string]string
+		scheme  string
+		status  int
+	}{
+		{"meta vector", metaBody, map[string]string{"X-Hub-Signature-256": "sha256=1e948187320e1d8a8ab09e20b7172f8fe97e79394c0980b59b485e00288e389d"}, "meta", 200},
+		{"meta old secret still accepted", metaBody, map[string]string{"X-Hub-Signature-256": "sha256=" + signHex("old_app_secret", metaBody)}, "meta", 200},
+		{"meta retired secret", metaBody, map[string]string{"X-Hub-Signature-256": "sha256=" + signHex("retired", metaBody)}, "", 401},
+		{"hmac base64", shopBody, map[string]string{"X-Shopify-Hmac-Sha256": shopSig}, "hmac", 200},
+		{"standard", stdBody, map[string]string{"Webhook-Id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "Webhook-Timestamp": ts, "Webhook-Signature": stdSig}, "standard", 200},
+		{"standard stale timestamp", stdBody, map[string]string{"Webhook-Id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "Webhook-Timestamp": "1600000000", "Webhook-Signature": stdSig}, "", 401},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			before := up.count()
+			status, _, resp := post(t, c.URL, tc.body, tc.headers)
+			if status != tc.status {
+				t.Fatalf("status %d, want %d: %s", status, tc.status, resp)
+			}
+			reqs := up.requests()
+			if tc.status != 200 {
+				if len(reqs) != before {
+					t.Fatal("a rejected request reached the upstream")
+				}
+				return
+			}
+			if got := reqs[len(reqs)-1]; got.Header.Get("X-Webhook-Verified") != tc.scheme || !bytes.Equal(got.Body, tc.body) {
+				t.Fatalf("upstream saw scheme %q body %q", got.Header.Get("X-Webhook-Verified"), got.Body)
+			}
+		})
+	}
+}
+
+// TestConfigErrorsStopCaddy guards that a handler that would run open or
+// with an empty key is refused at load time, with a message that says why
+// and without printing the secret.
+func TestConfigErrorsStopCaddy(t *testing.T) {
+	tests := []struct {
+		name string
+		site string
+		env  []string
+		want string
+	}{
+		{"no verify", "webhook_guard {\n max_body 1MB\n}\nrespond ok", nil, "needs at least one verify"},
+		{"unset env secret", "webhook_guard {\n verify kapso {env.WG_UNSET_SECRET_FOR_TEST}\n}\nrespond ok", nil, "secret"},
+		{"unknown scheme", "webhook_guard {\n verify github s3cr3t\n}\nrespond ok", nil, "unknown scheme"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			out := startCaddyErr(t, tc.site, tc.env...)
+			if !strings.Contains(out, tc.want) {
+				t.Fatalf("output does not explain the error (%q):\n%s", tc.want, out)
+			}
+			if strings.Contains(out, "s3cr3t") {
+				t.Error("output contains the secret")
+			}
+		})
+	}
+}
+
+// TestSecretsFromEnvAndFileStayOutOfConfig guards that {env.*} and
+// {file.*} secrets work and that neither the admin API's config nor the
+// logs ever show their values.
+func TestSecretsFromEnvAndFileStayOutOfConfig(t *testing.T) {
+	up := newUpstream(t)
+	file := filepath.Join(t.TempDir(), "meta-secret")
+	if err := os.WriteFile(file, []byte("file-secret-value\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := startCaddy(t, `
+	webhook_guard {
+		verify kapso {env.WG_TEST_KAPSO_SECRET}
+		verify meta {file.`+file+`}
+		forward_secret {env.WG_TEST_FORWARD_SECRET}
+	}
+	reverse_proxy `+up.Addr(), "WG_TEST_KAPSO_SECRET=env-secret-value", "WG_TEST_FORWARD_SECRET=fwd-secret-value")
+
+	body := []byte(`{"ok":true}`)
+	if status, _, b := post(t, c.URL, body, map[string]string{"X-Webhook-Signature": signHex("env-secret-value", body)}); status != 200 {
+		t.Fatalf("env secret: %d %s", status, b)
+	}
+	if status, _, b := post(t, c.URL, body, map[string]string{"X-Hub-Signature-256": "sha256=" + signHex("file-secret-value", body)}); status != 200 {
+		t.Fatalf("file secret: %d %s", status, b)
+	}
+	resp, err := http.Get(c.AdminURL + "/config/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !json.Valid(cfg) || !strings.Contains(string(cfg), "{env.WG_TEST_KAPSO_SECRET}") {
+		t.Fatalf("admin config does not show the placeholder: %s", cfg)
+	}
+	for _, s := range []string{"env-secret-value", "file-secret-value", "fwd-secret-value"} {
+		if strings.Contains(string(cfg), s) {
+			t.Errorf("admin config contains the secret %q", s)
+		}
+		if strings.Contains(c.Logs(), s) {
+			t.Errorf("log contains the secret %q", s)
+		}
+	}
+}
+
+func mustRead(t testing.TB, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every check and test of webhookguard. This is the README's test
+# command, and what CI (.ci/run) calls on a fresh machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The dedupe tests start their own redis-server on a free loopback port.
+if ! command -v redis-server >/dev/null 2>&1; then
+	echo "== installing redis-server (Debian package)"
+	if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+	export DEBIAN_FRONTEND=noninteractive
+	$SUDO apt-get update -qq
+	$SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+echo "== go mod download"
+go mod download
+
+echo "== gofmt"
+unformatted=$(gofmt -l . | grep -v '^vendor/' || true)
+if [ -n "$unformatted" ]; then
+	printf 'gofmt would change:\n%s\n' "$unformatted"
+	exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== go build ./cmd/caddy"
+go build -o /dev/null ./cmd/caddy
+
+echo "== go test -race"
+go test -race -count=1 -timeout 40m ./...
