@@ -107,7 +107,7 @@ func parseBatch(body []byte, maxItems int) (*batchEnvelope, *inputError) {
 		return nil, badRequest("batch body must be a JSON object")
 	}
 	if err != nil {
-		return nil, badRequest("batch body is not valid JSON")
+		return nil, badRequest("batch body is not valid JSON or is nested more than %d levels deep", maxDepth)
 	}
 	if !hasData {
 		return nil, badRequest("batch has no data array")
