@@ -308,11 +308,7 @@ func (d *delivery) forwardItem(ctx context.Context, env *batchEnvelope, i int, i
 func (d *delivery) itemHeaders(h http.Header, env *batchEnvelope, i int, item []byte, key string) {
 	h.Del(headerBatch)
 	h.Del(headerBatchSize)
-	for _, v := range d.h.Verify {
-		for _, name := range v.signatureHeaders() {
-			h.Del(name)
-		}
-	}
+	d.h.dropSignatures(h)
 	h.Set(headerEvent, env.event)
 	// An upstream that dedupes on X-Idempotency-Key would otherwise drop
 	// every item after the first, as they would all carry the batch's key.
@@ -328,6 +324,16 @@ func (d *delivery) itemHeaders(h http.Header, env *batchEnvelope, i int, item []
 	}
 	if d.h.forwardKey != nil {
 		h.Set(headerKapsoSignature, d.h.forwardKey.sign(item))
+	}
+}
+
+// dropSignatures removes every configured verifier's signature header:
+// they covered the body as received, not a rewritten one.
+func (h *Handler) dropSignatures(hdr http.Header) {
+	for _, v := range h.Verify {
+		for _, name := range v.signatureHeaders() {
+			hdr.Del(name)
+		}
 	}
 }
 

@@ -51,6 +51,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    unbatch [{
 //	        max_items <n>                   # default 1000
 //	    }]
+//	    normalize meta                      # default off
+//	    verify_token <token...>             # Meta handshake; default none
 //	    forward_secret <secret>
 //	}
 //
@@ -82,6 +84,14 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = m.Unbatch.unmarshalCaddyfile(d)
 		case "forward_secret":
 			err = parseString(d, &m.ForwardSecret)
+		case "normalize":
+			err = parseString(d, &m.Normalize)
+		case "verify_token":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			m.VerifyTokens = append(m.VerifyTokens, args...)
 		default:
 			return d.Errf("unrecognized subdirective %q", d.Val())
 		}

@@ -80,30 +80,170 @@ func skipNumber(b []byte, i int) (int, error) {
 	return i, checkNumber(b[start:i])
 }
 
+// checkNumber validates the JSON number grammar:
+// -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
 func checkNumber(n []byte) error {
-	var num json.Number
-	if len(n) == 0 || json.Unmarshal(n, &num) != nil {
+	i := 0
+	if i < len(n) && n[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(n) && n[i] == '0':
+		i++
+	case i < len(n) && '1' <= n[i] && n[i] <= '9':
+		for i < len(n) && '0' <= n[i] && n[i] <= '9' {
+			i++
+		}
+	default:
+		return errMalformedJSON
+	}
+	if i < len(n) && n[i] == '.' {
+		i++
+		start := i
+		for i < len(n) && '0' <= n[i] && n[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return errMalformedJSON
+		}
+	}
+	if i < len(n) && (n[i] == 'e' || n[i] == 'E') {
+		i++
+		if i < len(n) && (n[i] == '+' || n[i] == '-') {
+			i++
+		}
+		start := i
+		for i < len(n) && '0' <= n[i] && n[i] <= '9' {
+			i++
+		}
+		if i == start {
+			return errMalformedJSON
+		}
+	}
+	if i != len(n) {
 		return errMalformedJSON
 	}
 	return nil
 }
 
+// strSpecial marks the bytes that end a run of plain string content.
+var strSpecial = func() (t [256]bool) {
+	for c := range 0x20 {
+		t[c] = true
+	}
+	t['"'], t['\\'] = true, true
+	return t
+}()
+
 // skipString returns the position after the closing quote of the string
 // starting at b[i] == '"'.
 func skipString(b []byte, i int) (int, error) {
-	for j := i + 1; j < len(b); j++ {
-		switch b[j] {
-		case '\\':
+	j := i + 1
+	for {
+		for j+4 <= len(b) && !strSpecial[b[j]] && !strSpecial[b[j+1]] && !strSpecial[b[j+2]] && !strSpecial[b[j+3]] {
+			j += 4
+		}
+		for j < len(b) && !strSpecial[b[j]] {
 			j++
+		}
+		if j >= len(b) {
+			return 0, errMalformedJSON
+		}
+		switch b[j] {
 		case '"':
 			return j + 1, nil
+		case '\\':
+			j += 2
 		default:
-			if b[j] < 0x20 {
-				return 0, errMalformedJSON
-			}
+			return 0, errMalformedJSON
 		}
 	}
-	return 0, errMalformedJSON
+}
+
+// eachMember walks the object at i. fn gets each raw key and the position
+// of its value, and returns the end of the value when it parsed it, or 0
+// to have it skipped. Walking once, descending where needed, visits each
+// byte once instead of once per level.
+func eachMember(b []byte, i int, fn func(key []byte, v int) (int, error)) (int, error) {
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != '{' {
+		return 0, errNotObject
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return i + 1, nil
+	}
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return 0, errMalformedJSON
+		}
+		kEnd, err := skipString(b, i)
+		if err != nil {
+			return 0, err
+		}
+		key := b[i:kEnd]
+		i = skipSpace(b, kEnd)
+		if i >= len(b) || b[i] != ':' {
+			return 0, errMalformedJSON
+		}
+		v := skipSpace(b, i+1)
+		end, err := fn(key, v)
+		if err != nil {
+			return 0, err
+		}
+		if end == 0 {
+			if end, err = skipValueDepth(b, v, 1); err != nil {
+				return 0, err
+			}
+		}
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return 0, errMalformedJSON
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case '}':
+			return i + 1, nil
+		default:
+			return 0, errMalformedJSON
+		}
+	}
+}
+
+// eachItem walks the array at i like eachMember.
+func eachItem(b []byte, i int, fn func(v int) (int, error)) (int, error) {
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != '[' {
+		return 0, errNotArray
+	}
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return i + 1, nil
+	}
+	for {
+		end, err := fn(i)
+		if err != nil {
+			return 0, err
+		}
+		if end == 0 {
+			if end, err = skipValueDepth(b, i, 1); err != nil {
+				return 0, err
+			}
+		}
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return 0, errMalformedJSON
+		}
+		switch b[i] {
+		case ',':
+			i = skipSpace(b, i+1)
+		case ']':
+			return i + 1, nil
+		default:
+			return 0, errMalformedJSON
+		}
+	}
 }
 
 func skipContainer(b []byte, i, depth int) (int, error) {

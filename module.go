@@ -9,6 +9,7 @@ package webhookguard
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -88,6 +89,21 @@ type Handler struct {
 	// not set. Default: off.
 	Unbatch *Unbatch `json:"unbatch,omitempty"`
 
+	// Normalize, when "meta", rewrites a raw Meta WhatsApp payload into the
+	// JSON that Kapso's SDK normalizeWebhook() (0.3.0) returns for it,
+	// forwarded with X-Webhook-Normalized: true. A verified body that is
+	// not a JSON object, or one the SDK itself rejects, is forwarded
+	// unchanged with X-Webhook-Normalized: false. Default: off.
+	Normalize string `json:"normalize,omitempty"`
+
+	// VerifyTokens answers Meta's subscription handshake: a GET with
+	// hub.mode=subscribe and one of these tokens as hub.verify_token is
+	// answered 200 with hub.challenge as plain text, any other handshake
+	// 403; handshakes are never forwarded. Accepts {env.*} and {file.*}
+	// placeholders. Default: none (a handshake is refused like any
+	// unsigned request).
+	VerifyTokens []string `json:"verify_tokens,omitempty"`
+
 	// ForwardSecret, when set, re-signs every body the gateway rewrote or
 	// split with X-Webhook-Signature: hex(HMAC-SHA256(forward_secret,
 	// body)), so an upstream that verifies Kapso signatures keeps working.
@@ -95,9 +111,10 @@ type Handler struct {
 	// bodies carry no signature).
 	ForwardSecret string `json:"forward_secret,omitempty"`
 
-	forwardKey *macKey
-	maxBody    int64
-	logger     *zap.Logger
+	forwardKey   *macKey
+	verifyTokens [][32]byte
+	maxBody      int64
+	logger       *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -131,6 +148,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.forwardKey = newMacKey(hashSHA256, []byte(secret))
 	}
+	for i, tok := range h.VerifyTokens {
+		resolved, err := resolveSecret(repl, tok)
+		if err != nil {
+			return fmt.Errorf("verify_token %d: %w", i+1, err)
+		}
+		h.verifyTokens = append(h.verifyTokens, sha256.Sum256([]byte(resolved)))
+	}
 	if h.Unbatch != nil {
 		h.Unbatch.provision()
 		if h.Dedupe == nil {
@@ -161,6 +185,9 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("dedupe: %w", err)
 		}
 	}
+	if h.Normalize != "" && h.Normalize != normalizeFormatMeta {
+		return fmt.Errorf("normalize: unknown format %q (want meta)", h.Normalize)
+	}
 	if h.Unbatch != nil && h.Unbatch.MaxItems < 0 {
 		return errors.New("unbatch: max_items must not be negative")
 	}
@@ -185,6 +212,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	event := r.Header.Get(headerEvent)
 	repl.Set("http.webhook.event", event)
+
+	if len(h.verifyTokens) > 0 && r.Method == http.MethodGet && r.URL.Query().Has("hub.mode") {
+		return h.answerHandshake(w, r)
+	}
 
 	body, err := h.readBody(w, r)
 	if err != nil {
@@ -226,7 +257,7 @@ type delivery struct {
 // failed delivery can be retried by the sender.
 func (d *delivery) serveSingle() error {
 	if d.h.Dedupe == nil {
-		d.body.attach(d.r)
+		d.attachBody()
 		return d.next.ServeHTTP(d.w, d.r)
 	}
 	keys := d.h.Dedupe.deliveryKeys(d.r, d.repl, d.event, d.body.bytes())
@@ -244,12 +275,12 @@ func (d *delivery) serveSingle() error {
 			return writeJSONError(d.w, http.StatusServiceUnavailable, "store_unavailable",
 				"the dedupe store is unreachable; retry later")
 		}
-		d.body.attach(d.r)
+		d.attachBody()
 		return d.next.ServeHTTP(d.w, d.r)
 	}
 
 	rec := caddyhttp.NewResponseRecorder(d.w, nil, nil)
-	d.body.attach(d.r)
+	d.attachBody()
 	err := d.next.ServeHTTP(rec, d.r)
 	if err == nil && isSuccess(rec.Status()) {
 		d.h.Dedupe.commit(claim)
@@ -293,8 +324,8 @@ func (h *Handler) rejectBody(w http.ResponseWriter, r *http.Request, event strin
 }
 
 // logRejection records why a request was refused. Only the reason, the
-// remote address and the (truncated) event name are logged: never a body,
-// a signature or a secret.
+// remote address, the path and the (truncated) event name are logged:
+// never a body, a query string, a signature or a secret.
 func (h *Handler) logRejection(r *http.Request, event, outcome, reason string) {
 	if c := h.logger.Check(zap.InfoLevel, "webhook rejected"); c != nil {
 		c.Write(
@@ -302,7 +333,9 @@ func (h *Handler) logRejection(r *http.Request, event, outcome, reason string) {
 			zap.String("reason", reason),
 			zap.String("remote_addr", r.RemoteAddr),
 			zap.String("event", truncate(event, 128)),
-			zap.String("uri", truncate(r.RequestURI, 256)),
+			// The path only: a query string can carry secrets (Meta's
+			// handshake sends its verify token there).
+			zap.String("path", truncate(r.URL.Path, 256)),
 		)
 	}
 }

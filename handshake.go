@@ -1,0 +1,34 @@
+package webhookguard
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"net/http"
+)
+
+// answerHandshake answers Meta's subscription check (GET with hub.mode,
+// hub.verify_token and hub.challenge). The challenge goes back byte for
+// byte; the token is compared in constant time, through a hash so that
+// its length does not show either. It is never forwarded.
+func (h *Handler) answerHandshake(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	if q.Get("hub.mode") != "subscribe" || !q.Has("hub.challenge") {
+		h.logRejection(r, "", "handshake", "not a subscribe handshake")
+		return writeJSONError(w, http.StatusForbidden, "forbidden", "expected hub.mode=subscribe with a hub.challenge")
+	}
+	given := sha256.Sum256([]byte(q.Get("hub.verify_token")))
+	match := 0
+	for _, tok := range h.verifyTokens {
+		match |= subtle.ConstantTimeCompare(given[:], tok[:])
+	}
+	if match != 1 {
+		h.logRejection(r, "", "handshake", "verify token does not match")
+		return writeJSONError(w, http.StatusForbidden, "forbidden", "hub.verify_token does not match")
+	}
+	challenge := q.Get("hub.challenge")
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, err := w.Write([]byte(challenge))
+	return err
+}

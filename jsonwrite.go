@@ -1,0 +1,622 @@
+package webhookguard
+
+import (
+	"math"
+	"slices"
+	"strconv"
+	"unicode/utf8"
+)
+
+// jsWriter copies JSON to JSON the way JSON.stringify(JSON.parse(text))
+// does in JavaScript, optionally camelCasing every object key on the way.
+// It streams: values are written as they are read, and only an object
+// whose keys need JavaScript's treatment (a repeated key, where the later
+// value wins at the first one's position, or integer-like keys, which
+// JavaScript moves to the front in ascending order) is rearranged, from
+// the ranges already written.
+type jsWriter struct {
+	out []byte
+	// members holds, for every object being written, the output ranges of
+	// its keys and values; each object uses the part above its base.
+	members []memberRange
+	scratch []byte
+	// wtf8 lets strings carry surrogate code points encoded as WTF-8: the
+	// text of a Flow response comes from a decoded JSON string, where a
+	// lone surrogate is legal, and must be written back as \udxxx.
+	wtf8 bool
+}
+
+type memberRange struct {
+	keyStart, keyEnd, valEnd int
+}
+
+type keyMode int
+
+const (
+	keysAsIs keyMode = iota
+	keysCamel
+)
+
+func (w *jsWriter) reset() {
+	w.out = w.out[:0]
+	w.members = w.members[:0]
+	w.wtf8 = false
+}
+
+// value writes the value starting at b[i] (after optional white space)
+// and returns the position after it.
+func (w *jsWriter) value(b []byte, i int, mode keyMode, depth int) (int, error) {
+	i = skipSpace(b, i)
+	if i >= len(b) {
+		return 0, errMalformedJSON
+	}
+	switch c := b[i]; {
+	case c == '"':
+		return w.str(b, i)
+	case c == '{':
+		if depth >= maxDepth {
+			return 0, errMalformedJSON
+		}
+		return w.object(b, i, mode, depth+1)
+	case c == '[':
+		if depth >= maxDepth {
+			return 0, errMalformedJSON
+		}
+		return w.array(b, i, mode, depth+1)
+	case c == 't':
+		return w.literal(b, i, "true")
+	case c == 'f':
+		return w.literal(b, i, "false")
+	case c == 'n':
+		return w.literal(b, i, "null")
+	case c == '-' || ('0' <= c && c <= '9'):
+		end, err := skipNumber(b, i)
+		if err != nil {
+			return 0, err
+		}
+		w.out = appendJSNumber(w.out, b[i:end])
+		return end, nil
+	}
+	return 0, errMalformedJSON
+}
+
+func (w *jsWriter) literal(b []byte, i int, lit string) (int, error) {
+	end, err := skipLiteral(b, i, lit)
+	if err != nil {
+		return 0, err
+	}
+	w.out = append(w.out, lit...)
+	return end, nil
+}
+
+func (w *jsWriter) array(b []byte, i int, mode keyMode, depth int) (int, error) {
+	w.out = append(w.out, '[')
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		w.out = append(w.out, ']')
+		return i + 1, nil
+	}
+	for {
+		end, err := w.value(b, i, mode, depth)
+		if err != nil {
+			return 0, err
+		}
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return 0, errMalformedJSON
+		}
+		switch b[i] {
+		case ',':
+			w.out = append(w.out, ',')
+			i++
+		case ']':
+			w.out = append(w.out, ']')
+			return i + 1, nil
+		default:
+			return 0, errMalformedJSON
+		}
+	}
+}
+
+func (w *jsWriter) object(b []byte, i int, mode keyMode, depth int) (int, error) {
+	start := len(w.out)
+	base := len(w.members)
+	w.out = append(w.out, '{')
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		w.out = append(w.out, '}')
+		return i + 1, nil
+	}
+	rearrange := false
+	for {
+		if i >= len(b) || b[i] != '"' {
+			return 0, errMalformedJSON
+		}
+		if len(w.members) > base {
+			w.out = append(w.out, ',')
+		}
+		ks := len(w.out)
+		end, err := w.key(b, i, mode)
+		if err != nil {
+			return 0, err
+		}
+		ke := len(w.out)
+		if !rearrange && (isIndexKey(w.out[ks+1:ke-1]) || w.seenKey(base, ks, ke)) {
+			rearrange = true
+		}
+		i = skipSpace(b, end)
+		if i >= len(b) || b[i] != ':' {
+			return 0, errMalformedJSON
+		}
+		w.out = append(w.out, ':')
+		if i, err = w.value(b, i+1, mode, depth); err != nil {
+			return 0, err
+		}
+		w.members = append(w.members, memberRange{ks, ke, len(w.out)})
+		i = skipSpace(b, i)
+		if i >= len(b) {
+			return 0, errMalformedJSON
+		}
+		if b[i] == ',' {
+			i = skipSpace(b, i+1)
+			continue
+		}
+		if b[i] != '}' {
+			return 0, errMalformedJSON
+		}
+		w.out = append(w.out, '}')
+		if rearrange {
+			w.rearrange(start, base)
+		}
+		w.members = w.members[:base]
+		return i + 1, nil
+	}
+}
+
+// seenKey reports whether the key just written at out[ks:ke] repeats one
+// of the current object's keys. Encoded keys compare equal exactly when
+// the decoded keys do, as the encoding is canonical.
+func (w *jsWriter) seenKey(base, ks, ke int) bool {
+	k := w.out[ks:ke]
+	for _, m := range w.members[base:] {
+		if string(w.out[m.keyStart:m.keyEnd]) == string(k) {
+			return true
+		}
+	}
+	return false
+}
+
+// rearrange rewrites the object at out[start:] in JavaScript's key order:
+// a repeated key keeps its first position with its last value, and
+// integer-like keys come first in ascending numeric order.
+func (w *jsWriter) rearrange(start, base int) {
+	ms := w.members[base:]
+	type slot struct {
+		key   []byte
+		val   []byte
+		index int64
+	}
+	slots := make([]slot, 0, len(ms))
+	for _, m := range ms {
+		key := w.out[m.keyStart:m.keyEnd]
+		val := w.out[m.keyEnd+1 : m.valEnd]
+		replaced := false
+		for j := range slots {
+			if string(slots[j].key) == string(key) {
+				slots[j].val = val
+				replaced = true
+				break
+			}
+		}
+		if !replaced {
+			idx := int64(-1)
+			if isIndexKey(key[1 : len(key)-1]) {
+				idx, _ = strconv.ParseInt(string(key[1:len(key)-1]), 10, 64)
+			}
+			slots = append(slots, slot{key: key, val: val, index: idx})
+		}
+	}
+	slices.SortStableFunc(slots, func(a, b slot) int {
+		switch {
+		case a.index >= 0 && b.index >= 0:
+			return int(a.index - b.index)
+		case a.index >= 0:
+			return -1
+		case b.index >= 0:
+			return 1
+		}
+		return 0
+	})
+	w.scratch = append(w.scratch[:0], '{')
+	for j, s := range slots {
+		if j > 0 {
+			w.scratch = append(w.scratch, ',')
+		}
+		w.scratch = append(w.scratch, s.key...)
+		w.scratch = append(w.scratch, ':')
+		w.scratch = append(w.scratch, s.val...)
+	}
+	w.scratch = append(w.scratch, '}')
+	w.out = append(w.out[:start], w.scratch...)
+}
+
+// isIndexKey reports whether an (encoded, unquoted) key is a canonical
+// array index, 0 to 2^32-2: the keys JavaScript orders numerically.
+func isIndexKey(k []byte) bool {
+	if len(k) == 0 || len(k) > 10 || (len(k) > 1 && k[0] == '0') {
+		return false
+	}
+	for _, c := range k {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	n, err := strconv.ParseUint(string(k), 10, 64)
+	return err == nil && n <= math.MaxUint32-1
+}
+
+// key writes the object key at b[i], camelCased in keysCamel mode.
+func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
+	if mode == keysAsIs {
+		return w.str(b, i)
+	}
+	end, err := skipString(b, i)
+	if err != nil {
+		return 0, err
+	}
+	raw := b[i+1 : end-1]
+	switch keyClassOf(raw) {
+	case keyVerbatim:
+		w.out = append(w.out, b[i:end]...)
+	case keyPlain:
+		w.out = append(w.out, '"')
+		w.out = appendCamel(w.out, raw)
+		w.out = append(w.out, '"')
+	default:
+		decoded, err := decodeString(w.scratch[:0], b, i, w.wtf8)
+		if err != nil {
+			return 0, err
+		}
+		w.scratch = decoded
+		w.out = appendJSString(w.out, appendCamel(nil, decoded), true)
+	}
+	return end, nil
+}
+
+type keyClass int
+
+const (
+	keyVerbatim keyClass = iota // printable ASCII, no separator: copied as is
+	keyPlain                    // printable ASCII with '_' or '-'
+	keyEscaped                  // anything else: decoded first
+)
+
+// keyByte classifies key bytes: 0 plain, 1 separator, 2 needs decoding.
+var keyByte = func() (t [256]uint8) {
+	for c := range 256 {
+		switch {
+		case c < 0x20 || c >= 0x7f || c == '\\' || c == '"':
+			t[c] = 2
+		case c == '_' || c == '-':
+			t[c] = 1
+		}
+	}
+	return t
+}()
+
+func keyClassOf(raw []byte) keyClass {
+	var seen uint8
+	for _, c := range raw {
+		seen |= keyByte[c]
+	}
+	switch {
+	case seen&2 != 0:
+		return keyEscaped
+	case seen&1 != 0:
+		return keyPlain
+	}
+	return keyVerbatim
+}
+
+// isPlainKey reports whether raw key bytes need neither decoding nor
+// escaping: printable ASCII without backslash or quote.
+func isPlainKey(raw []byte) bool {
+	for _, c := range raw {
+		if c < 0x20 || c >= 0x7f || c == '\\' || c == '"' {
+			return false
+		}
+	}
+	return true
+}
+
+// appendCamel applies the SDK's deep key rule: a key with neither '_' nor
+// '-' is unchanged; otherwise every '_' or '-' followed by an ASCII letter
+// or digit is dropped and that character upper-cased.
+func appendCamel(dst, key []byte) []byte {
+	start := 0
+	for j := 0; j+1 < len(key); j++ {
+		c := key[j]
+		if (c == '_' || c == '-') && isASCIIAlnum(key[j+1]) {
+			dst = append(dst, key[start:j]...)
+			dst = append(dst, upperASCII(key[j+1]))
+			j++
+			start = j + 1
+		}
+	}
+	return append(dst, key[start:]...)
+}
+
+// fieldKey applies the SDK's rule for raw's keys: only '_' followed by a
+// lower-case ASCII letter is converted.
+func fieldKey(field string) string {
+	out := make([]byte, 0, len(field))
+	for j := 0; j < len(field); j++ {
+		c := field[j]
+		if c == '_' && j+1 < len(field) && 'a' <= field[j+1] && field[j+1] <= 'z' {
+			out = append(out, field[j+1]-'a'+'A')
+			j++
+			continue
+		}
+		out = append(out, c)
+	}
+	return string(out)
+}
+
+func isASCIIAlnum(c byte) bool {
+	return ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z') || ('0' <= c && c <= '9')
+}
+
+func upperASCII(c byte) byte {
+	if 'a' <= c && c <= 'z' {
+		return c - 'a' + 'A'
+	}
+	return c
+}
+
+// str writes the JSON string at b[i] re-encoded as JSON.stringify would:
+// raw UTF-8 instead of \u escapes, short escapes for control characters,
+// lone surrogates as \udxxx, invalid UTF-8 as U+FFFD.
+func (w *jsWriter) str(b []byte, i int) (int, error) {
+	w.out = append(w.out, '"')
+	j := i + 1
+	for j < len(b) {
+		// Copy the run that needs no change in one go.
+		run := j
+		for run+4 <= len(b) && !strCopySpecial[b[run]] && !strCopySpecial[b[run+1]] &&
+			!strCopySpecial[b[run+2]] && !strCopySpecial[b[run+3]] {
+			run += 4
+		}
+		for run < len(b) && !strCopySpecial[b[run]] {
+			run++
+		}
+		w.out = append(w.out, b[j:run]...)
+		j = run
+		if j >= len(b) {
+			break
+		}
+		switch c := b[j]; {
+		case c == '"':
+			w.out = append(w.out, '"')
+			return j + 1, nil
+		case c == '\\':
+			r, n, err := decodeEscape(b, j)
+			if err != nil {
+				return 0, err
+			}
+			w.out = appendJSRune(w.out, r)
+			j += n
+		case c < 0x20:
+			return 0, errMalformedJSON
+		default:
+			r, n := decodeRuneWTF8(b[j:], w.wtf8)
+			w.out = appendJSRune(w.out, r)
+			j += n
+		}
+	}
+	return 0, errMalformedJSON
+}
+
+// strCopySpecial marks the bytes str cannot copy verbatim.
+var strCopySpecial = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c < 0x20 || c >= 0x80 || c == '"' || c == '\\'
+	}
+	return t
+}()
+
+// decodeEscape decodes the escape at b[j] == '\\', pairing surrogates.
+// A lone surrogate is returned as its code point.
+func decodeEscape(b []byte, j int) (rune, int, error) {
+	if j+1 >= len(b) {
+		return 0, 0, errMalformedJSON
+	}
+	switch b[j+1] {
+	case '"':
+		return '"', 2, nil
+	case '\\':
+		return '\\', 2, nil
+	case '/':
+		return '/', 2, nil
+	case 'b':
+		return '\b', 2, nil
+	case 'f':
+		return '\f', 2, nil
+	case 'n':
+		return '\n', 2, nil
+	case 'r':
+		return '\r', 2, nil
+	case 't':
+		return '\t', 2, nil
+	case 'u':
+		r, ok := hex4(b, j+2)
+		if !ok {
+			return 0, 0, errMalformedJSON
+		}
+		if 0xD800 <= r && r < 0xDC00 && j+12 <= len(b) && b[j+6] == '\\' && b[j+7] == 'u' {
+			if lo, ok := hex4(b, j+8); ok && 0xDC00 <= lo && lo < 0xE000 {
+				return 0x10000 + (r-0xD800)<<10 + (lo - 0xDC00), 12, nil
+			}
+		}
+		return r, 6, nil
+	}
+	return 0, 0, errMalformedJSON
+}
+
+func hex4(b []byte, j int) (rune, bool) {
+	if j+4 > len(b) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range b[j : j+4] {
+		v, ok := fromHexChar(c)
+		if !ok {
+			return 0, false
+		}
+		r = r<<4 | rune(v)
+	}
+	return r, true
+}
+
+// decodeRuneWTF8 decodes one UTF-8 sequence. With wtf8 set, a surrogate
+// code point encoded in three bytes is accepted and returned as is.
+func decodeRuneWTF8(p []byte, wtf8 bool) (rune, int) {
+	if wtf8 && len(p) >= 3 && p[0] == 0xED && p[1] >= 0xA0 && p[1] <= 0xBF && p[2] >= 0x80 && p[2] <= 0xBF {
+		return rune(0xD000) | rune(p[1]&0x3F)<<6 | rune(p[2]&0x3F), 3
+	}
+	return utf8.DecodeRune(p)
+}
+
+const lowerHex = "0123456789abcdef"
+
+// appendJSRune writes one code point inside a JSON string as
+// JSON.stringify does.
+func appendJSRune(dst []byte, r rune) []byte {
+	switch {
+	case r == '"':
+		return append(dst, '\\', '"')
+	case r == '\\':
+		return append(dst, '\\', '\\')
+	case r == '\b':
+		return append(dst, '\\', 'b')
+	case r == '\f':
+		return append(dst, '\\', 'f')
+	case r == '\n':
+		return append(dst, '\\', 'n')
+	case r == '\r':
+		return append(dst, '\\', 'r')
+	case r == '\t':
+		return append(dst, '\\', 't')
+	case r < 0x20 || (0xD800 <= r && r < 0xE000):
+		return append(dst, '\\', 'u', lowerHex[r>>12&0xF], lowerHex[r>>8&0xF], lowerHex[r>>4&0xF], lowerHex[r&0xF])
+	}
+	return utf8.AppendRune(dst, r)
+}
+
+// appendJSString writes s (UTF-8, or WTF-8 when wtf8) as a JSON string.
+func appendJSString(dst, s []byte, wtf8 bool) []byte {
+	dst = append(dst, '"')
+	for j := 0; j < len(s); {
+		c := s[j]
+		if c >= 0x20 && c < 0x80 && c != '"' && c != '\\' {
+			dst = append(dst, c)
+			j++
+			continue
+		}
+		r, n := decodeRuneWTF8(s[j:], wtf8)
+		dst = appendJSRune(dst, r)
+		j += n
+	}
+	return append(dst, '"')
+}
+
+// decodeString appends the decoded content of the JSON string at b[i] to
+// dst, as WTF-8 so that lone surrogates survive.
+func decodeString(dst, b []byte, i int, wtf8 bool) ([]byte, error) {
+	for j := i + 1; j < len(b); {
+		switch c := b[j]; {
+		case c == '"':
+			return dst, nil
+		case c == '\\':
+			r, n, err := decodeEscape(b, j)
+			if err != nil {
+				return nil, err
+			}
+			dst = appendWTF8(dst, r)
+			j += n
+		case c < 0x20:
+			return nil, errMalformedJSON
+		case c < 0x80:
+			dst = append(dst, c)
+			j++
+		default:
+			r, n := decodeRuneWTF8(b[j:], wtf8)
+			dst = appendWTF8(dst, r)
+			j += n
+		}
+	}
+	return nil, errMalformedJSON
+}
+
+// appendWTF8 is utf8.AppendRune that also encodes surrogate code points.
+func appendWTF8(dst []byte, r rune) []byte {
+	if 0xD800 <= r && r < 0xE000 {
+		return append(dst, 0xED, byte(0x80|(r>>6)&0x3F), byte(0x80|r&0x3F))
+	}
+	return utf8.AppendRune(dst, r)
+}
+
+// appendJSNumber writes a JSON number as JavaScript prints it, except that
+// a plain integer keeps all its digits: JavaScript would round one beyond
+// 2^53, and an ID rounded in transit is a different ID.
+func appendJSNumber(dst, num []byte) []byte {
+	if isPlainInteger(num) {
+		if string(num) == "-0" {
+			return append(dst, '0')
+		}
+		return append(dst, num...)
+	}
+	f, err := strconv.ParseFloat(string(num), 64)
+	if err != nil {
+		// Out of float64 range: JavaScript would print Infinity, which
+		// JSON.stringify turns into null.
+		return append(dst, "null"...)
+	}
+	return appendJSFloat(dst, f)
+}
+
+func isPlainInteger(num []byte) bool {
+	digits := num
+	if len(digits) > 0 && digits[0] == '-' {
+		digits = digits[1:]
+	}
+	if len(digits) == 0 {
+		return false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// appendJSFloat formats like Number.prototype.toString: the shortest
+// representation that round-trips, fixed notation from 1e-6 up to 1e21,
+// exponent notation outside it with no padding in the exponent.
+func appendJSFloat(dst []byte, f float64) []byte {
+	if f == 0 {
+		return append(dst, '0')
+	}
+	abs := math.Abs(f)
+	if abs >= 1e-6 && abs < 1e21 {
+		return strconv.AppendFloat(dst, f, 'f', -1, 64)
+	}
+	start := len(dst)
+	dst = strconv.AppendFloat(dst, f, 'e', -1, 64)
+	// Go writes e-07 and e+07; JavaScript writes e-7 and e+7.
+	if n := len(dst); n-start >= 4 && dst[n-4] == 'e' && dst[n-2] == '0' {
+		dst[n-2] = dst[n-1]
+		dst = dst[:n-1]
+	}
+	return dst
+}

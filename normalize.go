@@ -1,0 +1,492 @@
+package webhookguard
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"strconv"
+	"sync"
+
+	"go.uber.org/zap"
+)
+
+// Meta normalization: a raw Meta WhatsApp payload
+// ({"object":…,"entry":[{"changes":[{"field":…,"value":…}]}]}) is
+// rewritten into exactly the JSON that normalizeWebhook() of Kapso's SDK
+// (@kapso/whatsapp-cloud-api 0.3.0) returns for it, serialized as
+// JSON.stringify would. The behaviour follows meta-webhooks.md §11 and is
+// checked against the SDK's own output on the corpus in testdata/normalize.
+//
+// It streams: one walk down the payload records where each change's items
+// are, then the output is written section by section, copying values from
+// the received bytes with their keys camelCased. Only messages and calls,
+// which the SDK edits, are taken apart member by member.
+
+var (
+	// errNotNormalizable: the body is not a JSON object; it is forwarded
+	// as is.
+	errNotNormalizable = errors.New("body is not a JSON object")
+	// errSDKThrows marks payloads on which normalizeWebhook() throws (a
+	// null message, say): there is no SDK output to match, so the body is
+	// forwarded as is.
+	errSDKThrows = errors.New("payload the reference normalizer rejects")
+)
+
+const normalizeFormatMeta = "meta"
+
+var normalizerPool = sync.Pool{New: func() any { return new(normalizer) }}
+
+// normalizeMeta appends the normalized form of body to dst.
+func normalizeMeta(dst, body []byte) ([]byte, error) {
+	n := normalizerPool.Get().(*normalizer)
+	defer normalizerPool.Put(n)
+	n.reset(dst, body)
+	err := n.run()
+	out := n.w.out
+	n.w.out = nil // the caller owns the output
+	if err != nil {
+		return dst[:0], err
+	}
+	return out, nil
+}
+
+// normalizer holds one normalization's state; its slabs are reused from
+// one payload to the next.
+type normalizer struct {
+	w       jsWriter
+	b       []byte
+	changes []metaChange
+	items   []span // item spans of every change's arrays
+	digits  []byte // digits of business numbers
+	objs    []*objModel
+	nobj    int
+}
+
+func (n *normalizer) reset(dst, body []byte) {
+	n.w.reset()
+	n.w.out = dst[:0]
+	n.b = body
+	n.changes = n.changes[:0]
+	n.items = n.items[:0]
+	n.digits = n.digits[:0]
+	n.nobj = 0
+}
+
+// itemList is a range of n.items.
+type itemList struct{ lo, hi int }
+
+// metaChange is what the walk found in one entry[].changes[] item.
+type metaChange struct {
+	field      string // raw's key, "" when the change has no usable field
+	value      span
+	hasValue   bool
+	phoneID    span // metadata.phoneNumberId, when a string
+	displayNum span // metadata.displayPhoneNumber, when a string
+	business   [2]span
+	contacts   itemList
+	messages   itemList
+	echoes     itemList
+	statuses   itemList
+	calls      itemList
+}
+
+func (n *normalizer) run() error {
+	b := n.b
+	var object span
+	hasObject := false
+	end, err := eachMember(b, 0, func(key []byte, v int) (int, error) {
+		switch {
+		case keyEquals(key, "object"):
+			e, err := skipValue(b, v)
+			object, hasObject = span{v, e}, true
+			return e, err
+		case keyEquals(key, "entry"):
+			n.changes = n.changes[:0] // a repeated key: the last one wins
+			if b[v] == '[' {
+				return eachItem(b, v, n.walkEntry)
+			}
+		}
+		return 0, nil
+	})
+	if err != nil || skipSpace(b, end) != len(b) {
+		return errNotNormalizable
+	}
+	return n.write(object, hasObject && b[object.start] == '"')
+}
+
+func (n *normalizer) walkEntry(v int) (int, error) {
+	b := n.b
+	if b[v] != '{' {
+		return 0, nil // the SDK skips entries that are not objects
+	}
+	first := len(n.changes)
+	return eachMember(b, v, func(key []byte, cv int) (int, error) {
+		if !keyEquals(key, "changes") {
+			return 0, nil
+		}
+		n.changes = n.changes[:first]
+		if b[cv] != '[' {
+			return 0, nil
+		}
+		return eachItem(b, cv, n.walkChange)
+	})
+}
+
+func (n *normalizer) walkChange(v int) (int, error) {
+	b := n.b
+	if b[v] != '{' {
+		return 0, nil
+	}
+	var ch metaChange
+	end, err := eachMember(b, v, func(key []byte, fv int) (int, error) {
+		switch {
+		case keyEquals(key, "field"):
+			e, err := skipValue(b, fv)
+			ch.field = ""
+			if f, ok := decodedString(b, span{fv, e}); ok && f != "" {
+				ch.field = fieldKey(f)
+			}
+			return e, err
+		case keyEquals(key, "value"):
+			field := ch.field
+			ch = metaChange{field: field}
+			return n.walkValue(&ch, fv)
+		}
+		return 0, nil
+	})
+	if err == nil && ch.hasValue {
+		n.changes = append(n.changes, ch)
+	}
+	return end, err
+}
+
+func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
+	b := n.b
+	var end int
+	var err error
+	switch b[v] {
+	case '[':
+		end, err = skipValue(b, v)
+	case '{':
+		var buf [64]byte
+		end, err = eachMember(b, v, func(key []byte, mv int) (int, error) {
+			var list *itemList
+			switch string(camelKey(key, &buf)) {
+			case "metadata":
+				ch.phoneID, ch.displayNum = span{}, span{}
+				if b[mv] == '{' {
+					return n.walkMetadata(ch, mv)
+				}
+				return 0, nil
+			case "contacts":
+				list = &ch.contacts
+			case "messages":
+				list = &ch.messages
+			case "messageEchoes":
+				list = &ch.echoes
+			case "statuses":
+				list = &ch.statuses
+			case "calls":
+				list = &ch.calls
+			default:
+				return 0, nil
+			}
+			*list = itemList{len(n.items), len(n.items)}
+			if b[mv] != '[' {
+				return 0, nil
+			}
+			e, err := eachItem(b, mv, func(iv int) (int, error) {
+				ie, err := skipValueDepth(b, iv, 2)
+				n.items = append(n.items, span{iv, ie})
+				return ie, err
+			})
+			list.hi = len(n.items)
+			return e, err
+		})
+	default:
+		return 0, nil // neither object nor array: the SDK skips the change
+	}
+	if err != nil {
+		return 0, err
+	}
+	ch.value, ch.hasValue = span{v, end}, true
+	return end, nil
+}
+
+func (n *normalizer) walkMetadata(ch *metaChange, v int) (int, error) {
+	b := n.b
+	var buf [64]byte
+	return eachMember(b, v, func(key []byte, mv int) (int, error) {
+		var dst *span
+		switch string(camelKey(key, &buf)) {
+		case "phoneNumberId":
+			dst = &ch.phoneID
+		case "displayPhoneNumber":
+			dst = &ch.displayNum
+		default:
+			return 0, nil
+		}
+		e, err := skipValue(b, mv)
+		*dst = span{}
+		if err == nil && b[mv] == '"' {
+			*dst = span{mv, e}
+		}
+		return e, err
+	})
+}
+
+// businessSet is the digits of the business's own numbers (non-empty
+// strings only), against which a message's from and to are matched.
+func (n *normalizer) businessSet(ch *metaChange) [][]byte {
+	var set [][]byte
+	for _, sp := range []span{ch.phoneID, ch.displayNum} {
+		if sp.end == 0 || sp.end-sp.start <= 2 {
+			continue
+		}
+		start := len(n.digits)
+		n.digits = appendStringDigits(n.digits, n.b, sp)
+		set = append(set, n.digits[start:len(n.digits):len(n.digits)])
+	}
+	return set
+}
+
+// appendStringDigits appends the ASCII digits of the JSON string at v.
+func appendStringDigits(dst, b []byte, v span) []byte {
+	raw := b[v.start+1 : v.end-1]
+	if containsByte(raw, '\\') {
+		dec, err := decodeString(nil, b, v.start, false)
+		if err != nil {
+			return dst
+		}
+		raw = dec
+	}
+	for _, c := range raw {
+		if '0' <= c && c <= '9' {
+			dst = append(dst, c)
+		}
+	}
+	return dst
+}
+
+// write emits the output object, section by section.
+func (n *normalizer) write(object span, objectIsString bool) error {
+	w := &n.w
+	b := n.b
+	w.out = append(w.out, '{')
+	if objectIsString {
+		w.out = append(w.out, `"object":`...)
+		if _, err := w.str(b, object.start); err != nil {
+			return errNotNormalizable
+		}
+		w.out = append(w.out, ',')
+	}
+	var phoneID, display span
+	for _, ch := range n.changes {
+		if ch.phoneID.end != 0 {
+			phoneID = ch.phoneID
+		}
+		if ch.displayNum.end != 0 {
+			display = ch.displayNum
+		}
+	}
+	if err := n.writeStringField(`"phoneNumberId":`, phoneID); err != nil {
+		return err
+	}
+	if err := n.writeStringField(`"displayPhoneNumber":`, display); err != nil {
+		return err
+	}
+	w.out = append(w.out, `"contacts":[`...)
+	first := true
+	for i := range n.changes {
+		if err := n.copyItems(n.changes[i].contacts, &first); err != nil {
+			return err
+		}
+	}
+	w.out = append(w.out, `],"messages":[`...)
+	first = true
+	for i := range n.changes {
+		ch := &n.changes[i]
+		if err := n.messageItems(ch, ch.messages, false, &first); err != nil {
+			return err
+		}
+		if err := n.messageItems(ch, ch.echoes, true, &first); err != nil {
+			return err
+		}
+	}
+	w.out = append(w.out, `],"statuses":[`...)
+	first = true
+	for i := range n.changes {
+		if err := n.copyItems(n.changes[i].statuses, &first); err != nil {
+			return err
+		}
+	}
+	w.out = append(w.out, `],"calls":[`...)
+	first = true
+	for i := range n.changes {
+		if err := n.callItems(n.changes[i].calls, &first); err != nil {
+			return err
+		}
+	}
+	w.out = append(w.out, "],"...)
+	if err := n.writeRaw(); err != nil {
+		return err
+	}
+	w.out = append(w.out, '}')
+	return nil
+}
+
+func (n *normalizer) writeStringField(name string, v span) error {
+	if v.end == 0 {
+		return nil
+	}
+	n.w.out = append(n.w.out, name...)
+	if _, err := n.w.str(n.b, v.start); err != nil {
+		return errNotNormalizable
+	}
+	n.w.out = append(n.w.out, ',')
+	return nil
+}
+
+func (n *normalizer) sep(first *bool) {
+	if !*first {
+		n.w.out = append(n.w.out, ',')
+	}
+	*first = false
+}
+
+// copyItems appends every item of a list, camelCased.
+func (n *normalizer) copyItems(list itemList, first *bool) error {
+	for _, it := range n.items[list.lo:list.hi] {
+		n.sep(first)
+		if _, err := n.w.value(n.b, it.start, keysCamel, 0); err != nil {
+			return errNotNormalizable
+		}
+	}
+	return nil
+}
+
+// writeRaw emits raw: each field's camelCased values, fields in the order
+// they first appear (integer-like ones first, as in any JavaScript object).
+func (n *normalizer) writeRaw() error {
+	w := &n.w
+	var order []string
+	for _, ch := range n.changes {
+		if ch.field != "" && !slices.Contains(order, ch.field) {
+			order = append(order, ch.field)
+		}
+	}
+	slices.SortStableFunc(order, compareJSKeys)
+	w.out = append(w.out, `"raw":{`...)
+	for i, f := range order {
+		if i > 0 {
+			w.out = append(w.out, ',')
+		}
+		w.out = appendJSString(w.out, []byte(f), false)
+		w.out = append(w.out, ":["...)
+		first := true
+		for _, ch := range n.changes {
+			if ch.field != f {
+				continue
+			}
+			n.sep(&first)
+			if _, err := w.value(n.b, ch.value.start, keysCamel, 0); err != nil {
+				return errNotNormalizable
+			}
+		}
+		w.out = append(w.out, ']')
+	}
+	w.out = append(w.out, '}')
+	return nil
+}
+
+// compareJSKeys orders integer-like keys first, ascending, and keeps the
+// others in place.
+func compareJSKeys(a, b string) int {
+	ia, ib := isIndexKey([]byte(a)), isIndexKey([]byte(b))
+	switch {
+	case ia && ib:
+		x, _ := strconv.ParseUint(a, 10, 64)
+		y, _ := strconv.ParseUint(b, 10, 64)
+		return int(int64(x) - int64(y))
+	case ia:
+		return -1
+	case ib:
+		return 1
+	}
+	return 0
+}
+
+// camelKey decodes a raw object key and applies the deep camelCase rule,
+// into buf when it fits, so that the walk's key comparisons allocate
+// nothing.
+func camelKey(raw []byte, buf *[64]byte) []byte {
+	inner := raw[1 : len(raw)-1]
+	switch keyClassOf(inner) {
+	case keyVerbatim:
+		return inner
+	case keyPlain:
+		return appendCamel(buf[:0], inner)
+	}
+	dec, err := decodeString(buf[:0], raw, 0, true)
+	if err != nil {
+		return nil
+	}
+	return appendCamel(nil, dec)
+}
+
+// decodedString decodes a JSON string value.
+func decodedString(b []byte, v span) (string, bool) {
+	if v.end <= v.start || b[v.start] != '"' {
+		return "", false
+	}
+	inner := b[v.start+1 : v.end-1]
+	if !containsByte(inner, '\\') {
+		return string(inner), true
+	}
+	dec, err := decodeString(nil, b, v.start, false)
+	if err != nil {
+		return "", false
+	}
+	return string(dec), true
+}
+
+// attachBody puts the body to forward on the request: the received bytes,
+// or their normalized form when normalize meta is on. A rewritten body
+// loses the signature headers (they no longer match) and is re-signed
+// with forward_secret when one is set.
+func (d *delivery) attachBody() {
+	if d.h.Normalize != normalizeFormatMeta {
+		d.body.attach(d.r)
+		return
+	}
+	out, err := normalizeInto(d.body.bytes())
+	if err != nil {
+		d.h.logger.Warn("meta payload forwarded unchanged: it cannot be normalized",
+			zap.String("reason", err.Error()), zap.String("remote_addr", d.r.RemoteAddr))
+		d.r.Header.Set(headerNormalized, "false")
+		d.body.attach(d.r)
+		return
+	}
+	out.attach(d.r)
+	out.release() // the request's readers hold it from here
+	d.r.Header.Set("Content-Type", "application/json")
+	d.r.Header.Set(headerNormalized, "true")
+	d.h.dropSignatures(d.r.Header)
+	if d.h.forwardKey != nil {
+		d.r.Header.Set(headerKapsoSignature, d.h.forwardKey.sign(out.bytes()))
+	}
+}
+
+// normalizeInto normalizes into a pooled buffer, recycled like a body.
+func normalizeInto(body []byte) (*pooledBody, error) {
+	buf := bodyPool.Get().(*bytes.Buffer)
+	out, err := normalizeMeta(buf.Bytes()[:0], body)
+	if err != nil {
+		bodyPool.Put(buf)
+		return nil, err
+	}
+	*buf = *bytes.NewBuffer(out)
+	pb := &pooledBody{buf: buf}
+	pb.refs.Store(1)
+	return pb, nil
+}

@@ -1,0 +1,533 @@
+package webhookguard
+
+import (
+	"bytes"
+	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+)
+
+// The SDK edits messages and calls; everything else it only camelCases.
+// An object it edits is held here as an ordered list of members whose
+// values are either spans of the received body (copied camelCased when
+// written), output already rendered, or a nested edited object.
+
+type member struct {
+	key      []byte // camelCased, decoded
+	val      span
+	rendered []byte // when non-nil, written instead of val
+	obj      *objModel
+}
+
+// objModel is an object with JavaScript's own-key semantics: a repeated
+// key keeps its first position and takes the later value.
+type objModel struct {
+	members []member
+	keyBuf  []byte
+}
+
+// newObj hands out a reusable objModel from the normalizer's slab.
+func (n *normalizer) newObj() *objModel {
+	if n.nobj == len(n.objs) {
+		n.objs = append(n.objs, &objModel{})
+	}
+	o := n.objs[n.nobj]
+	n.nobj++
+	o.members, o.keyBuf = o.members[:0], o.keyBuf[:0]
+	return o
+}
+
+// loadObject reads the members of the object at v, camelCasing keys.
+func (n *normalizer) loadObject(v span) (*objModel, error) {
+	b := n.b
+	o := n.newObj()
+	_, err := eachMember(b, v.start, func(key []byte, mv int) (int, error) {
+		end, err := skipValueDepth(b, mv, 1)
+		if err != nil {
+			return 0, err
+		}
+		o.set(member{key: o.camelKeyBytes(key), val: span{mv, end}})
+		return end, nil
+	})
+	return o, err
+}
+
+// camelKeyBytes converts a raw key, referring to the body when the key
+// needs no change.
+func (o *objModel) camelKeyBytes(raw []byte) []byte {
+	inner := raw[1 : len(raw)-1]
+	if isPlainKey(inner) && !containsByte(inner, '_') && !containsByte(inner, '-') {
+		return inner
+	}
+	start := len(o.keyBuf)
+	if isPlainKey(inner) {
+		o.keyBuf = appendCamel(o.keyBuf, inner)
+	} else {
+		dec, err := decodeString(nil, raw, 0, true)
+		if err != nil {
+			return nil
+		}
+		o.keyBuf = appendCamel(o.keyBuf, dec)
+	}
+	// A full slice expression, so that growing keyBuf later cannot move
+	// the bytes under this key.
+	return o.keyBuf[start:len(o.keyBuf):len(o.keyBuf)]
+}
+
+func (o *objModel) index(key string) int {
+	for i := range o.members {
+		if string(o.members[i].key) == key {
+			return i
+		}
+	}
+	return -1
+}
+
+func (o *objModel) get(key string) (*member, bool) {
+	if i := o.index(key); i >= 0 {
+		return &o.members[i], true
+	}
+	return nil, false
+}
+
+// set replaces the value of an existing key in place, or appends the key.
+func (o *objModel) set(m member) {
+	if i := o.index(string(m.key)); i >= 0 {
+		o.members[i] = m
+		return
+	}
+	o.members = append(o.members, m)
+}
+
+func (o *objModel) del(key string) {
+	if i := o.index(key); i >= 0 {
+		o.members = slices.Delete(o.members, i, i+1)
+	}
+}
+
+// write emits the object with integer-like keys first, as JavaScript
+// enumerates them.
+func (o *objModel) write(w *jsWriter, b []byte) error {
+	ms := o.members
+	if slices.ContainsFunc(ms, func(m member) bool { return isIndexKey(m.key) }) {
+		ms = slices.Clone(ms)
+		slices.SortStableFunc(ms, func(x, y member) int { return compareJSKeys(string(x.key), string(y.key)) })
+	}
+	w.out = append(w.out, '{')
+	for i := range ms {
+		if i > 0 {
+			w.out = append(w.out, ',')
+		}
+		w.out = appendJSString(w.out, ms[i].key, true)
+		w.out = append(w.out, ':')
+		if err := ms[i].writeValue(w, b); err != nil {
+			return err
+		}
+	}
+	w.out = append(w.out, '}')
+	return nil
+}
+
+func (m *member) writeValue(w *jsWriter, b []byte) error {
+	switch {
+	case m.obj != nil:
+		return m.obj.write(w, b)
+	case m.rendered != nil:
+		w.out = append(w.out, m.rendered...)
+		return nil
+	}
+	_, err := w.value(b, m.val.start, keysCamel, 0)
+	return err
+}
+
+// renderSpan returns a value as output JSON.
+func renderSpan(b []byte, v span) ([]byte, error) {
+	var w jsWriter
+	if _, err := w.value(b, v.start, keysCamel, 0); err != nil {
+		return nil, err
+	}
+	return w.out, nil
+}
+
+// kapsoState models message.kapso through the SDK's steps, including what
+// happens when the input already carried a kapso value of another type.
+type kapsoState struct {
+	kind     kapsoKind
+	obj      *objModel // kind == kapsoObject
+	hidden   bool      // kind == kapsoArray: properties set that JSON cannot show
+	arrayLen int
+}
+
+type kapsoKind int
+
+const (
+	kapsoAbsent      kapsoKind = iota
+	kapsoFalsy                 // null, false, 0, "": replaced when something is added
+	kapsoString                // a non-empty string: assigning a property throws
+	kapsoOtherTruthy           // true or a non-zero number: assigning throws, removal drops it
+	kapsoArray
+	kapsoObject
+)
+
+func (n *normalizer) loadKapso(msg *objModel) (kapsoState, error) {
+	b := n.b
+	m, ok := msg.get("kapso")
+	if !ok {
+		return kapsoState{kind: kapsoAbsent}, nil
+	}
+	raw := b[m.val.start:m.val.end]
+	switch c := raw[0]; {
+	case c == '{':
+		o, err := n.loadObject(m.val)
+		return kapsoState{kind: kapsoObject, obj: o}, err
+	case c == '[':
+		items, err := arrayItems(b, m.val.start)
+		return kapsoState{kind: kapsoArray, arrayLen: len(items)}, err
+	case c == '"':
+		if string(raw) == `""` {
+			return kapsoState{kind: kapsoFalsy}, nil
+		}
+		return kapsoState{kind: kapsoString}, nil
+	case string(raw) == "null" || string(raw) == "false":
+		return kapsoState{kind: kapsoFalsy}, nil
+	case string(raw) == "true":
+		return kapsoState{kind: kapsoOtherTruthy}, nil
+	}
+	if f, err := strconv.ParseFloat(string(raw), 64); err == nil && f == 0 {
+		return kapsoState{kind: kapsoFalsy}, nil
+	}
+	return kapsoState{kind: kapsoOtherTruthy}, nil
+}
+
+// ensure is `msg.kapso ||= {}`.
+func (k *kapsoState) ensure(n *normalizer) {
+	if k.kind == kapsoAbsent || k.kind == kapsoFalsy {
+		k.kind, k.obj = kapsoObject, n.newObj()
+	}
+}
+
+// assign is `msg.kapso[key] = value`, which throws on a primitive.
+func (k *kapsoState) assign(key string, rendered []byte) error {
+	switch k.kind {
+	case kapsoString, kapsoOtherTruthy:
+		return errSDKThrows
+	case kapsoArray:
+		k.hidden = true
+	case kapsoObject:
+		k.obj.set(member{key: constKey(key), rendered: rendered})
+	}
+	return nil
+}
+
+// merge is Object.assign(msg.kapso, fields), which ignores primitives.
+func (k *kapsoState) merge(fields []member) {
+	switch k.kind {
+	case kapsoArray:
+		k.hidden = k.hidden || len(fields) > 0
+	case kapsoObject:
+		for _, f := range fields {
+			k.obj.set(f)
+		}
+	}
+}
+
+// removable is `msg.kapso && Object.keys(msg.kapso).length === 0`.
+func (k *kapsoState) removable() bool {
+	switch k.kind {
+	case kapsoOtherTruthy:
+		return true
+	case kapsoArray:
+		return k.arrayLen == 0 && !k.hidden
+	case kapsoObject:
+		return len(k.obj.members) == 0
+	}
+	return false
+}
+
+// messageItems normalizes every item of a messages or message_echoes list.
+func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, first *bool) error {
+	for _, it := range n.items[list.lo:list.hi] {
+		n.sep(first)
+		if err := n.message(ch, it, echo); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// constKeys are the keys the SDK adds, allocated once.
+var constKeys = func() map[string][]byte {
+	m := map[string][]byte{}
+	for _, k := range []string{"kapso", "orderText", "flowResponse", "flowToken", "flowName", "callId", "direction", "source"} {
+		m[k] = []byte(k)
+	}
+	return m
+}()
+
+func constKey(k string) []byte { return constKeys[k] }
+
+var (
+	renderedInbound  = []byte(`"inbound"`)
+	renderedOutbound = []byte(`"outbound"`)
+	renderedEchoSrc  = []byte(`"smb_message_echo"`)
+)
+
+func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
+	b, w := n.b, &n.w
+	switch c := b[it.start]; {
+	case c == 'n':
+		return errSDKThrows // reading a property of null
+	case c == '[':
+		_, err := w.value(b, it.start, keysCamel, 0)
+		return err
+	case c != '{':
+		if echo {
+			return errSDKThrows // setting kapso on a primitive
+		}
+		_, err := w.value(b, it.start, keysCamel, 0)
+		return err
+	}
+	msg, err := n.loadObject(it)
+	if err != nil {
+		return errNotNormalizable
+	}
+	kapso, err := n.loadKapso(msg)
+	if err != nil {
+		return errNotNormalizable
+	}
+	if err := n.applyOrderText(msg, &kapso); err != nil {
+		return err
+	}
+	if fields, ok := n.flowFields(msg); ok {
+		kapso.ensure(n)
+		kapso.merge(fields)
+	}
+	if kapso.removable() {
+		msg.del("kapso")
+		kapso.kind = kapsoAbsent
+	}
+	if dir := n.direction(ch, msg, echo); dir != nil {
+		kapso.ensure(n)
+		if err := kapso.assign("direction", dir); err != nil {
+			return err
+		}
+		if echo {
+			if err := kapso.assign("source", renderedEchoSrc); err != nil {
+				return err
+			}
+		}
+	}
+	if kapso.kind == kapsoObject {
+		if m, ok := msg.get("kapso"); ok {
+			m.obj, m.rendered = kapso.obj, nil
+		} else {
+			msg.set(member{key: constKey("kapso"), obj: kapso.obj})
+		}
+	}
+	if err := msg.write(w, b); err != nil {
+		return errNotNormalizable
+	}
+	return nil
+}
+
+// applyOrderText moves order.text to order.orderText and kapso.orderText.
+func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
+	b := n.b
+	om, ok := msg.get("order")
+	if !ok || b[om.val.start] != '{' {
+		return nil
+	}
+	order, err := n.loadObject(om.val)
+	if err != nil {
+		return errNotNormalizable
+	}
+	text, ok := order.get("text")
+	if !ok {
+		return nil
+	}
+	value, err := renderSpan(b, text.val)
+	if err != nil {
+		return errNotNormalizable
+	}
+	order.del("text")
+	order.set(member{key: constKey("orderText"), rendered: value})
+	om.obj = order
+	kapso.ensure(n)
+	return kapso.assign("orderText", value)
+}
+
+// flowFields parses a Flow reply's response_json into kapso's
+// flowResponse, flowToken and flowName, as the SDK does.
+func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
+	b := n.b
+	im, ok := msg.get("interactive")
+	if !ok || b[im.val.start] != '{' {
+		return nil, false
+	}
+	inter, err := n.loadObject(im.val)
+	if err != nil {
+		return nil, false
+	}
+	if t, ok := inter.get("type"); !ok || !spanIsString(b, t.val, "nfm_reply") {
+		return nil, false
+	}
+	rm, ok := inter.get("nfmReply")
+	if !ok || b[rm.val.start] != '{' {
+		return nil, false
+	}
+	reply, err := n.loadObject(rm.val)
+	if err != nil {
+		return nil, false
+	}
+	rj, ok := reply.get("responseJson")
+	if !ok || b[rj.val.start] != '"' {
+		return nil, false
+	}
+	text, err := decodeString(nil, b, rj.val.start, false)
+	if err != nil || jsTrim(string(text)) == "" {
+		return nil, false
+	}
+	response, ok := parseJSONLikeJS(text)
+	if !ok {
+		return nil, false
+	}
+	fields := []member{{key: constKey("flowResponse"), rendered: response}}
+	if string(response) == "null" {
+		return fields, true
+	}
+	if response[0] == '{' {
+		if tok, found, _ := objectField(response, 0, "flowToken"); found && response[tok.start] == '"' {
+			fields = append(fields, member{key: constKey("flowToken"), rendered: response[tok.start:tok.end]})
+		}
+	}
+	if name, ok := reply.get("name"); ok && b[name.val.start] == '"' {
+		if rendered, err := renderSpan(b, name.val); err == nil {
+			fields = append(fields, member{key: constKey("flowName"), rendered: rendered})
+		}
+	}
+	return fields, true
+}
+
+// parseJSONLikeJS is JSON.parse followed by the deep camelCase rule and
+// JSON.stringify: the text came out of a JSON string, so it may hold lone
+// surrogates, which survive as \udxxx.
+func parseJSONLikeJS(text []byte) ([]byte, bool) {
+	var w jsWriter
+	w.wtf8 = true
+	end, err := w.value(text, 0, keysCamel, 0)
+	if err != nil || skipSpace(text, end) != len(text) {
+		return nil, false
+	}
+	return w.out, true
+}
+
+// jsTrim is String.prototype.trim.
+func jsTrim(s string) string {
+	return strings.TrimFunc(s, func(r rune) bool { return unicode.IsSpace(r) || r == '\uFEFF' })
+}
+
+func spanIsString(b []byte, v span, want string) bool {
+	s, ok := decodedString(b, v)
+	return ok && s == want
+}
+
+// stringMember returns the digits of o[key] and whether it is a non-empty
+// string.
+func (n *normalizer) stringMember(o *objModel, key string, digits []byte) ([]byte, bool) {
+	m, ok := o.get(key)
+	if !ok || m.obj != nil || n.b[m.val.start] != '"' {
+		return digits, false
+	}
+	return appendStringDigits(digits, n.b, m.val), m.val.end-m.val.start > 2
+}
+
+// direction tells inbound from outbound by the SDK's rules, returning the
+// rendered value or nil.
+func (n *normalizer) direction(ch *metaChange, msg *objModel, echo bool) []byte {
+	if echo {
+		return renderedOutbound
+	}
+	b := n.b
+	business := n.businessSet(ch)
+	hasContextFrom := false
+	if cm, ok := msg.get("context"); ok && b[cm.val.start] == '{' {
+		if ctx, err := n.loadObject(cm.val); err == nil {
+			var d []byte
+			if d, hasContextFrom = n.stringMember(ctx, "from", nil); hasContextFrom {
+				business = append(business, d)
+			}
+		}
+	}
+	var buf [64]byte
+	from, _ := n.stringMember(msg, "from", buf[:0])
+	to, _ := n.stringMember(msg, "to", nil)
+	in := func(d []byte) bool {
+		return len(d) > 0 && slices.ContainsFunc(business, func(x []byte) bool { return bytes.Equal(x, d) })
+	}
+	switch {
+	case in(from):
+		return renderedOutbound
+	case in(to):
+		return renderedInbound
+	case hasContextFrom:
+		return renderedInbound
+	case len(from) > 0:
+		return renderedInbound
+	}
+	if m, ok := msg.get("fromUserId"); ok && b[m.val.start] == '"' && m.val.end-m.val.start > 2 {
+		return renderedInbound
+	}
+	return nil
+}
+
+// callItems copies calls, turning a string wacid into callId when the
+// call has no truthy callId.
+func (n *normalizer) callItems(list itemList, first *bool) error {
+	b, w := n.b, &n.w
+	for _, it := range n.items[list.lo:list.hi] {
+		n.sep(first)
+		switch b[it.start] {
+		case 'n':
+			return errSDKThrows
+		case '{':
+		default:
+			if _, err := w.value(b, it.start, keysCamel, 0); err != nil {
+				return errNotNormalizable
+			}
+			continue
+		}
+		call, err := n.loadObject(it)
+		if err != nil {
+			return errNotNormalizable
+		}
+		if wm, ok := call.get("wacid"); ok && b[wm.val.start] == '"' && !truthyMember(b, call, "callId") {
+			id := wm.val
+			call.del("wacid")
+			call.set(member{key: constKey("callId"), val: id})
+		}
+		if err := call.write(w, b); err != nil {
+			return errNotNormalizable
+		}
+	}
+	return nil
+}
+
+// truthyMember reports whether o[key] is truthy in JavaScript terms.
+func truthyMember(b []byte, o *objModel, key string) bool {
+	m, ok := o.get(key)
+	if !ok {
+		return false
+	}
+	raw := string(b[m.val.start:m.val.end])
+	switch raw[0] {
+	case '{', '[', 't':
+		return true
+	case '"':
+		return raw != `""`
+	case 'n', 'f':
+		return false
+	}
+	f, err := strconv.ParseFloat(raw, 64)
+	return err != nil || f != 0
+}

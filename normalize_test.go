@@ -1,0 +1,233 @@
+package webhookguard
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// corpusCase is one conformance payload with the SDK's answer for it.
+type corpusCase struct {
+	name   string
+	input  []byte
+	golden []byte
+	throws bool
+}
+
+func loadCorpus(t testing.TB) []corpusCase {
+	t.Helper()
+	files, err := filepath.Glob("testdata/normalize/corpus/*.json")
+	if err != nil || len(files) < 40 {
+		t.Fatalf("the conformance corpus needs at least 40 payloads, found %d (%v)", len(files), err)
+	}
+	var cases []corpusCase
+	for _, f := range files {
+		name := filepath.Base(f)
+		golden, err := os.ReadFile(filepath.Join("testdata/normalize/golden", name))
+		if err != nil {
+			t.Fatalf("%s has no golden output; regenerate them (README, Normalization): %v", name, err)
+		}
+		var probe struct {
+			Throws *string `json:"__throws"`
+		}
+		_ = json.Unmarshal(golden, &probe)
+		cases = append(cases, corpusCase{name: name, input: mustRead(t, f), golden: golden, throws: probe.Throws != nil})
+	}
+	return cases
+}
+
+// TestNormalizeConformance guards equality with the reference SDK: for
+// every corpus payload the output must equal normalizeWebhook()'s, token
+// by token in the SDK's key order. Numbers compare as JavaScript holds
+// them (float64), so an integer whose digits the gateway keeps while
+// JavaScript rounds them still matches. Payloads on which the SDK throws
+// must be refused (and are then forwarded unchanged).
+func TestNormalizeConformance(t *testing.T) {
+	for _, tc := range loadCorpus(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := normalizeMeta(nil, tc.input)
+			if tc.throws {
+				if !errors.Is(err, errSDKThrows) {
+					t.Fatalf("the SDK throws on this payload (%s) but normalizeMeta returned err=%v", tc.golden, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("normalizeMeta: %v", err)
+			}
+			if !json.Valid(out) {
+				t.Fatalf("output is not valid JSON: %s", out)
+			}
+			if diff := jsonTokenDiff(out, tc.golden); diff != "" {
+				t.Fatalf("%s\n got: %s\nwant: %s", diff, out, tc.golden)
+			}
+		})
+	}
+}
+
+// jsonTokenDiff compares two JSON texts as token streams: same structure,
+// same keys in the same order, same strings, numbers equal as float64.
+func jsonTokenDiff(got, want []byte) string {
+	dg, dw := json.NewDecoder(bytes.NewReader(got)), json.NewDecoder(bytes.NewReader(want))
+	for i := 0; ; i++ {
+		tg, eg := dg.Token()
+		tw, ew := dw.Token()
+		if eg == io.EOF && ew == io.EOF {
+			return ""
+		}
+		if eg != nil || ew != nil {
+			return fmt.Sprintf("token %d: errors %v / %v", i, eg, ew)
+		}
+		if fmt.Sprintf("%T %v", tg, tg) != fmt.Sprintf("%T %v", tw, tw) {
+			return fmt.Sprintf("token %d: got %T %v, want %T %v", i, tg, tg, tw, tw)
+		}
+	}
+}
+
+// TestNormalizeKeepsBigIntegerDigits guards the one intended difference
+// from JavaScript: integers beyond 2^53 keep their digits.
+func TestNormalizeKeepsBigIntegerDigits(t *testing.T) {
+	in := []byte(`{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"x","value":{"big_id":12345678901234567890123,"neg":-0,"f":1.50}}]}]}`)
+	out, err := normalizeMeta(nil, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `"raw":{"x":[{"bigId":12345678901234567890123,"neg":0,"f":1.5}]}`
+	if !strings.Contains(string(out), want) {
+		t.Fatalf("got %s, want it to contain %s", out, want)
+	}
+}
+
+// TestNormalizeRefusesNonObjects guards the pass-through policy: bodies
+// that are not JSON objects are not rewritten.
+func TestNormalizeRefusesNonObjects(t *testing.T) {
+	for _, body := range []string{``, `[]`, `"s"`, `12`, `null`, `{"a":`, `{"a":1} x`, "{\"a\":\"\x01\"}"} {
+		if _, err := normalizeMeta(nil, []byte(body)); !errors.Is(err, errNotNormalizable) {
+			t.Errorf("%q: err=%v, want errNotNormalizable", body, err)
+		}
+	}
+}
+
+// FuzzNormalize guards robustness: any input either is refused or yields
+// valid JSON, and never panics.
+func FuzzNormalize(f *testing.F) {
+	for _, tc := range loadCorpus(f) {
+		f.Add(tc.input)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		out, err := normalizeMeta(nil, body)
+		if err != nil {
+			return
+		}
+		if !json.Valid(out) {
+			t.Fatalf("invalid JSON out of %q: %q", body, out)
+		}
+	})
+}
+
+// BenchmarkNormalize measures normalization over the conformance corpus
+// and over the plain text message the SDK timing is quoted for.
+func BenchmarkNormalize(b *testing.B) {
+	var bodies [][]byte
+	var total int64
+	for _, tc := range loadCorpus(b) {
+		if !tc.throws {
+			bodies = append(bodies, tc.input)
+			total += int64(len(tc.input))
+		}
+	}
+	var buf []byte
+	b.Run("corpus", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(total / int64(len(bodies)))
+		i := 0
+		for b.Loop() {
+			out, err := normalizeMeta(buf[:0], bodies[i%len(bodies)])
+			if err != nil {
+				b.Fatal(err)
+			}
+			buf = out
+			i++
+		}
+	})
+	text := mustRead(b, "testdata/normalize/corpus/in_text.json")
+	b.Run("text-message", func(b *testing.B) {
+		b.ReportAllocs()
+		b.SetBytes(int64(len(text)))
+		for b.Loop() {
+			out, err := normalizeMeta(buf[:0], text)
+			if err != nil {
+				b.Fatal(err)
+			}
+			buf = out
+		}
+	})
+}
+
+// TestNormalizeThroughCaddy guards the feature end to end: every corpus
+// payload, signed with a Meta app secret and sent through a real Caddy,
+// reaches the upstream as the SDK's output, re-signed with the forward
+// secret and stripped of the Meta signature; payloads the SDK rejects and
+// bodies that are not JSON objects arrive unchanged and marked so.
+func TestNormalizeThroughCaddy(t *testing.T) {
+	up := newUpstream(t)
+	c := startCaddy(t, `
+	webhook_guard {
+		verify meta meta-app-secret
+		normalize meta
+		forward_secret fwd-secret
+	}
+	reverse_proxy `+up.Addr())
+	cases := loadCorpus(t)
+	cases = append(cases,
+		corpusCase{name: "array body", input: []byte(`[{"object":"whatsapp_business_account"}]`), throws: true},
+		corpusCase{name: "not JSON", input: []byte(`object=whatsapp`), throws: true})
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := up.count()
+			status, _, resp := post(t, c.URL, tc.input, map[string]string{
+				"X-Hub-Signature-256": "sha256=" + signHex("meta-app-secret", tc.input),
+				"Content-Type":        "text/plain",
+			})
+			if status != 200 || up.count() != before+1 {
+				t.Fatalf("status %d %s, forwarded %d", status, resp, up.count()-before)
+			}
+			got := up.requests()[before]
+			if tc.throws {
+				if !bytes.Equal(got.Body, tc.input) || got.Header.Get("X-Webhook-Normalized") != "false" {
+					t.Fatalf("want the body unchanged with X-Webhook-Normalized: false, got %q (%q)",
+						got.Header.Get("X-Webhook-Normalized"), got.Body)
+				}
+				if got.Header.Get("X-Hub-Signature-256") == "" {
+					t.Error("the original signature was dropped from an unchanged body")
+				}
+				return
+			}
+			if diff := jsonTokenDiff(got.Body, tc.golden); diff != "" {
+				t.Fatalf("upstream body differs from the SDK's output: %s\n got: %s", diff, got.Body)
+			}
+			want := map[string]string{
+				"X-Webhook-Normalized": "true",
+				"Content-Type":         "application/json",
+				"Content-Length":       fmt.Sprint(len(got.Body)),
+				"X-Webhook-Signature":  signHex("fwd-secret", got.Body),
+				"X-Hub-Signature-256":  "",
+				"X-Webhook-Verified":   "meta",
+			}
+			for k, v := range want {
+				if g := got.Header.Get(k); g != v {
+					t.Errorf("header %s = %q, want %q", k, g, v)
+				}
+			}
+		})
+	}
+	if !strings.Contains(c.Logs(), "forwarded unchanged") {
+		t.Error("pass-through of a body that cannot be normalized was not logged")
+	}
+}
