@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -173,7 +174,11 @@ type batchResult struct {
 func (d *delivery) serveBatch() error {
 	env, bad := parseBatch(d.body.bytes(), d.h.Unbatch.maxItems)
 	if bad != nil {
-		d.h.logRejection(d.r, d.event, bad.code, bad.message)
+		outcome := outcomeBadRequest
+		if bad.status == http.StatusRequestEntityTooLarge {
+			outcome = outcomeTooLarge
+		}
+		d.h.logRejection(d.r, d.event, outcome, bad.message)
 		return writeJSONError(d.w, bad.status, bad.code, bad.message)
 	}
 	if size := d.r.Header.Get(headerBatchSize); size != "" && size != strconv.Itoa(len(env.items)) {
@@ -187,7 +192,7 @@ func (d *delivery) serveBatch() error {
 
 	dd := d.h.Dedupe
 	batchKey := dd.primaryKey(d.repl, d.body.bytes())
-	d.batchKey = batchKey
+	d.batchKey, d.key = batchKey, batchKey
 	d.repl.Set("http.webhook.idempotency_key", batchKey)
 	d.repl.Set("http.webhook.duplicate", "false")
 	batchClaim, out := dd.acquire(d.r.Context(), []string{"id:" + batchKey})
@@ -199,8 +204,7 @@ func (d *delivery) serveBatch() error {
 		return d.answerBusy()
 	case outcomeStoreDown:
 		if dd.rejectOnStoreError() {
-			return writeJSONError(d.w, http.StatusServiceUnavailable, "store_unavailable",
-				"the dedupe store is unreachable; retry later")
+			return d.answerStoreDown()
 		}
 		useStore = false
 	}
@@ -221,6 +225,9 @@ func (d *delivery) serveBatch() error {
 			switch o {
 			case outcomeDuplicate:
 				res.Duplicates++
+				d.h.countBatchItem(outcomeDuplicateLabel)
+				d.h.logDelivery(env.event, key, d.scheme, outcomeDuplicateLabel, http.StatusOK, 0,
+					zap.Int("batch_index", i), zap.Int("batch_count", len(env.items)))
 				continue
 			case outcomeBusy:
 				dd.release(batchClaim)
@@ -233,8 +240,19 @@ func (d *delivery) serveBatch() error {
 			}
 			itemClaim = c
 		}
+		start := time.Now()
 		status, err := d.forwardItem(ctx, env, i, item, key)
-		if err == nil && isSuccess(status) {
+		took := time.Since(start)
+		d.h.observeUpstream(took)
+		ok := err == nil && isSuccess(status)
+		itemOutcome := outcomeForwarded
+		if !ok {
+			itemOutcome = "failed"
+		}
+		d.h.countBatchItem(itemOutcome)
+		d.h.logDelivery(env.event, key, d.scheme, itemOutcome, status, took,
+			zap.Int("batch_index", i), zap.Int("batch_count", len(env.items)))
+		if ok {
 			dd.commit(itemClaim)
 			res.Forwarded++
 			continue
@@ -248,6 +266,7 @@ func (d *delivery) serveBatch() error {
 		return d.answerPartial(res, i, status, reason)
 	}
 	dd.commit(batchClaim)
+	d.h.countRequest(outcomeForwarded)
 	return writeJSON(d.w, http.StatusOK, res)
 }
 
@@ -256,6 +275,7 @@ func (d *delivery) serveBatch() error {
 func (d *delivery) answerPartial(res batchResult, index, upstream int, reason string) error {
 	res.Status = "partial"
 	res.FailedIndex, res.UpstreamStatus = &index, &upstream
+	d.h.countRequest(outcomeUpstreamError)
 	d.h.logger.Warn("batch item not delivered; the batch stops here so later items cannot overtake it",
 		zap.String("event", truncate(d.event, 128)), zap.Int("failed_index", index),
 		zap.Int("items", res.Items), zap.Int("upstream_status", upstream), zap.String("reason", reason))

@@ -26,6 +26,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	webhook_guard [<matcher>] {
+//	    name <name>                         # metrics/log label; default: the schemes
 //	    # one line per verifier; a request passes when any accepts it
 //	    verify <kapso|meta|hmac|standard> <secret...>
 //	    verify <scheme> [<secret...>] {
@@ -66,6 +67,8 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		var err error
 		switch d.Val() {
+		case "name":
+			err = parseString(d, &m.Name)
 		case "verify":
 			err = m.unmarshalVerify(d)
 		case "max_body":

@@ -256,6 +256,7 @@ func (d *Dedupe) acquire(ctx context.Context, names []string) (*claim, outcome) 
 	for {
 		res, err := d.store.claim(ctx, keys)
 		if err != nil {
+			metrics.storeErrors.WithLabelValues(d.Scope).Inc()
 			d.logger.Warn("dedupe store unreachable", zap.String("scope", d.Scope),
 				zap.String("on_store_error", d.OnStoreError), zap.Error(err))
 			return nil, outcomeStoreDown
@@ -306,6 +307,7 @@ func (d *Dedupe) commit(c *claim) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := d.store.commit(ctx, c); err != nil {
+		metrics.storeErrors.WithLabelValues(d.Scope).Inc()
 		d.logger.Error("dedupe commit failed: a retry of this delivery may be forwarded again",
 			zap.String("scope", d.Scope), zap.Error(err))
 	}
@@ -318,6 +320,7 @@ func (d *Dedupe) release(c *claim) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := d.store.release(ctx, c); err != nil {
+		metrics.storeErrors.WithLabelValues(d.Scope).Inc()
 		d.logger.Warn("dedupe release failed: the claim lapses when its lease ends",
 			zap.String("scope", d.Scope), zap.Error(err))
 	}

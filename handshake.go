@@ -13,7 +13,7 @@ import (
 func (h *Handler) answerHandshake(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	if q.Get("hub.mode") != "subscribe" || !q.Has("hub.challenge") {
-		h.logRejection(r, "", "handshake", "not a subscribe handshake")
+		h.logRejection(r, "", outcomeHandshake+"_refused", "not a subscribe handshake")
 		return writeJSONError(w, http.StatusForbidden, "forbidden", "expected hub.mode=subscribe with a hub.challenge")
 	}
 	given := sha256.Sum256([]byte(q.Get("hub.verify_token")))
@@ -22,9 +22,10 @@ func (h *Handler) answerHandshake(w http.ResponseWriter, r *http.Request) error 
 		match |= subtle.ConstantTimeCompare(given[:], tok[:])
 	}
 	if match != 1 {
-		h.logRejection(r, "", "handshake", "verify token does not match")
+		h.logRejection(r, "", outcomeHandshake+"_refused", "verify token does not match")
 		return writeJSONError(w, http.StatusForbidden, "forbidden", "hub.verify_token does not match")
 	}
+	h.countRequest(outcomeHandshake)
 	challenge := q.Get("hub.challenge")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")

@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -69,6 +71,11 @@ const defaultMaxBody = 5 * 1000 * 1000
 //	{http.webhook.batch_index}      0-based index of a batch item
 //	{http.webhook.batch_count}      number of items in the batch
 type Handler struct {
+	// Name labels this handler's metrics and log lines. Default: the
+	// schemes of its verifiers joined by "+", such as "kapso" or
+	// "kapso+meta".
+	Name string `json:"name,omitempty"`
+
 	// Verify lists the signature verifiers. A request passes when any one
 	// of them accepts it. At least one is required: a handler without
 	// verifiers fails validation rather than running open.
@@ -114,6 +121,7 @@ type Handler struct {
 	forwardKey   *macKey
 	verifyTokens [][32]byte
 	maxBody      int64
+	name         string
 	logger       *zap.Logger
 }
 
@@ -128,6 +136,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves secrets, sets defaults and attaches the dedupe store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.name = h.Name
+	if h.name == "" {
+		h.name = h.defaultName()
+	}
+	registerMetrics(ctx, h.logger)
 	h.maxBody = h.MaxBody
 	if h.maxBody <= 0 {
 		h.maxBody = defaultMaxBody
@@ -225,7 +238,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	scheme, verr := h.verify(r, body.bytes())
 	if verr != nil {
-		h.logRejection(r, event, "invalid_signature", verr.reason)
+		h.logRejection(r, event, outcomeInvalidSignature, verr.reason)
 		return writeJSONError(w, http.StatusUnauthorized, "invalid_signature", verr.message)
 	}
 	r.Header.Set(headerVerified, scheme)
@@ -248,6 +261,7 @@ type delivery struct {
 	body   *pooledBody
 	event  string
 	scheme string
+	key    string
 
 	batchKey string
 }
@@ -257,10 +271,11 @@ type delivery struct {
 // failed delivery can be retried by the sender.
 func (d *delivery) serveSingle() error {
 	if d.h.Dedupe == nil {
-		d.attachBody()
-		return d.next.ServeHTTP(d.w, d.r)
+		_, err := d.forward()
+		return err
 	}
 	keys := d.h.Dedupe.deliveryKeys(d.r, d.repl, d.event, d.body.bytes())
+	d.key = keys.primary
 	d.repl.Set("http.webhook.idempotency_key", keys.primary)
 	d.repl.Set("http.webhook.duplicate", "false")
 
@@ -272,17 +287,13 @@ func (d *delivery) serveSingle() error {
 		return d.answerBusy()
 	case outcomeStoreDown:
 		if d.h.Dedupe.rejectOnStoreError() {
-			return writeJSONError(d.w, http.StatusServiceUnavailable, "store_unavailable",
-				"the dedupe store is unreachable; retry later")
+			return d.answerStoreDown()
 		}
-		d.attachBody()
-		return d.next.ServeHTTP(d.w, d.r)
+		_, err := d.forward()
+		return err
 	}
-
-	rec := caddyhttp.NewResponseRecorder(d.w, nil, nil)
-	d.attachBody()
-	err := d.next.ServeHTTP(rec, d.r)
-	if err == nil && isSuccess(rec.Status()) {
+	ok, err := d.forward()
+	if ok {
 		d.h.Dedupe.commit(claim)
 	} else {
 		d.h.Dedupe.release(claim)
@@ -290,7 +301,48 @@ func (d *delivery) serveSingle() error {
 	return err
 }
 
+// forward sends the delivery on and reports whether the upstream took it
+// (2xx). Its answer goes to the sender as it is.
+func (d *delivery) forward() (bool, error) {
+	rec := caddyhttp.NewResponseRecorder(d.w, nil, nil)
+	d.attachBody()
+	start := time.Now()
+	err := d.next.ServeHTTP(rec, d.r)
+	took := time.Since(start)
+	d.h.observeUpstream(took)
+	status := rec.Status()
+	if err != nil {
+		status = errorStatus(err)
+	} else if status == 0 {
+		status = http.StatusOK
+	}
+	ok := err == nil && isSuccess(status)
+	outcome := outcomeForwarded
+	if !ok {
+		outcome = outcomeUpstreamError
+	}
+	d.h.countRequest(outcome)
+	d.h.logDelivery(d.event, d.key, d.scheme, outcome, status, took)
+	return ok, err
+}
+
+// errorStatus is the status Caddy will answer for a handler error.
+func errorStatus(err error) int {
+	if he, ok := errors.AsType[caddyhttp.HandlerError](err); ok && he.StatusCode != 0 {
+		return he.StatusCode
+	}
+	return http.StatusInternalServerError
+}
+
+func (d *delivery) answerStoreDown() error {
+	d.h.logRejection(d.r, d.event, outcomeStoreUnavailable, "dedupe store unreachable and on_store_error is reject")
+	return writeJSONError(d.w, http.StatusServiceUnavailable, "store_unavailable",
+		"the dedupe store is unreachable; retry later")
+}
+
 func (d *delivery) answerDuplicate() error {
+	d.h.countRequest(outcomeDuplicateLabel)
+	d.h.logDelivery(d.event, d.key, d.scheme, outcomeDuplicateLabel, http.StatusOK, 0)
 	d.repl.Set("http.webhook.duplicate", "true")
 	d.w.Header().Set(headerDuplicate, "true")
 	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "duplicate"})
@@ -298,7 +350,7 @@ func (d *delivery) answerDuplicate() error {
 
 func (d *delivery) answerBusy() error {
 	d.w.Header().Set("Retry-After", d.h.Dedupe.retryAfter())
-	d.h.logRejection(d.r, d.event, "in_flight", "an identical delivery is still being forwarded")
+	d.h.logRejection(d.r, d.event, outcomeInFlight, "an identical delivery is still being forwarded")
 	return writeJSONError(d.w, http.StatusConflict, "in_flight",
 		"an identical delivery is still being processed; retry later")
 }
@@ -312,14 +364,14 @@ func isSuccess(status int) bool {
 // 400 otherwise (for example a client that disconnected mid-body).
 func (h *Handler) rejectBody(w http.ResponseWriter, r *http.Request, event string, err error) error {
 	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-		h.logRejection(r, event, "too_large", "body over max_body")
+		h.logRejection(r, event, outcomeTooLarge, "body over max_body")
 		return writeJSONError(w, http.StatusRequestEntityTooLarge, "too_large",
 			fmt.Sprintf("request body is larger than the %s limit", humanize.Bytes(uint64(h.maxBody))))
 	}
 	if errors.Is(err, context.Canceled) {
 		return caddyhttp.Error(499, err)
 	}
-	h.logRejection(r, event, "bad_request", "body could not be read")
+	h.logRejection(r, event, outcomeBadRequest, "body could not be read")
 	return writeJSONError(w, http.StatusBadRequest, "bad_request", "request body could not be read")
 }
 
@@ -327,6 +379,7 @@ func (h *Handler) rejectBody(w http.ResponseWriter, r *http.Request, event strin
 // remote address, the path and the (truncated) event name are logged:
 // never a body, a query string, a signature or a secret.
 func (h *Handler) logRejection(r *http.Request, event, outcome, reason string) {
+	h.countRequest(outcome)
 	if c := h.logger.Check(zap.InfoLevel, "webhook rejected"); c != nil {
 		c.Write(
 			zap.String("outcome", outcome),
@@ -338,6 +391,39 @@ func (h *Handler) logRejection(r *http.Request, event, outcome, reason string) {
 			zap.String("path", truncate(r.URL.Path, 256)),
 		)
 	}
+}
+
+// logDelivery writes the one line each delivery (or batch item) gets:
+// what it was, what became of it and how long the upstream took. Keys and
+// event names are logged; bodies and signatures never are.
+func (h *Handler) logDelivery(event, key, scheme, outcome string, status int, took time.Duration, extra ...zap.Field) {
+	if c := h.logger.Check(zap.InfoLevel, "webhook delivery"); c != nil {
+		fields := append([]zap.Field{
+			zap.String("handler", h.name),
+			zap.String("event", truncate(event, 128)),
+			zap.String("idempotency_key", truncate(key, 256)),
+			zap.String("scheme", scheme),
+			zap.String("outcome", outcome),
+			zap.Int("upstream_status", status),
+			zap.Duration("duration", took),
+		}, extra...)
+		c.Write(fields...)
+	}
+}
+
+// defaultName labels a handler by its schemes, which stay the same across
+// reloads.
+func (h *Handler) defaultName() string {
+	var names []string
+	for _, v := range h.Verify {
+		if v != nil && !slices.Contains(names, strings.ToLower(v.Scheme)) {
+			names = append(names, strings.ToLower(v.Scheme))
+		}
+	}
+	if len(names) == 0 {
+		return "webhook_guard"
+	}
+	return strings.Join(names, "+")
 }
 
 func truncate(s string, n int) string {

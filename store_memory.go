@@ -28,11 +28,19 @@ type memoryStore struct {
 	inflight  map[storeKey]*claim
 	ttl       time.Duration
 	evictions uint64
+	scope     string
+	purging   bool
 }
 
-func newMemoryStore(capacity int, ttl time.Duration) (*memoryStore, error) {
-	s := &memoryStore{inflight: make(map[storeKey]*claim), ttl: ttl}
-	lru, err := simplelru.NewLRU[storeKey, int64](capacity, func(storeKey, int64) { s.evictions++ })
+func newMemoryStore(scope string, capacity int, ttl time.Duration) (*memoryStore, error) {
+	initMetrics()
+	s := &memoryStore{inflight: make(map[storeKey]*claim), ttl: ttl, scope: scope}
+	lru, err := simplelru.NewLRU[storeKey, int64](capacity, func(storeKey, int64) {
+		if !s.purging {
+			s.evictions++
+			metrics.storeEvictions.WithLabelValues(scope).Inc()
+		}
+	})
 	if err != nil {
 		return nil, fmt.Errorf("creating LRU: %w", err)
 	}
@@ -43,7 +51,7 @@ func newMemoryStore(capacity int, ttl time.Duration) (*memoryStore, error) {
 func (d *Dedupe) provisionMemory() error {
 	key := "memory:" + d.Scope
 	v, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newMemoryStore(d.Capacity, d.ttl)
+		return newMemoryStore(d.Scope, d.Capacity, d.ttl)
 	})
 	if err != nil {
 		return err
@@ -95,6 +103,7 @@ func (s *memoryStore) commit(_ context.Context, c *claim) error {
 	for _, k := range c.keys {
 		s.committed.Add(k, exp)
 	}
+	metrics.storeEntries.WithLabelValues(s.scope).Set(float64(s.committed.Len()))
 	s.dropClaim(c)
 	return nil
 }
@@ -132,6 +141,9 @@ func (s *memoryStore) stats() (entries int, evictions uint64) {
 func (s *memoryStore) Destruct() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.purging = true
 	s.committed.Purge()
+	s.purging = false
+	metrics.storeEntries.WithLabelValues(s.scope).Set(0)
 	return nil
 }

@@ -186,6 +186,7 @@ func (h *Handler) verify(r *http.Request, body []byte) (string, *verifyError) {
 		if err == nil {
 			return v.Scheme, nil
 		}
+		metrics.verifyFailures.WithLabelValues(h.name, v.Scheme, err.label()).Inc()
 		if !err.missing {
 			allMissing = false
 			if first == nil {
@@ -262,6 +263,21 @@ func singleHeader(r *http.Request, name string) (string, *verifyError) {
 			message: name + " was sent more than once"}
 	}
 	return values[0], nil
+}
+
+// label is the low-cardinality reason used in metrics.
+func (e *verifyError) label() string {
+	switch {
+	case e.missing:
+		return "missing"
+	case strings.Contains(e.reason, "repeated"):
+		return "repeated"
+	case strings.Contains(e.reason, "timestamp"):
+		return "timestamp"
+	case strings.Contains(e.reason, "match"):
+		return "mismatch"
+	}
+	return "malformed"
 }
 
 func mismatch(header, reason string) *verifyError {

@@ -1,0 +1,108 @@
+package webhookguard
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// Request outcomes, used as metric labels and in the delivery log.
+const (
+	outcomeForwarded        = "forwarded"
+	outcomeDuplicateLabel   = "duplicate"
+	outcomeInvalidSignature = "invalid_signature"
+	outcomeTooLarge         = "too_large"
+	outcomeBadRequest       = "bad_request"
+	outcomeUpstreamError    = "upstream_error"
+	outcomeHandshake        = "handshake"
+	outcomeInFlight         = "in_flight"
+	outcomeStoreUnavailable = "store_unavailable"
+	outcomeBatch            = "batch"
+	outcomePartial          = "partial"
+)
+
+// metrics are created once per process and registered into each config's
+// registry, so that their values survive config reloads (a collector made
+// per config would start again from zero).
+var metrics struct {
+	once sync.Once
+
+	requests       *prometheus.CounterVec
+	verifyFailures *prometheus.CounterVec
+	batchItems     *prometheus.CounterVec
+	storeEntries   *prometheus.GaugeVec
+	storeEvictions *prometheus.CounterVec
+	storeErrors    *prometheus.CounterVec
+	upstream       *prometheus.HistogramVec
+}
+
+func initMetrics() {
+	metrics.once.Do(func() {
+		const ns, sub = "caddy", "webhook_guard"
+		metrics.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "requests_total",
+			Help: "Webhook requests by handler and outcome.",
+		}, []string{"handler", "outcome"})
+		metrics.verifyFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "verification_failures_total",
+			Help: "Signature checks that refused a request, by handler, scheme and reason.",
+		}, []string{"handler", "scheme", "reason"})
+		metrics.batchItems = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "batch_items_total",
+			Help: "Items of batched deliveries by handler and outcome.",
+		}, []string{"handler", "outcome"})
+		metrics.storeEntries = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "dedupe_store_entries",
+			Help: "Committed keys held by an in-memory dedupe store.",
+		}, []string{"scope"})
+		metrics.storeEvictions = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "dedupe_store_evictions_total",
+			Help: "Committed keys an in-memory dedupe store forgot to stay within its capacity.",
+		}, []string{"scope"})
+		metrics.storeErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "dedupe_store_errors_total",
+			Help: "Dedupe store operations that failed, by scope.",
+		}, []string{"scope"})
+		metrics.upstream = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: ns, Subsystem: sub, Name: "upstream_duration_seconds",
+			Help:    "Time the rest of the route (usually reverse_proxy) took per forward, batch items included.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"handler"})
+	})
+}
+
+// registerMetrics adds the collectors to the config's registry. A failure
+// only costs the metrics, so it is logged, not fatal.
+func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
+	initMetrics()
+	reg := ctx.GetMetricsRegistry()
+	if reg == nil {
+		return
+	}
+	for _, c := range []prometheus.Collector{
+		metrics.requests, metrics.verifyFailures, metrics.batchItems, metrics.storeEntries,
+		metrics.storeEvictions, metrics.storeErrors, metrics.upstream,
+	} {
+		if err := reg.Register(c); err != nil {
+			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
+				logger.Warn("webhook_guard metrics not registered", zap.Error(err))
+			}
+		}
+	}
+}
+
+func (h *Handler) countRequest(outcome string) {
+	metrics.requests.WithLabelValues(h.name, outcome).Inc()
+}
+
+func (h *Handler) countBatchItem(outcome string) {
+	metrics.batchItems.WithLabelValues(h.name, outcome).Inc()
+}
+
+func (h *Handler) observeUpstream(took time.Duration) {
+	metrics.upstream.WithLabelValues(h.name).Observe(took.Seconds())
+}
