@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -87,6 +88,11 @@ func badRequest(format string, args ...any) *inputError {
 // parseBatch checks the whole envelope before any item is forwarded, so
 // that a malformed batch is refused whole rather than half delivered.
 func parseBatch(body []byte, maxItems int) (*batchEnvelope, *inputError) {
+	if !utf8.Valid(body) {
+		// JSON must be UTF-8 (RFC 8259); splitting would forward bytes
+		// the app cannot decode.
+		return nil, badRequest("batch body is not valid UTF-8")
+	}
 	if !json.Valid(body) {
 		return nil, badRequest("batch body is not valid JSON")
 	}
@@ -191,7 +197,7 @@ func (d *delivery) serveBatch() error {
 	d.repl.Set("http.webhook.event", env.event)
 
 	dd := d.h.Dedupe
-	batchKey := dd.primaryKey(d.repl, d.body.bytes())
+	batchKey := dd.primaryKey(d.r, d.repl, d.scheme, d.body.bytes())
 	d.batchKey, d.key = batchKey, batchKey
 	d.repl.Set("http.webhook.idempotency_key", batchKey)
 	d.repl.Set("http.webhook.duplicate", "false")
@@ -306,6 +312,13 @@ func (d *delivery) forwardItem(ctx context.Context, env *batchEnvelope, i int, i
 
 	defer func() {
 		if p := recover(); p != nil {
+			// reverse_proxy panics to abort a response that broke after
+			// its headers: a 2xx already received means the upstream took
+			// the item.
+			if mw.status >= 200 && mw.status < 300 {
+				status, err = mw.status, nil
+				return
+			}
 			status, err = http.StatusBadGateway, fmt.Errorf("batch item %d: handler panicked: %v", i, p)
 		}
 	}()

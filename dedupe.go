@@ -212,15 +212,22 @@ func (k deliveryKeyset) all() []string {
 }
 
 // deliveryKeys works out the keys of a single (non-batched) delivery.
-func (d *Dedupe) deliveryKeys(r *http.Request, repl *caddy.Replacer, event string, body []byte) deliveryKeyset {
-	return deliveryKeyset{primary: d.primaryKey(repl, body), content: contentKey(event, body)}
+func (d *Dedupe) deliveryKeys(r *http.Request, repl *caddy.Replacer, scheme, event string, body []byte) deliveryKeyset {
+	return deliveryKeyset{primary: d.primaryKey(r, repl, scheme, body), content: contentKey(event, body)}
 }
 
-// primaryKey evaluates the configured key, falling back to the body's
-// SHA-256 (raw Meta deliveries carry no idempotency header).
-func (d *Dedupe) primaryKey(repl *caddy.Replacer, body []byte) string {
+// primaryKey evaluates the configured key. When it is empty, a Standard
+// Webhooks delivery is known by its webhook-id (the spec's dedupe key:
+// retries keep it, and a replayed capture carries it), anything else by
+// the SHA-256 of its body (raw Meta deliveries carry no key header).
+func (d *Dedupe) primaryKey(r *http.Request, repl *caddy.Replacer, scheme string, body []byte) string {
 	if k := repl.ReplaceAll(d.Key, ""); k != "" {
 		return k
+	}
+	if scheme == schemeStandard {
+		if id := standardID(r); id != "" {
+			return "webhook-id:" + id
+		}
 	}
 	sum := sha256.Sum256(body)
 	return "sha256:" + encodeHex(sum[:])

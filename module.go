@@ -274,7 +274,7 @@ func (d *delivery) serveSingle() error {
 		_, err := d.forward()
 		return err
 	}
-	keys := d.h.Dedupe.deliveryKeys(d.r, d.repl, d.event, d.body.bytes())
+	keys := d.h.Dedupe.deliveryKeys(d.r, d.repl, d.scheme, d.event, d.body.bytes())
 	d.key = keys.primary
 	d.repl.Set("http.webhook.idempotency_key", keys.primary)
 	d.repl.Set("http.webhook.duplicate", "false")
@@ -292,7 +292,23 @@ func (d *delivery) serveSingle() error {
 		_, err := d.forward()
 		return err
 	}
-	ok, err := d.forward()
+	// reverse_proxy aborts a response that breaks after its headers went
+	// out by panicking; the claim must be settled all the same, or every
+	// retry would wait on it. A 2xx already received means the upstream
+	// took the event.
+	settled := false
+	rec := caddyhttp.NewResponseRecorder(d.w, nil, nil)
+	defer func() {
+		if !settled {
+			if isSuccess(rec.Status()) && rec.Status() != 0 {
+				d.h.Dedupe.commit(claim)
+			} else {
+				d.h.Dedupe.release(claim)
+			}
+		}
+	}()
+	ok, err := d.forwardTo(rec)
+	settled = true
 	if ok {
 		d.h.Dedupe.commit(claim)
 	} else {
@@ -304,7 +320,10 @@ func (d *delivery) serveSingle() error {
 // forward sends the delivery on and reports whether the upstream took it
 // (2xx). Its answer goes to the sender as it is.
 func (d *delivery) forward() (bool, error) {
-	rec := caddyhttp.NewResponseRecorder(d.w, nil, nil)
+	return d.forwardTo(caddyhttp.NewResponseRecorder(d.w, nil, nil))
+}
+
+func (d *delivery) forwardTo(rec caddyhttp.ResponseRecorder) (bool, error) {
 	d.attachBody()
 	start := time.Now()
 	err := d.next.ServeHTTP(rec, d.r)

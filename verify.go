@@ -329,6 +329,15 @@ func (v *Verifier) checkStandard(r *http.Request, body []byte) *verifyError {
 	return mismatch(prefix+"Signature", "no v1 signature matches")
 }
 
+// standardID is the webhook-id (or svix-id) of a Standard Webhooks
+// delivery.
+func standardID(r *http.Request) string {
+	if id := r.Header.Get("Webhook-Id"); id != "" {
+		return id
+	}
+	return r.Header.Get("Svix-Id")
+}
+
 type hashAlg int
 
 const (
