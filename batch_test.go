@@ -350,3 +350,38 @@ func BenchmarkParseBatch(b *testing.B) {
 		})
 	}
 }
+
+// FuzzParseBatch guards the batch scanner: no body panics, and an
+// accepted batch's items are exactly the elements of its "data" array as
+// encoding/json reads them, each a JSON object.
+func FuzzParseBatch(f *testing.F) {
+	for _, seed := range []string{
+		string(makeBatch(2, "wamid.seed.")), `{"data":[{}]}`, `{"data":[]}`, `{"data":{}}`, `[]`, `{"data":[{"a":"]}"}],"data":[{"b":1}]}`,
+		`{"d\u0061ta":[{"x":null}]}`, `{"data":[{"a":[[[[]]]]}]}`, "{\"data\":[{\"t\":\"\xff\"}]}", `{"data":[1]}`, ``,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		env, bad := parseBatch(body, 1000)
+		if bad != nil {
+			return
+		}
+		var top map[string]json.RawMessage
+		if err := json.Unmarshal(body, &top); err != nil {
+			t.Fatalf("accepted a body encoding/json rejects: %v", err)
+		}
+		var items []json.RawMessage
+		if err := json.Unmarshal(top["data"], &items); err != nil {
+			t.Fatalf("accepted a data encoding/json cannot read as an array: %v", err)
+		}
+		if len(items) != len(env.items) {
+			t.Fatalf("%d items, encoding/json sees %d", len(env.items), len(items))
+		}
+		for i, it := range env.items {
+			got := body[it.start:it.end]
+			if !bytes.Equal(got, items[i]) || got[0] != '{' {
+				t.Fatalf("item %d = %q, encoding/json sees %q", i, got, items[i])
+			}
+		}
+	})
+}

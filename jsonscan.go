@@ -187,6 +187,9 @@ func eachMember(b []byte, i int, fn func(key []byte, v int) (int, error)) (int, 
 			return 0, errMalformedJSON
 		}
 		v := skipSpace(b, i+1)
+		if v >= len(b) {
+			return 0, errMalformedJSON // callbacks may read b[v]
+		}
 		end, err := fn(key, v)
 		if err != nil {
 			return 0, err
@@ -222,6 +225,9 @@ func eachItem(b []byte, i int, fn func(v int) (int, error)) (int, error) {
 		return i + 1, nil
 	}
 	for {
+		if i >= len(b) {
+			return 0, errMalformedJSON // callbacks may read b[i]
+		}
 		end, err := fn(i)
 		if err != nil {
 			return 0, err

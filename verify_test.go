@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"hash"
+	"net/http"
 	"net/http/httptest"
 	"strconv"
 	"strings"
@@ -307,4 +308,46 @@ func BenchmarkVerifyKapso(b *testing.B) {
 			}
 		})
 	}
+}
+
+// FuzzVerifySignature guards the signature parsers: no header value
+// panics, and none is accepted unless it really is the body's HMAC under
+// the secret (no false accept through a parsing quirk).
+func FuzzVerifySignature(f *testing.F) {
+	body := []byte(`{"message":{"id":"wamid.123"}}`)
+	good := macHex(sha256.New, "fuzz-secret", string(body))
+	for _, seed := range []string{good, strings.ToUpper(good), "sha256=" + good, "", "sha256=", good[:63], good + "0",
+		"v1," + base64.StdEncoding.EncodeToString([]byte(good)), " " + good, "sha256=sha256=" + good} {
+		f.Add(seed, body)
+	}
+	kapso := &Verifier{Scheme: "kapso", Secrets: []string{"fuzz-secret"}}
+	meta := &Verifier{Scheme: "meta", Secrets: []string{"fuzz-secret"}}
+	b64 := &Verifier{Scheme: "hmac", Header: "X-Sig", Encoding: "base64", Secrets: []string{"fuzz-secret"}}
+	for _, v := range []*Verifier{kapso, meta, b64} {
+		if err := v.provision(caddy.NewReplacer()); err != nil {
+			f.Fatal(err)
+		}
+	}
+	f.Fuzz(func(t *testing.T, header string, body []byte) {
+		m := hmac.New(sha256.New, []byte("fuzz-secret"))
+		m.Write(body)
+		want := m.Sum(nil)
+		for _, v := range []*Verifier{kapso, meta, b64} {
+			r := httptest.NewRequest("POST", "/", nil)
+			r.Header[http.CanonicalHeaderKey(v.header)] = []string{header}
+			if v.check(r, body) != nil {
+				continue
+			}
+			var got []byte
+			switch v.Scheme {
+			case "kapso", "meta":
+				got, _ = hex.DecodeString(strings.TrimPrefix(header, "sha256="))
+			default:
+				got, _ = decodeBase64Signature(header)
+			}
+			if !hmac.Equal(got, want) {
+				t.Fatalf("%s accepted %q, which is not the body's HMAC", v.Scheme, header)
+			}
+		}
+	})
 }
