@@ -2,13 +2,21 @@ package webhookguard
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 const batchEvent = "whatsapp.message.received"
@@ -384,4 +392,77 @@ func FuzzParseBatch(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkUnbatch measures a batch of 1, 10 and 100 items through the
+// handler (verify, dedupe, split, sub-requests) with a trivial next
+// handler, beside one single delivery through the same pipeline: the
+// budget is that an item costs less than a request of its own would.
+func BenchmarkUnbatch(b *testing.B) {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusOK)
+		return nil
+	})
+	newHandler := func(scope string, unbatch bool) *Handler {
+		h := &Handler{Verify: []*Verifier{{Scheme: "kapso", Secrets: []string{"bench"}}},
+			Dedupe: &Dedupe{Scope: scope, Capacity: 1 << 20}}
+		if unbatch {
+			h.Unbatch = &Unbatch{}
+		}
+		if err := h.Provision(ctx); err != nil {
+			b.Fatal(err)
+		}
+		// The unit-test logger prints every delivery line to the console,
+		// which would be most of what is measured; bench/ measures the
+		// whole thing with Caddy's own logger.
+		h.logger = zap.NewNop()
+		h.Dedupe.logger = h.logger
+		b.Cleanup(func() { _ = h.Cleanup() })
+		return h
+	}
+	serve := func(b *testing.B, h *Handler, body []byte, key string, batch bool) {
+		req := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))
+		req.Header.Set("X-Webhook-Signature", signHex("bench", body))
+		req.Header.Set("X-Idempotency-Key", key)
+		req.Header.Set("X-Webhook-Event", batchEvent)
+		if batch {
+			req.Header.Set("X-Webhook-Batch", "true")
+		}
+		w := httptest.NewRecorder()
+		req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
+		if err := h.ServeHTTP(w, req, next); err != nil || w.Code != http.StatusOK {
+			b.Fatalf("status %d, err %v: %s", w.Code, err, w.Body)
+		}
+	}
+	// Keys must never repeat, or items would be skipped as duplicates:
+	// benchmark bodies can run several times in one process.
+	var seq atomic.Int64
+	key := func(kind string) string { return kind + "-" + strconv.FormatInt(seq.Add(1), 10) }
+	item := `{"message":{"type":"text","text":{"body":"hello"},"kapso":{"direction":"inbound"}},` +
+		`"conversation":{"id":"conv_1"},"phone_number_id":"123456789012345"}`
+	single := newHandler("bench-single", false)
+	b.Run("single-delivery", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			serve(b, single, []byte(item), key("single"), false)
+		}
+	})
+	for _, n := range []int{1, 10, 100} {
+		items := make([]string, n)
+		for i := range items {
+			items[i] = item
+		}
+		body := []byte(`{"type":"` + batchEvent + `","batch":true,"data":[` + strings.Join(items, ",") + `]}`)
+		h := newHandler("bench-batch-"+strconv.Itoa(n), true)
+		b.Run("items-"+strconv.Itoa(n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				serve(b, h, body, key("batch"), true)
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*n), "ns/item")
+		})
+	}
 }

@@ -57,7 +57,9 @@ func TestHostileInput(t *testing.T) {
 	body := []byte(`{"message":{"id":"wamid.hostile"},"phone_number_id":"1"}`)
 	good := signHex(kapsoSecret, body)
 	other := []byte(`{"message":{"id":"wamid.other"}}`)
-	signed := func(b []byte) map[string]string { return map[string]string{"X-Webhook-Signature": signHex(kapsoSecret, b)} }
+	signed := func(b []byte) map[string]string {
+		return map[string]string{"X-Webhook-Signature": signHex(kapsoSecret, b)}
+	}
 	batch := func(b string) ([]byte, map[string]string) {
 		h := signed([]byte(b))
 		h["X-Webhook-Batch"] = "true"

@@ -110,6 +110,7 @@ func (v *Verifier) provision(repl *caddy.Replacer) error {
 	default:
 		return fmt.Errorf("unknown scheme %q (want kapso, meta, hmac or standard)", v.Scheme)
 	}
+	v.header = http.CanonicalHeaderKey(v.header)
 	for i, s := range v.Secrets {
 		secret, err := resolveSecret(repl, s)
 		if err != nil {
@@ -213,21 +214,24 @@ func (v *Verifier) check(r *http.Request, body []byte) *verifyError {
 	if v.Scheme == schemeStandard {
 		return v.checkStandard(r, body)
 	}
-	value, err := singleHeader(r, v.header)
+	value, err := singleHeaderCanonical(r, v.header)
 	if err != nil {
 		return err
 	}
+	// Decoded into a stack buffer: verification allocates nothing per
+	// request for the hex schemes.
+	var buf [sha512.Size]byte
 	var sig []byte
 	var ok bool
 	switch v.Scheme {
 	case schemeKapso:
-		sig, ok = decodeHexSignature(strings.TrimPrefix(value, "sha256="))
+		sig, ok = decodeHexInto(buf[:], strings.TrimPrefix(value, "sha256="))
 	case schemeMeta:
 		rest, found := strings.CutPrefix(value, "sha256=")
 		if !found {
 			return mismatch(v.header, "signature must start with sha256=")
 		}
-		sig, ok = decodeHexSignature(rest)
+		sig, ok = decodeHexInto(buf[:], rest)
 	case schemeHMAC:
 		rest, found := strings.CutPrefix(value, v.Prefix)
 		if !found {
@@ -236,7 +240,7 @@ func (v *Verifier) check(r *http.Request, body []byte) *verifyError {
 		if strings.EqualFold(v.Encoding, "base64") {
 			sig, ok = decodeBase64Signature(rest)
 		} else {
-			sig, ok = decodeHexSignature(rest)
+			sig, ok = decodeHexInto(buf[:], rest)
 		}
 	}
 	if !ok {
@@ -254,7 +258,13 @@ func (v *Verifier) check(r *http.Request, body []byte) *verifyError {
 // header is refused: which copy would count is ambiguous, and ambiguity in
 // signature checks is where bypasses come from.
 func singleHeader(r *http.Request, name string) (string, *verifyError) {
-	values := r.Header.Values(name)
+	return singleHeaderCanonical(r, http.CanonicalHeaderKey(name))
+}
+
+// singleHeaderCanonical is singleHeader for a name already in canonical
+// form, which skips canonicalizing it on every request.
+func singleHeaderCanonical(r *http.Request, name string) (string, *verifyError) {
+	values := r.Header[name]
 	switch {
 	case len(values) == 0 || (len(values) == 1 && values[0] == ""):
 		return "", &verifyError{missing: true}
@@ -424,24 +434,35 @@ func (k *macKey) sumStandard(id, ts string, body []byte) []byte {
 	return st.mac.Sum(nil)
 }
 
-// decodeHexSignature decodes hex of either case. It rejects anything else,
-// including spaces and odd lengths, so that no two header values decode to
-// the same signature by accident.
-func decodeHexSignature(s string) ([]byte, bool) {
+// decodeHexInto decodes hex of either case into dst (at least
+// sha512.Size long). It rejects anything else, including spaces and odd
+// lengths, so that no two header values decode to the same signature by
+// accident.
+func decodeHexInto(dst []byte, s string) ([]byte, bool) {
 	if len(s) == 0 || len(s)%2 != 0 || len(s) > 2*sha512.Size {
 		return nil, false
 	}
-	out := make([]byte, len(s)/2)
-	for i := range out {
-		hi, ok1 := fromHexChar(s[2*i])
-		lo, ok2 := fromHexChar(s[2*i+1])
-		if !ok1 || !ok2 {
-			return nil, false
-		}
-		out[i] = hi<<4 | lo
+	out := dst[:len(s)/2]
+	var bad byte
+	for i := 0; i+1 < len(s); i += 2 {
+		hi, lo := hexValue[s[i]], hexValue[s[i+1]]
+		bad |= hi | lo
+		out[i>>1] = hi<<4 | lo&0x0f
 	}
-	return out, true
+	return out, bad&0x80 == 0
 }
+
+// hexValue maps a hex digit to its value and anything else to 0xff.
+var hexValue = func() (t [256]byte) {
+	for c := range 256 {
+		v, ok := fromHexChar(byte(c))
+		t[c] = v
+		if !ok {
+			t[c] = 0xff
+		}
+	}
+	return t
+}()
 
 func fromHexChar(c byte) (byte, bool) {
 	switch {

@@ -1,0 +1,496 @@
+// Command bench compares webhook_guard with plain reverse_proxy, end to end,
+// on this machine: it builds cmd/caddy, starts a minimal upstream on
+// loopback, and drives each case with wrk (bounded in time, loopback only).
+//
+//	bench/run.sh                # installs wrk when missing, then runs this
+//	go run ./bench -duration 10s -connections 32
+//
+// Cases, all in one Caddy process, one site (port) each:
+//
+//	baseline   reverse_proxy only
+//	verify     webhook_guard { verify kapso } with 1 KB signed bodies
+//	dedupe     the same plus dedupe, every request a new key
+//	unbatch    Kapso batches of 50 items; reported as items per second
+//	normalize  Meta payloads with verify meta + normalize meta
+//
+// Each case is reported as requests per second, p50 and p99 latency and its
+// throughput as a ratio to the baseline measured in the same run. When
+// Node is present it also times Kapso's normalizeWebhook() over the
+// conformance corpus and compares it with the Go benchmark.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var (
+	duration    = flag.Duration("duration", 10*time.Second, "how long wrk drives each case")
+	connections = flag.Int("connections", 32, "wrk connections")
+	threads     = flag.Int("threads", 2, "wrk threads")
+	batchSize   = flag.Int("batch", 50, "items per batch in the unbatch case")
+	skipNode    = flag.Bool("skip-node", false, "do not time the Kapso SDK")
+	rounds      = flag.Int("rounds", 3, "rounds; cases alternate within each round and medians are reported")
+	outFile     = flag.String("json", "", "also write the results as JSON to this file")
+)
+
+const (
+	kapsoSecret = "bench-kapso-secret"
+	metaSecret  = "bench-meta-secret"
+)
+
+type benchCase struct {
+	name    string
+	site    string // directives inside the site block
+	body    []byte
+	headers map[string]string
+	unique  bool // a new X-Idempotency-Key per request
+	items   int  // requests carry this many items (unbatch)
+	port    int
+}
+
+type result struct {
+	Name      string  `json:"name"`
+	RPS       float64 `json:"requests_per_second"`
+	ItemsPerS float64 `json:"items_per_second,omitempty"`
+	P50Micros float64 `json:"p50_us"`
+	P99Micros float64 `json:"p99_us"`
+	// Latency of single requests with one connection (no queueing).
+	IdleP50    float64 `json:"idle_p50_us"`
+	IdleP99    float64 `json:"idle_p99_us"`
+	Ratio      float64 `json:"throughput_ratio_to_baseline"`
+	Errors     int     `json:"non_2xx_or_errors"`
+	Requests   int     `json:"requests"`
+	DurationS  float64 `json:"duration_s"`
+	Connection int     `json:"connections"`
+	items      int
+}
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	root, err := repoRoot()
+	if err != nil {
+		return err
+	}
+	if _, err := exec.LookPath("wrk"); err != nil {
+		return fmt.Errorf("wrk is not installed (bench/run.sh installs it): %w", err)
+	}
+	work, err := os.MkdirTemp("", "webhookguard-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(work)
+
+	fmt.Println("== building cmd/caddy")
+	caddyBin := filepath.Join(work, "caddy")
+	build := exec.Command("go", "build", "-o", caddyBin, "./cmd/caddy")
+	build.Dir, build.Stdout, build.Stderr = root, os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("building caddy: %w", err)
+	}
+
+	upstream, err := startUpstream()
+	if err != nil {
+		return err
+	}
+	defer upstream.Close()
+
+	cases, err := makeCases(root, upstream.Addr().String())
+	if err != nil {
+		return err
+	}
+	stop, err := startCaddy(caddyBin, work, cases)
+	if err != nil {
+		return err
+	}
+	defer stop()
+
+	// Cases alternate within each round, so that drift on a shared machine
+	// hits them alike; each figure is the median over the rounds.
+	perCase := make([][]result, len(cases))
+	for round := 1; round <= *rounds; round++ {
+		for i, c := range cases {
+			fmt.Printf("== round %d/%d: %s\n", round, *rounds, c.name)
+			r, err := drive(work, c, *connections, *duration)
+			if err != nil {
+				return fmt.Errorf("%s: %w", c.name, err)
+			}
+			idle, err := drive(work, c, 1, *duration/2)
+			if err != nil {
+				return fmt.Errorf("%s (one connection): %w", c.name, err)
+			}
+			r.IdleP50, r.IdleP99 = idle.P50Micros, idle.P99Micros
+			perCase[i] = append(perCase[i], r)
+		}
+	}
+	results := make([]result, len(cases))
+	for i := range cases {
+		results[i] = medianResult(perCase[i])
+	}
+	for i := range results {
+		base := results[0].RPS
+		results[i].Ratio = results[i].RPS / base
+		if results[i].ItemsPerS > 0 {
+			results[i].Ratio = results[i].ItemsPerS / base
+		}
+	}
+	printResults(results)
+
+	var nodeLine string
+	if !*skipNode {
+		nodeLine = compareWithSDK(root)
+		fmt.Println(nodeLine)
+	}
+	fmt.Printf("\nmachine: %s/%s, %d CPUs, %s; wrk -t%d -c%d -d%s, medians of %d rounds\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), *threads, *connections, *duration, *rounds)
+	if *outFile != "" {
+		b, _ := json.MarshalIndent(map[string]any{"results": results, "sdk": nodeLine}, "", "  ")
+		return os.WriteFile(*outFile, b, 0o644)
+	}
+	return nil
+}
+
+func repoRoot() (string, error) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}").Output()
+	if err != nil {
+		return "", fmt.Errorf("finding the module root: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// startUpstream is the minimal app behind every case: it reads the body
+// and answers 200 "ok".
+func startUpstream() (net.Listener, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = w.Write([]byte("ok"))
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	return ln, nil
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func signHex(secret string, body []byte) string {
+	m := hmac.New(sha256.New, []byte(secret))
+	m.Write(body)
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// kapsoBody is a 1 KB Kapso-like event without a message id, so that the
+// idempotency key alone tells deliveries apart.
+func kapsoBody() []byte {
+	b := []byte(`{"conversation":{"id":"conv_bench","phone_number":"+15551234567","status":"active",` +
+		`"phone_number_id":"123456789012345"},"phone_number_id":"123456789012345","note":"`)
+	for len(b) < 1022 {
+		b = append(b, 'x')
+	}
+	return append(b, `"}`...)
+}
+
+func batchBody(n int) []byte {
+	items := make([]string, n)
+	for i := range items {
+		items[i] = fmt.Sprintf(`{"message":{"timestamp":"17300928%02d","type":"text","text":{"body":"item %d"},`+
+			`"kapso":{"direction":"inbound"}},"conversation":{"id":"conv_bench"},"phone_number_id":"123456789012345"}`, i%100, i)
+	}
+	return []byte(`{"type":"whatsapp.message.received","batch":true,"data":[` + strings.Join(items, ",") +
+		`],"batch_info":{"size":` + strconv.Itoa(n) + `,"window_ms":5000,"first_sequence":1,"conversation_id":"conv_bench"}}`)
+}
+
+func makeCases(root, upstream string) ([]*benchCase, error) {
+	meta, err := os.ReadFile(filepath.Join(root, "testdata/normalize/corpus/in_text.json"))
+	if err != nil {
+		return nil, err
+	}
+	body := kapsoBody()
+	kapsoHeaders := map[string]string{"X-Webhook-Signature": signHex(kapsoSecret, body), "X-Webhook-Event": "whatsapp.conversation.created"}
+	batch := batchBody(*batchSize)
+	proxy := "reverse_proxy " + upstream
+	cases := []*benchCase{
+		{name: "baseline", site: proxy, body: body, headers: kapsoHeaders, unique: true},
+		{name: "verify", site: "webhook_guard {\n\t\tverify kapso " + kapsoSecret + "\n\t}\n\t" + proxy, body: body, headers: kapsoHeaders, unique: true},
+		{name: "verify+dedupe", site: "webhook_guard {\n\t\tverify kapso " + kapsoSecret + "\n\t\tdedupe {\n\t\t\tscope bench\n\t\t}\n\t}\n\t" + proxy,
+			body: body, headers: kapsoHeaders, unique: true},
+		{name: "unbatch", site: "webhook_guard {\n\t\tverify kapso " + kapsoSecret + "\n\t\tunbatch {\n\t\t\tmax_items 1000\n\t\t}\n\t\tdedupe {\n\t\t\tscope batch\n\t\t}\n\t}\n\t" + proxy,
+			body: batch, headers: map[string]string{"X-Webhook-Signature": signHex(kapsoSecret, batch), "X-Webhook-Batch": "true",
+				"X-Webhook-Event": "whatsapp.message.received"}, unique: true, items: *batchSize},
+		{name: "normalize", site: "webhook_guard {\n\t\tverify meta " + metaSecret + "\n\t\tnormalize meta\n\t}\n\t" + proxy,
+			body: meta, headers: map[string]string{"X-Hub-Signature-256": "sha256=" + signHex(metaSecret, meta)}},
+	}
+	for _, c := range cases {
+		if c.port, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	return cases, nil
+}
+
+func startCaddy(bin, work string, cases []*benchCase) (func(), error) {
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	var cfg strings.Builder
+	fmt.Fprintf(&cfg, "{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tauto_https off\n\tlog {\n\t\tlevel WARN\n\t}\n}\n", admin)
+	for _, c := range cases {
+		fmt.Fprintf(&cfg, "\nhttp://127.0.0.1:%d {\n\t%s\n}\n", c.port, c.site)
+	}
+	path := filepath.Join(work, "Caddyfile")
+	if err := os.WriteFile(path, []byte(cfg.String()), 0o600); err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), "HOME="+work, "XDG_CONFIG_HOME="+work, "XDG_DATA_HOME="+work)
+	var logs bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	stop := func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }
+	deadline := time.Now().Add(30 * time.Second)
+	for _, c := range cases {
+		for {
+			conn, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(c.port), 200*time.Millisecond)
+			if err == nil {
+				conn.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				stop()
+				return nil, fmt.Errorf("caddy did not start:\n%s", logs.String())
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return stop, nil
+}
+
+// luaScript makes wrk send c's body and headers, with a fresh idempotency
+// key per request when the case needs one.
+func luaScript(c *benchCase, runID string) string {
+	var b strings.Builder
+	b.WriteString("local body = [==[" + string(c.body) + "]==]\n")
+	b.WriteString("local headers = {}\n")
+	b.WriteString(`headers["Content-Type"] = "application/json"` + "\n")
+	for k, v := range c.headers {
+		fmt.Fprintf(&b, "headers[%q] = %q\n", k, v)
+	}
+	fmt.Fprintf(&b, "local unique = %v\nlocal prefix = %q\n", c.unique, runID+"-"+c.name+"-")
+	b.WriteString(`
+local threads = 0
+function setup(thread)
+  thread:set("tid", threads)
+  threads = threads + 1
+end
+local n = 0
+function request()
+  n = n + 1
+  if unique then
+    headers["X-Idempotency-Key"] = prefix .. tid .. "-" .. n
+  end
+  return wrk.format("POST", "/", headers, body)
+end
+local bad = 0
+function response(status, hdrs, b)
+  if status < 200 or status > 299 then bad = bad + 1 end
+end
+function done(summary, latency, requests)
+  io.write(string.format("BENCH requests=%d errors=%d p50=%d p99=%d duration_us=%d\n",
+    summary.requests, summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout + summary.errors.status,
+    latency:percentile(50), latency:percentile(99), summary.duration))
+end
+`)
+	return b.String()
+}
+
+var benchLine = regexp.MustCompile(`BENCH requests=(\d+) errors=(\d+) p50=(\d+) p99=(\d+) duration_us=(\d+)`)
+
+func drive(work string, c *benchCase, conns int, d time.Duration) (result, error) {
+	script := filepath.Join(work, c.name+".lua")
+	if err := os.WriteFile(script, []byte(luaScript(c, strconv.FormatInt(time.Now().UnixNano(), 36))), 0o600); err != nil {
+		return result{}, err
+	}
+	// A short warm-up so that connection set-up and the first GC cycles
+	// are not measured.
+	warm := exec.Command("wrk", "-t1", "-c4", "-d1s", "-s", script, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
+	_ = warm.Run()
+	t := min(*threads, conns)
+	cmd := exec.Command("wrk", "-t"+strconv.Itoa(t), "-c"+strconv.Itoa(conns),
+		"-d"+d.String(), "--timeout", "5s", "-s", script, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return result{}, fmt.Errorf("wrk: %v\n%s", err, out)
+	}
+	m := benchLine.FindSubmatch(out)
+	if m == nil {
+		return result{}, fmt.Errorf("no summary in wrk output:\n%s", out)
+	}
+	num := func(i int) float64 { v, _ := strconv.ParseFloat(string(m[i]), 64); return v }
+	r := result{Name: c.name, Requests: int(num(1)), Errors: int(num(2)), P50Micros: num(3), P99Micros: num(4),
+		DurationS: num(5) / 1e6, Connection: conns}
+	r.RPS = float64(r.Requests) / r.DurationS
+	if c.items > 0 {
+		r.ItemsPerS = r.RPS * float64(c.items)
+		r.items = c.items
+	}
+	if r.Errors > 0 {
+		fmt.Printf("   warning: %d requests failed or answered non-2xx\n", r.Errors)
+	}
+	return r, nil
+}
+
+// medianResult takes the median of each figure over the rounds.
+func medianResult(rs []result) result {
+	pick := func(f func(result) float64) float64 {
+		vals := make([]float64, len(rs))
+		for i, r := range rs {
+			vals[i] = f(r)
+		}
+		return median(vals)
+	}
+	out := rs[0]
+	out.RPS = pick(func(r result) float64 { return r.RPS })
+	out.ItemsPerS = pick(func(r result) float64 { return r.ItemsPerS })
+	out.P50Micros = pick(func(r result) float64 { return r.P50Micros })
+	out.P99Micros = pick(func(r result) float64 { return r.P99Micros })
+	out.IdleP50 = pick(func(r result) float64 { return r.IdleP50 })
+	out.IdleP99 = pick(func(r result) float64 { return r.IdleP99 })
+	out.Errors = 0
+	out.Requests = 0
+	for _, r := range rs {
+		out.Errors += r.Errors
+		out.Requests += r.Requests
+	}
+	return out
+}
+
+func median(vals []float64) float64 {
+	if len(vals) == 0 {
+		return 0
+	}
+	s := slices.Clone(vals)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+func printResults(rs []result) {
+	fmt.Printf("\nthroughput with %d connections; latency of single requests with 1 connection\n", *connections)
+	fmt.Printf("%-14s %10s %10s %9s %11s %11s %11s %11s\n", "case", "req/s", "items/s", "vs base",
+		"loaded p50", "loaded p99", "1-conn p50", "1-conn p99")
+	var base result
+	for _, r := range rs {
+		if r.Name == "baseline" {
+			base = r
+		}
+		items := "-"
+		if r.ItemsPerS > 0 {
+			items = fmt.Sprintf("%.0f", r.ItemsPerS)
+		}
+		fmt.Printf("%-14s %10.0f %10s %8.2fx %9.0fµs %9.0fµs %9.0fµs %9.0fµs\n", r.Name, r.RPS, items, r.Ratio,
+			r.P50Micros, r.P99Micros, r.IdleP50, r.IdleP99)
+	}
+	for _, r := range rs {
+		if r.Name != "baseline" && r.items == 0 {
+			fmt.Printf("%s adds %.0fµs at p50 and %.0fµs at p99 to a single request\n", r.Name, r.IdleP50-base.IdleP50, r.IdleP99-base.IdleP99)
+		}
+	}
+}
+
+// compareWithSDK times the Kapso SDK (Node) and the Go normalizer on the
+// same corpus and returns a one-line summary.
+func compareWithSDK(root string) string {
+	if _, err := exec.LookPath("node"); err != nil {
+		return "SDK comparison skipped: node is not installed"
+	}
+	gen := filepath.Join(root, "testdata/normalize/generate")
+	if _, err := os.Stat(filepath.Join(gen, "node_modules/@kapso/whatsapp-cloud-api")); err != nil {
+		install := exec.Command("npm", "install", "--no-audit", "--no-fund")
+		install.Dir = gen
+		if out, err := install.CombinedOutput(); err != nil {
+			return "SDK comparison skipped: npm install failed: " + lastLine(out)
+		}
+	}
+	node := exec.Command("node", "bench.mjs")
+	node.Dir = gen
+	out, err := node.Output()
+	if err != nil {
+		return "SDK comparison skipped: " + err.Error()
+	}
+	var sdk struct {
+		Node      string  `json:"node"`
+		CorpusNs  float64 `json:"corpus_ns_per_payload"`
+		TextNs    float64 `json:"text_message_ns"`
+		Payloads  int     `json:"payloads"`
+		TextBytes int     `json:"text_message_bytes"`
+	}
+	if err := json.Unmarshal(bytes.TrimSpace(out), &sdk); err != nil {
+		return "SDK comparison skipped: unreadable output"
+	}
+	goBench := exec.Command("go", "test", "-run", "^$", "-bench", "^BenchmarkNormalize$", "-count", "3", ".")
+	goBench.Dir = root
+	gout, err := goBench.Output()
+	if err != nil {
+		return "SDK comparison skipped: go benchmark failed"
+	}
+	corpus, text := medianNs(gout, "BenchmarkNormalize/corpus"), medianNs(gout, "BenchmarkNormalize/text-message")
+	return fmt.Sprintf("normalize vs Kapso SDK (%s, %d payloads): corpus %.0f ns vs %.0f ns per payload = %.1fx; "+
+		"%d-byte text message %.0f ns vs %.0f ns = %.1fx",
+		sdk.Node, sdk.Payloads, corpus, sdk.CorpusNs, sdk.CorpusNs/corpus, sdk.TextBytes, text, sdk.TextNs, sdk.TextNs/text)
+}
+
+func medianNs(out []byte, name string) float64 {
+	var vals []float64
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 3 && strings.HasPrefix(f[0], name) {
+			if v, err := strconv.ParseFloat(f[2], 64); err == nil {
+				vals = append(vals, v)
+			}
+		}
+	}
+	return median(vals)
+}
+
+func lastLine(b []byte) string {
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1]
+}
