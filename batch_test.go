@@ -443,6 +443,20 @@ func BenchmarkUnbatch(b *testing.B) {
 	key := func(kind string) string { return kind + "-" + strconv.FormatInt(seq.Add(1), 10) }
 	item := `{"message":{"type":"text","text":{"body":"hello"},"kapso":{"direction":"inbound"}},` +
 		`"conversation":{"id":"conv_1"},"phone_number_id":"123456789012345"}`
+	b.Run("harness-only", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			req := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(item))
+			req.Header.Set("X-Webhook-Signature", signHex("bench", []byte(item)))
+			req.Header.Set("X-Idempotency-Key", key("harness"))
+			req.Header.Set("X-Webhook-Event", batchEvent)
+			w := httptest.NewRecorder()
+			req = caddyhttp.PrepareRequest(req, caddy.NewReplacer(), w, nil)
+			if err := next.ServeHTTP(w, req); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	single := newHandler("bench-single", false)
 	b.Run("single-delivery", func(b *testing.B) {
 		b.ReportAllocs()

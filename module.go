@@ -220,7 +220,7 @@ func (h *Handler) Cleanup() error {
 // body, then unbatch or deduplicate and forward.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	for _, name := range gatewayHeaders {
-		r.Header.Del(name)
+		delete(r.Header, name) // the names are canonical already
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	event := r.Header.Get(headerEvent)
