@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -570,13 +571,15 @@ func BenchmarkMemoryStore(b *testing.B) {
 			i++
 		}
 	})
+	var seq atomic.Int64 // never repeats, even when the body runs again
 	b.Run("miss+commit", func(b *testing.B) {
 		b.ReportAllocs()
-		i := 0
 		for b.Loop() {
-			r, _ := s.claim(ctx, keysOf("new-"+strconv.Itoa(i)))
+			r, _ := s.claim(ctx, keysOf("new-"+strconv.FormatInt(seq.Add(1), 10)))
+			if r.state != outcomeOwned {
+				b.Fatalf("a new key was not owned: %v", r.state)
+			}
 			_ = s.commit(ctx, r.claim)
-			i++
 		}
 	})
 }

@@ -315,48 +315,14 @@ func objectField(b []byte, i int, key string) (span, bool, error) {
 // eachField calls fn with the raw (quoted) key and the value span of every
 // member of the object starting at i.
 func eachField(b []byte, i int, fn func(key []byte, v span) error) error {
-	i = skipSpace(b, i)
-	if i >= len(b) || b[i] != '{' {
-		return errNotObject
-	}
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == '}' {
-		return nil
-	}
-	for {
-		if i >= len(b) || b[i] != '"' {
-			return errMalformedJSON
-		}
-		kEnd, err := skipString(b, i)
+	_, err := eachMember(b, i, func(key []byte, v int) (int, error) {
+		end, err := skipValueDepth(b, v, 1)
 		if err != nil {
-			return err
+			return 0, err
 		}
-		key := b[i:kEnd]
-		i = skipSpace(b, kEnd)
-		if i >= len(b) || b[i] != ':' {
-			return errMalformedJSON
-		}
-		vStart := skipSpace(b, i+1)
-		vEnd, err := skipValueDepth(b, vStart, 1)
-		if err != nil {
-			return err
-		}
-		if err := fn(key, span{vStart, vEnd}); err != nil {
-			return err
-		}
-		i = skipSpace(b, vEnd)
-		if i >= len(b) {
-			return errMalformedJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return nil
-		default:
-			return errMalformedJSON
-		}
-	}
+		return end, fn(key, span{v, end})
+	})
+	return err
 }
 
 var (
@@ -366,34 +332,18 @@ var (
 
 // arrayItems returns the span of every element of the array starting at i.
 func arrayItems(b []byte, i int) ([]span, error) {
-	i = skipSpace(b, i)
-	if i >= len(b) || b[i] != '[' {
-		return nil, errNotArray
-	}
 	var items []span
-	i = skipSpace(b, i+1)
-	if i < len(b) && b[i] == ']' {
-		return items, nil
+	_, err := eachItem(b, i, func(v int) (int, error) {
+		end, err := skipValueDepth(b, v, 1)
+		if err == nil {
+			items = append(items, span{v, end})
+		}
+		return end, err
+	})
+	if err != nil {
+		return nil, err
 	}
-	for {
-		end, err := skipValueDepth(b, i, 1)
-		if err != nil {
-			return nil, err
-		}
-		items = append(items, span{i, end})
-		i = skipSpace(b, end)
-		if i >= len(b) {
-			return nil, errMalformedJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case ']':
-			return items, nil
-		default:
-			return nil, errMalformedJSON
-		}
-	}
+	return items, nil
 }
 
 // keyEquals compares a raw quoted key with an unescaped name.
