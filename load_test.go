@@ -119,16 +119,17 @@ func TestLoadMixedDuplicates(t *testing.T) {
 }
 
 // TestLoadTwoInstancesOneRedis guards the same across two Caddy processes
-// sharing Redis, each copy of an event landing on either instance.
+// sharing Redis: 10,000 deliveries, each copy of an event landing on either
+// instance.
 func TestLoadTwoInstancesOneRedis(t *testing.T) {
 	rs := startRedis(t)
 	up := newUpstream(t)
 	site := dedupeSite(up, "redis "+rs.URL())
 	a, b := startCaddy(t, site), startCaddy(t, site)
-	p := loadPlan{unique: 1000, copies: 4, workers: 40, targets: []*caddyInstance{a, b}, prefix: "redis-load-"}
+	p := loadPlan{unique: 2500, copies: 4, workers: 50, targets: []*caddyInstance{a, b}, prefix: "redis-load-"}
 	statuses := p.run(t, nil)
-	if statuses[200] != 4000 {
-		t.Fatalf("statuses %v, want 4000 x 200", statuses)
+	if statuses[200] != 10000 {
+		t.Fatalf("statuses %v, want 10000 x 200", statuses)
 	}
 	checkExactlyOnce(t, up, p.prefix, p.unique)
 }
