@@ -20,6 +20,9 @@ type jsWriter struct {
 	// its keys and values; each object uses the part above its base.
 	members []memberRange
 	scratch []byte
+	// rearranged is set by each object as it finishes: whether it had to
+	// be rewritten in JavaScript's key order (which moves its members).
+	rearranged bool
 	// wtf8 lets strings carry surrogate code points encoded as WTF-8: the
 	// text of a Flow response comes from a decoded JSON string, where a
 	// lone surrogate is legal, and must be written back as \udxxx.
@@ -90,6 +93,12 @@ func (w *jsWriter) literal(b []byte, i int, lit string) (int, error) {
 }
 
 func (w *jsWriter) array(b []byte, i int, mode keyMode, depth int) (int, error) {
+	return w.arrayWith(b, i, mode, depth, nil)
+}
+
+// arrayWith writes an array, letting fn write each element (fn gets the
+// element's position and returns its end) when fn is not nil.
+func (w *jsWriter) arrayWith(b []byte, i int, mode keyMode, depth int, fn func(v int) (int, error)) (int, error) {
 	w.out = append(w.out, '[')
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
@@ -97,7 +106,16 @@ func (w *jsWriter) array(b []byte, i int, mode keyMode, depth int) (int, error) 
 		return i + 1, nil
 	}
 	for {
-		end, err := w.value(b, i, mode, depth)
+		if i >= len(b) {
+			return 0, errMalformedJSON
+		}
+		var end int
+		var err error
+		if fn != nil {
+			end, err = fn(i)
+		} else {
+			end, err = w.value(b, i, mode, depth)
+		}
 		if err != nil {
 			return 0, err
 		}
@@ -119,6 +137,14 @@ func (w *jsWriter) array(b []byte, i int, mode keyMode, depth int) (int, error) 
 }
 
 func (w *jsWriter) object(b []byte, i int, mode keyMode, depth int) (int, error) {
+	return w.objectWith(b, i, mode, depth, nil)
+}
+
+// objectWith writes an object. When fn is not nil it is offered each
+// member first: it gets the key as written and the value's position, and
+// either writes the value itself and returns its end, or returns 0 to
+// have it copied.
+func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(key []byte, v int) (int, error)) (int, error) {
 	start := len(w.out)
 	base := len(w.members)
 	w.out = append(w.out, '{')
@@ -149,8 +175,20 @@ func (w *jsWriter) object(b []byte, i int, mode keyMode, depth int) (int, error)
 			return 0, errMalformedJSON
 		}
 		w.out = append(w.out, ':')
-		if i, err = w.value(b, i+1, mode, depth); err != nil {
-			return 0, err
+		v := skipSpace(b, i+1)
+		if v >= len(b) {
+			return 0, errMalformedJSON
+		}
+		i = 0
+		if fn != nil {
+			if i, err = fn(w.out[ks:ke], v); err != nil {
+				return 0, err
+			}
+		}
+		if i == 0 {
+			if i, err = w.value(b, v, mode, depth); err != nil {
+				return 0, err
+			}
 		}
 		w.members = append(w.members, memberRange{ks, ke, len(w.out)})
 		i = skipSpace(b, i)
@@ -168,6 +206,7 @@ func (w *jsWriter) object(b []byte, i int, mode keyMode, depth int) (int, error)
 		if rearrange {
 			w.rearrange(start, base)
 		}
+		w.rearranged = rearrange
 		w.members = w.members[:base]
 		return i + 1, nil
 	}
@@ -260,19 +299,28 @@ func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
 	if mode == keysAsIs {
 		return w.str(b, i)
 	}
+	// One pass finds the end of the key and whether it needs work.
+	var seen uint8
+	j := i + 1
+	for j < len(b) && b[j] != '"' && keyByte[b[j]] != 2 {
+		seen |= keyByte[b[j]]
+		j++
+	}
+	if j < len(b) && b[j] == '"' {
+		if seen == 0 {
+			w.out = append(w.out, b[i:j+1]...)
+		} else {
+			w.out = append(w.out, '"')
+			w.out = appendCamel(w.out, b[i+1:j])
+			w.out = append(w.out, '"')
+		}
+		return j + 1, nil
+	}
 	end, err := skipString(b, i)
 	if err != nil {
 		return 0, err
 	}
-	raw := b[i+1 : end-1]
-	switch keyClassOf(raw) {
-	case keyVerbatim:
-		w.out = append(w.out, b[i:end]...)
-	case keyPlain:
-		w.out = append(w.out, '"')
-		w.out = appendCamel(w.out, raw)
-		w.out = append(w.out, '"')
-	default:
+	{
 		decoded, err := decodeString(w.scratch[:0], b, i, w.wtf8)
 		if err != nil {
 			return 0, err

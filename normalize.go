@@ -54,6 +54,7 @@ func normalizeMeta(dst, body []byte) ([]byte, error) {
 // one payload to the next.
 type normalizer struct {
 	w       jsWriter
+	raw     jsWriter // raw's values, written during the walk
 	b       []byte
 	changes []metaChange
 	items   []span // item spans of every change's arrays
@@ -64,6 +65,7 @@ type normalizer struct {
 
 func (n *normalizer) reset(dst, body []byte) {
 	n.w.reset()
+	n.raw.reset()
 	n.w.out = dst[:0]
 	n.b = body
 	n.changes = n.changes[:0]
@@ -78,7 +80,7 @@ type itemList struct{ lo, hi int }
 // metaChange is what the walk found in one entry[].changes[] item.
 type metaChange struct {
 	field      string // raw's key, "" when the change has no usable field
-	value      span
+	rawOut     span   // the camelCased value, in normalizer.raw
 	hasValue   bool
 	phoneID    span // metadata.phoneNumberId, when a string
 	displayNum span // metadata.displayPhoneNumber, when a string
@@ -160,22 +162,29 @@ func (n *normalizer) walkChange(v int) (int, error) {
 	return end, err
 }
 
+// walkValue writes the change's value, camelCased, into raw while it
+// walks it, noting where the items of contacts, messages, echoes, statuses
+// and calls are: the value is read once for both.
 func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 	b := n.b
+	if b[v] != '{' && b[v] != '[' {
+		return 0, nil // neither object nor array: the SDK skips the change
+	}
+	start := len(n.raw.out)
 	var end int
 	var err error
-	switch b[v] {
-	case '[':
-		end, err = skipValue(b, v)
-	case '{':
-		var buf [64]byte
-		end, err = eachMember(b, v, func(key []byte, mv int) (int, error) {
+	if b[v] == '[' {
+		end, err = n.raw.value(b, v, keysCamel, 0)
+	} else {
+		end, err = n.raw.objectWith(b, v, keysCamel, 1, func(key []byte, mv int) (int, error) {
 			var list *itemList
-			switch string(camelKey(key, &buf)) {
+			switch string(key[1 : len(key)-1]) {
 			case "metadata":
 				ch.phoneID, ch.displayNum = span{}, span{}
 				if b[mv] == '{' {
-					return n.walkMetadata(ch, mv)
+					if _, err := n.walkMetadata(ch, mv); err != nil {
+						return 0, err
+					}
 				}
 				return 0, nil
 			case "contacts":
@@ -195,21 +204,19 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 			if b[mv] != '[' {
 				return 0, nil
 			}
-			e, err := eachItem(b, mv, func(iv int) (int, error) {
-				ie, err := skipValueDepth(b, iv, 2)
+			e, err := n.raw.arrayWith(b, mv, keysCamel, 2, func(iv int) (int, error) {
+				ie, err := n.raw.value(b, iv, keysCamel, 2)
 				n.items = append(n.items, span{iv, ie})
 				return ie, err
 			})
 			list.hi = len(n.items)
 			return e, err
 		})
-	default:
-		return 0, nil // neither object nor array: the SDK skips the change
 	}
 	if err != nil {
 		return 0, err
 	}
-	ch.value, ch.hasValue = span{v, end}, true
+	ch.rawOut, ch.hasValue = span{start, len(n.raw.out)}, true
 	return end, nil
 }
 
@@ -389,9 +396,7 @@ func (n *normalizer) writeRaw() error {
 				continue
 			}
 			n.sep(&first)
-			if _, err := w.value(n.b, ch.value.start, keysCamel, 0); err != nil {
-				return errNotNormalizable
-			}
+			w.out = append(w.out, n.raw.out[ch.rawOut.start:ch.rawOut.end]...)
 		}
 		w.out = append(w.out, ']')
 	}
