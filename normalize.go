@@ -57,7 +57,8 @@ type normalizer struct {
 	raw     jsWriter // raw's values, written during the walk
 	b       []byte
 	changes []metaChange
-	items   []span // item spans of every change's arrays
+	items   []span // item spans of every change's arrays, in the body
+	itemOut []span // the same items as written into raw
 	digits  []byte // digits of business numbers
 	objs    []*objModel
 	nobj    int
@@ -70,6 +71,7 @@ func (n *normalizer) reset(dst, body []byte) {
 	n.b = body
 	n.changes = n.changes[:0]
 	n.items = n.items[:0]
+	n.itemOut = n.itemOut[:0]
 	n.digits = n.digits[:0]
 	n.nobj = 0
 }
@@ -81,6 +83,7 @@ type itemList struct{ lo, hi int }
 type metaChange struct {
 	field      string // raw's key, "" when the change has no usable field
 	rawOut     span   // the camelCased value, in normalizer.raw
+	rawMoved   bool   // the value was reordered after its items were written
 	hasValue   bool
 	phoneID    span // metadata.phoneNumberId, when a string
 	displayNum span // metadata.displayPhoneNumber, when a string
@@ -205,8 +208,10 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 				return 0, nil
 			}
 			e, err := n.raw.arrayWith(b, mv, keysCamel, 2, func(iv int) (int, error) {
+				outStart := len(n.raw.out)
 				ie, err := n.raw.value(b, iv, keysCamel, 2)
 				n.items = append(n.items, span{iv, ie})
+				n.itemOut = append(n.itemOut, span{outStart, len(n.raw.out)})
 				return ie, err
 			})
 			list.hi = len(n.items)
@@ -216,6 +221,9 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Reordering the value object moves the items written inside it, so
+	// their recorded places would be wrong: use the slow path for them.
+	ch.rawMoved = b[v] == '{' && n.raw.rearranged
 	ch.rawOut, ch.hasValue = span{start, len(n.raw.out)}, true
 	return end, nil
 }
@@ -305,7 +313,7 @@ func (n *normalizer) write(object span, objectIsString bool) error {
 	w.out = append(w.out, `"contacts":[`...)
 	first := true
 	for i := range n.changes {
-		if err := n.copyItems(n.changes[i].contacts, &first); err != nil {
+		if err := n.copyItems(&n.changes[i], n.changes[i].contacts, &first); err != nil {
 			return err
 		}
 	}
@@ -323,14 +331,14 @@ func (n *normalizer) write(object span, objectIsString bool) error {
 	w.out = append(w.out, `],"statuses":[`...)
 	first = true
 	for i := range n.changes {
-		if err := n.copyItems(n.changes[i].statuses, &first); err != nil {
+		if err := n.copyItems(&n.changes[i], n.changes[i].statuses, &first); err != nil {
 			return err
 		}
 	}
 	w.out = append(w.out, `],"calls":[`...)
 	first = true
 	for i := range n.changes {
-		if err := n.callItems(n.changes[i].calls, &first); err != nil {
+		if err := n.callItems(&n.changes[i], n.changes[i].calls, &first); err != nil {
 			return err
 		}
 	}
@@ -361,11 +369,17 @@ func (n *normalizer) sep(first *bool) {
 	*first = false
 }
 
-// copyItems appends every item of a list, camelCased.
-func (n *normalizer) copyItems(list itemList, first *bool) error {
-	for _, it := range n.items[list.lo:list.hi] {
+// copyItems appends every item of a list, camelCased: the bytes raw
+// already holds for it, when they stayed where they were written.
+func (n *normalizer) copyItems(ch *metaChange, list itemList, first *bool) error {
+	for k := list.lo; k < list.hi; k++ {
 		n.sep(first)
-		if _, err := n.w.value(n.b, it.start, keysCamel, 0); err != nil {
+		if !ch.rawMoved {
+			o := n.itemOut[k]
+			n.w.out = append(n.w.out, n.raw.out[o.start:o.end]...)
+			continue
+		}
+		if _, err := n.w.value(n.b, n.items[k].start, keysCamel, 0); err != nil {
 			return errNotNormalizable
 		}
 	}

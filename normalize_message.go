@@ -247,13 +247,72 @@ func (k *kapsoState) removable() bool {
 
 // messageItems normalizes every item of a messages or message_echoes list.
 func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, first *bool) error {
-	for _, it := range n.items[list.lo:list.hi] {
+	for k := list.lo; k < list.hi; k++ {
 		n.sep(first)
-		if err := n.message(ch, it, echo); err != nil {
+		if !ch.rawMoved && n.messageFromRaw(ch, n.raw.out[n.itemOut[k].start:n.itemOut[k].end], echo) {
+			continue
+		}
+		if err := n.message(ch, n.items[k], echo); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// messageFromRaw handles the common message, one the SDK changes only by
+// adding kapso.direction (and kapso.source for an echo): it has no order,
+// interactive or kapso member. Its camelCased form is already in raw, so
+// it is copied from there with kapso appended. It reports false, writing
+// nothing, for any other message.
+func (n *normalizer) messageFromRaw(ch *metaChange, out []byte, echo bool) bool {
+	if len(out) < 2 || out[0] != '{' {
+		return false
+	}
+	var id identity
+	simple := true
+	err := eachField(out, 0, func(key []byte, v span) error {
+		switch string(key[1 : len(key)-1]) {
+		case "order", "interactive", "kapso":
+			simple = false
+		case "from":
+			id.from, id.hasFrom = v, true
+		case "to":
+			id.to, id.hasTo = v, true
+		case "context":
+			id.context, id.hasContext = v, true
+		case "fromUserId":
+			id.fromUserID, id.hasFromUserID = v, true
+		}
+		return nil
+	})
+	if err != nil || !simple {
+		return false
+	}
+	dir := renderedOutbound
+	if !echo {
+		dir = n.directionOf(ch, out, id)
+	}
+	w := &n.w
+	w.out = append(w.out, out[:len(out)-1]...)
+	if dir != nil {
+		if len(out) > 2 {
+			w.out = append(w.out, ',')
+		}
+		w.out = append(w.out, `"kapso":{"direction":`...)
+		w.out = append(w.out, dir...)
+		if echo {
+			w.out = append(w.out, `,"source":"smb_message_echo"`...)
+		}
+		w.out = append(w.out, '}')
+	}
+	w.out = append(w.out, '}')
+	return true
+}
+
+// identity holds where a message's from, to, context and fromUserId are.
+type identity struct {
+	from, to, context, fromUserID             span
+	hasFrom, hasTo, hasContext, hasFromUserID bool
 }
 
 // constKeys are the keys the SDK adds, allocated once.
@@ -432,36 +491,54 @@ func spanIsString(b []byte, v span, want string) bool {
 	return ok && s == want
 }
 
-// stringMember returns the digits of o[key] and whether it is a non-empty
-// string.
-func (n *normalizer) stringMember(o *objModel, key string, digits []byte) ([]byte, bool) {
-	m, ok := o.get(key)
-	if !ok || m.obj != nil || n.b[m.val.start] != '"' {
-		return digits, false
-	}
-	return appendStringDigits(digits, n.b, m.val), m.val.end-m.val.start > 2
-}
-
 // direction tells inbound from outbound by the SDK's rules, returning the
 // rendered value or nil.
 func (n *normalizer) direction(ch *metaChange, msg *objModel, echo bool) []byte {
 	if echo {
 		return renderedOutbound
 	}
-	b := n.b
-	business := n.businessSet(ch)
-	hasContextFrom := false
-	if cm, ok := msg.get("context"); ok && b[cm.val.start] == '{' {
-		if ctx, err := n.loadObject(cm.val); err == nil {
-			var d []byte
-			if d, hasContextFrom = n.stringMember(ctx, "from", nil); hasContextFrom {
-				business = append(business, d)
-			}
+	var id identity
+	for _, f := range []struct {
+		key string
+		sp  *span
+		has *bool
+	}{{"from", &id.from, &id.hasFrom}, {"to", &id.to, &id.hasTo}, {"context", &id.context, &id.hasContext},
+		{"fromUserId", &id.fromUserID, &id.hasFromUserID}} {
+		if m, ok := msg.get(f.key); ok && m.obj == nil && m.rendered == nil {
+			*f.sp, *f.has = m.val, true
 		}
 	}
-	var buf [64]byte
-	from, _ := n.stringMember(msg, "from", buf[:0])
-	to, _ := n.stringMember(msg, "to", nil)
+	return n.directionOf(ch, n.b, id)
+}
+
+// directionOf applies the rules to values found in doc: the body, or the
+// camelCased copy of a message in raw (whose keys are already converted).
+func (n *normalizer) directionOf(ch *metaChange, doc []byte, id identity) []byte {
+	business := n.businessSet(ch)
+	hasContextFrom := false
+	if id.hasContext && doc[id.context.start] == '{' {
+		var ctxFrom span
+		found := false
+		_ = eachField(doc, id.context.start, func(key []byte, v span) error {
+			if string(camelKeyOf(key)) == "from" {
+				ctxFrom, found = v, true
+			}
+			return nil
+		})
+		if found && doc[ctxFrom.start] == '"' && ctxFrom.end-ctxFrom.start > 2 {
+			hasContextFrom = true
+			business = append(business, appendStringDigits(nil, doc, ctxFrom))
+		}
+	}
+	digits := func(has bool, v span, buf []byte) []byte {
+		if !has || doc[v.start] != '"' {
+			return nil
+		}
+		return appendStringDigits(buf, doc, v)
+	}
+	var fromBuf, toBuf [32]byte
+	from := digits(id.hasFrom, id.from, fromBuf[:0])
+	to := digits(id.hasTo, id.to, toBuf[:0])
 	in := func(d []byte) bool {
 		return len(d) > 0 && slices.ContainsFunc(business, func(x []byte) bool { return bytes.Equal(x, d) })
 	}
@@ -475,21 +552,38 @@ func (n *normalizer) direction(ch *metaChange, msg *objModel, echo bool) []byte 
 	case len(from) > 0:
 		return renderedInbound
 	}
-	if m, ok := msg.get("fromUserId"); ok && b[m.val.start] == '"' && m.val.end-m.val.start > 2 {
+	if id.hasFromUserID && doc[id.fromUserID.start] == '"' && id.fromUserID.end-id.fromUserID.start > 2 {
 		return renderedInbound
 	}
 	return nil
 }
 
+// camelKeyOf is camelKey for a comparison: the key of a context object in
+// the body still has its original spelling.
+func camelKeyOf(raw []byte) []byte {
+	var buf [64]byte
+	return camelKey(raw, &buf)
+}
+
 // callItems copies calls, turning a string wacid into callId when the
 // call has no truthy callId.
-func (n *normalizer) callItems(list itemList, first *bool) error {
+func (n *normalizer) callItems(ch *metaChange, list itemList, first *bool) error {
 	b, w := n.b, &n.w
-	for _, it := range n.items[list.lo:list.hi] {
+	for k := list.lo; k < list.hi; k++ {
+		it := n.items[k]
 		n.sep(first)
-		switch b[it.start] {
-		case 'n':
+		if b[it.start] == 'n' {
 			return errSDKThrows
+		}
+		if !ch.rawMoved {
+			// The copy in raw is final unless the call has a wacid to move.
+			o := n.raw.out[n.itemOut[k].start:n.itemOut[k].end]
+			if _, hasWacid, _ := objectField(o, 0, "wacid"); o[0] != '{' || !hasWacid {
+				w.out = append(w.out, o...)
+				continue
+			}
+		}
+		switch b[it.start] {
 		case '{':
 		default:
 			if _, err := w.value(b, it.start, keysCamel, 0); err != nil {
