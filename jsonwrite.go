@@ -167,7 +167,7 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			return 0, err
 		}
 		ke := len(w.out)
-		if !rearrange && (isIndexKey(w.out[ks+1:ke-1]) || w.seenKey(base, ks, ke)) {
+		if !rearrange && (mayBeIndexKey(w.out[ks+1:ke-1]) && isIndexKey(w.out[ks+1:ke-1]) || w.seenKey(base, ks, ke)) {
 			rearrange = true
 		}
 		i = skipSpace(b, end)
@@ -278,6 +278,9 @@ func (w *jsWriter) rearrange(start, base int) {
 	w.scratch = append(w.scratch, '}')
 	w.out = append(w.out[:start], w.scratch...)
 }
+
+// mayBeIndexKey is the cheap first test of isIndexKey.
+func mayBeIndexKey(k []byte) bool { return len(k) > 0 && k[0] >= '0' && k[0] <= '9' }
 
 // isIndexKey reports whether an (encoded, unquoted) key is a canonical
 // array index, 0 to 2^32-2: the keys JavaScript orders numerically.

@@ -57,9 +57,10 @@ type normalizer struct {
 	raw     jsWriter // raw's values, written during the walk
 	b       []byte
 	changes []metaChange
-	items   []span // item spans of every change's arrays, in the body
-	itemOut []span // the same items as written into raw
-	digits  []byte // digits of business numbers
+	items   []span        // item spans of every change's arrays, in the body
+	itemOut []span        // the same items as written into raw
+	msgInfo []messageInfo // for message items: what the fast path needs
+	digits  []byte        // digits of business numbers
 	objs    []*objModel
 	nobj    int
 }
@@ -72,6 +73,7 @@ func (n *normalizer) reset(dst, body []byte) {
 	n.changes = n.changes[:0]
 	n.items = n.items[:0]
 	n.itemOut = n.itemOut[:0]
+	n.msgInfo = n.msgInfo[:0]
 	n.digits = n.digits[:0]
 	n.nobj = 0
 }
@@ -85,9 +87,10 @@ type metaChange struct {
 	rawOut     span   // the camelCased value, in normalizer.raw
 	rawMoved   bool   // the value was reordered after its items were written
 	hasValue   bool
+	business   [][]byte // digits of the business numbers, once computed
+	hasBiz     bool
 	phoneID    span // metadata.phoneNumberId, when a string
 	displayNum span // metadata.displayPhoneNumber, when a string
-	business   [2]span
 	contacts   itemList
 	messages   itemList
 	echoes     itemList
@@ -207,11 +210,20 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 			if b[mv] != '[' {
 				return 0, nil
 			}
+			isMessages := list == &ch.messages || list == &ch.echoes
 			e, err := n.raw.arrayWith(b, mv, keysCamel, 2, func(iv int) (int, error) {
 				outStart := len(n.raw.out)
-				ie, err := n.raw.value(b, iv, keysCamel, 2)
+				var ie int
+				var err error
+				var info messageInfo
+				if isMessages && b[iv] == '{' {
+					ie, err = n.writeMessageRaw(iv, outStart, &info)
+				} else {
+					ie, err = n.raw.value(b, iv, keysCamel, 2)
+				}
 				n.items = append(n.items, span{iv, ie})
 				n.itemOut = append(n.itemOut, span{outStart, len(n.raw.out)})
+				n.msgInfo = append(n.msgInfo, info)
 				return ie, err
 			})
 			list.hi = len(n.items)
@@ -252,7 +264,11 @@ func (n *normalizer) walkMetadata(ch *metaChange, v int) (int, error) {
 
 // businessSet is the digits of the business's own numbers (non-empty
 // strings only), against which a message's from and to are matched.
+// It is worked out once per change.
 func (n *normalizer) businessSet(ch *metaChange) [][]byte {
+	if ch.hasBiz {
+		return ch.business
+	}
 	var set [][]byte
 	for _, sp := range []span{ch.phoneID, ch.displayNum} {
 		if sp.end == 0 || sp.end-sp.start <= 2 {
@@ -262,6 +278,7 @@ func (n *normalizer) businessSet(ch *metaChange) [][]byte {
 		n.digits = appendStringDigits(n.digits, n.b, sp)
 		set = append(set, n.digits[start:len(n.digits):len(n.digits)])
 	}
+	ch.business, ch.hasBiz = set, true
 	return set
 }
 

@@ -249,7 +249,7 @@ func (k *kapsoState) removable() bool {
 func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, first *bool) error {
 	for k := list.lo; k < list.hi; k++ {
 		n.sep(first)
-		if !ch.rawMoved && n.messageFromRaw(ch, n.raw.out[n.itemOut[k].start:n.itemOut[k].end], echo) {
+		if !ch.rawMoved && n.messageFromRaw(ch, k, echo) {
 			continue
 		}
 		if err := n.message(ch, n.items[k], echo); err != nil {
@@ -264,33 +264,17 @@ func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, firs
 // interactive or kapso member. Its camelCased form is already in raw, so
 // it is copied from there with kapso appended. It reports false, writing
 // nothing, for any other message.
-func (n *normalizer) messageFromRaw(ch *metaChange, out []byte, echo bool) bool {
-	if len(out) < 2 || out[0] != '{' {
+func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
+	info := n.msgInfo[k]
+	if !info.simple {
 		return false
 	}
-	var id identity
-	simple := true
-	err := eachField(out, 0, func(key []byte, v span) error {
-		switch string(key[1 : len(key)-1]) {
-		case "order", "interactive", "kapso":
-			simple = false
-		case "from":
-			id.from, id.hasFrom = v, true
-		case "to":
-			id.to, id.hasTo = v, true
-		case "context":
-			id.context, id.hasContext = v, true
-		case "fromUserId":
-			id.fromUserID, id.hasFromUserID = v, true
-		}
-		return nil
-	})
-	if err != nil || !simple {
-		return false
-	}
+	o := n.itemOut[k]
+	out := n.raw.out[o.start:o.end]
 	dir := renderedOutbound
 	if !echo {
-		dir = n.directionOf(ch, out, id)
+		// The identity spans are relative to the message's own bytes.
+		dir = n.directionOf(ch, out, info.id)
 	}
 	w := &n.w
 	w.out = append(w.out, out[:len(out)-1]...)
@@ -307,6 +291,46 @@ func (n *normalizer) messageFromRaw(ch *metaChange, out []byte, echo bool) bool 
 	}
 	w.out = append(w.out, '}')
 	return true
+}
+
+// messageInfo is what writing a message into raw noted about it.
+type messageInfo struct {
+	simple bool // an object with no order, interactive or kapso member, not reordered
+	id     identity
+}
+
+// writeMessageRaw writes a message object into raw, noting where its
+// identity members are (relative to the message's first byte) and
+// whether the SDK would do more to it than add kapso.direction.
+func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, error) {
+	info.simple = true
+	end, err := n.raw.objectWith(n.b, v, keysCamel, 3, func(key []byte, mv int) (int, error) {
+		var sp *span
+		var has *bool
+		switch string(key[1 : len(key)-1]) {
+		case "order", "interactive", "kapso":
+			info.simple = false
+			return 0, nil
+		case "from":
+			sp, has = &info.id.from, &info.id.hasFrom
+		case "to":
+			sp, has = &info.id.to, &info.id.hasTo
+		case "context":
+			sp, has = &info.id.context, &info.id.hasContext
+		case "fromUserId":
+			sp, has = &info.id.fromUserID, &info.id.hasFromUserID
+		default:
+			return 0, nil
+		}
+		start := len(n.raw.out)
+		e, err := n.raw.value(n.b, mv, keysCamel, 3)
+		*sp, *has = span{start - outStart, len(n.raw.out) - outStart}, true
+		return e, err
+	})
+	if n.raw.rearranged {
+		info.simple = false // members moved: the noted places are stale
+	}
+	return end, err
 }
 
 // identity holds where a message's from, to, context and fromUserId are.
