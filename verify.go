@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -75,8 +76,19 @@ type Verifier struct {
 
 	keys      []*macKey
 	header    string
+	kind      schemeKind
 	tolerance time.Duration
 }
+
+// schemeKind is Scheme resolved once, so that requests switch on an int.
+type schemeKind int
+
+const (
+	kindKapso schemeKind = iota
+	kindMeta
+	kindHMAC
+	kindStandard
+)
 
 // verifyError says why a request was refused. message goes to the sender;
 // reason goes to the log. Neither may carry a secret or a signature.
@@ -92,17 +104,17 @@ func (v *Verifier) provision(repl *caddy.Replacer) error {
 	alg := hashSHA256
 	switch v.Scheme {
 	case schemeKapso:
-		v.header = headerKapsoSignature
+		v.kind, v.header = kindKapso, headerKapsoSignature
 	case schemeMeta:
-		v.header = "X-Hub-Signature-256"
+		v.kind, v.header = kindMeta, "X-Hub-Signature-256"
 	case schemeHMAC:
-		v.header = v.Header
+		v.kind, v.header = kindHMAC, v.Header
 		var err error
 		if alg, err = parseAlgorithm(v.Algorithm); err != nil {
 			return err
 		}
 	case schemeStandard:
-		v.header = "Webhook-Signature"
+		v.kind, v.header = kindStandard, "Webhook-Signature"
 		v.tolerance = time.Duration(v.Tolerance)
 		if v.tolerance <= 0 {
 			v.tolerance = defaultTolerance
@@ -211,7 +223,7 @@ func (h *Handler) expectedHeaders() string {
 }
 
 func (v *Verifier) check(r *http.Request, body []byte) *verifyError {
-	if v.Scheme == schemeStandard {
+	if v.kind == kindStandard {
 		return v.checkStandard(r, body)
 	}
 	value, err := singleHeaderCanonical(r, v.header)
@@ -223,16 +235,16 @@ func (v *Verifier) check(r *http.Request, body []byte) *verifyError {
 	var buf [sha512.Size]byte
 	var sig []byte
 	var ok bool
-	switch v.Scheme {
-	case schemeKapso:
+	switch v.kind {
+	case kindKapso:
 		sig, ok = decodeHexInto(buf[:], strings.TrimPrefix(value, "sha256="))
-	case schemeMeta:
+	case kindMeta:
 		rest, found := strings.CutPrefix(value, "sha256=")
 		if !found {
 			return mismatch(v.header, "signature must start with sha256=")
 		}
 		sig, ok = decodeHexInto(buf[:], rest)
-	case schemeHMAC:
+	case kindHMAC:
 		rest, found := strings.CutPrefix(value, v.Prefix)
 		if !found {
 			return mismatch(v.header, "signature lacks the configured prefix")
@@ -382,6 +394,10 @@ func (a hashAlg) newFunc() func() hash.Hash {
 // secret into its inner and outer pads; reusing a keyed state with Reset
 // skips that work and its allocations on every request.
 type macKey struct {
+	// slot holds one idle state: taking it with an atomic swap costs less
+	// than a pool round trip, which matters at small bodies; the pool
+	// serves concurrent requests beyond the first.
+	slot atomic.Pointer[macState]
 	pool sync.Pool
 	size int
 }
@@ -402,20 +418,34 @@ func newMacKey(alg hashAlg, key []byte) *macKey {
 	return k
 }
 
+func (k *macKey) get() *macState {
+	if st := k.slot.Swap(nil); st != nil {
+		return st
+	}
+	return k.pool.Get().(*macState)
+}
+
+func (k *macKey) put(st *macState) {
+	if !k.slot.CompareAndSwap(nil, st) {
+		k.pool.Put(st)
+	}
+}
+
 // matches reports, in constant time, whether sig is the HMAC of body.
 func (k *macKey) matches(sig, body []byte) bool {
-	st := k.pool.Get().(*macState)
-	defer k.pool.Put(st)
+	st := k.get()
 	st.mac.Reset()
 	st.mac.Write(body)
 	st.sum = st.mac.Sum(st.sum[:0])
-	return hmac.Equal(sig, st.sum)
+	ok := hmac.Equal(sig, st.sum)
+	k.put(st)
+	return ok
 }
 
 // sign returns hex(HMAC(body)) for re-signing forwarded bodies.
 func (k *macKey) sign(body []byte) string {
-	st := k.pool.Get().(*macState)
-	defer k.pool.Put(st)
+	st := k.get()
+	defer k.put(st)
 	st.mac.Reset()
 	st.mac.Write(body)
 	st.sum = st.mac.Sum(st.sum[:0])
@@ -423,8 +453,8 @@ func (k *macKey) sign(body []byte) string {
 }
 
 func (k *macKey) sumStandard(id, ts string, body []byte) []byte {
-	st := k.pool.Get().(*macState)
-	defer k.pool.Put(st)
+	st := k.get()
+	defer k.put(st)
 	st.mac.Reset()
 	st.mac.Write([]byte(id))
 	st.mac.Write([]byte{'.'})
