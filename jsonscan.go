@@ -174,23 +174,11 @@ func eachMember(b []byte, i int, fn func(key []byte, v int) (int, error)) (int, 
 		return i + 1, nil
 	}
 	for {
-		if i >= len(b) || b[i] != '"' {
-			return 0, errMalformedJSON
-		}
-		kEnd, err := skipString(b, i)
+		kEnd, v, err := memberKey(b, i)
 		if err != nil {
 			return 0, err
 		}
-		key := b[i:kEnd]
-		i = skipSpace(b, kEnd)
-		if i >= len(b) || b[i] != ':' {
-			return 0, errMalformedJSON
-		}
-		v := skipSpace(b, i+1)
-		if v >= len(b) {
-			return 0, errMalformedJSON // callbacks may read b[v]
-		}
-		end, err := fn(key, v)
+		end, err := fn(b[i:kEnd], v)
 		if err != nil {
 			return 0, err
 		}
@@ -199,17 +187,9 @@ func eachMember(b []byte, i int, fn func(key []byte, v int) (int, error)) (int, 
 				return 0, err
 			}
 		}
-		i = skipSpace(b, end)
-		if i >= len(b) {
-			return 0, errMalformedJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case '}':
-			return i + 1, nil
-		default:
-			return 0, errMalformedJSON
+		var more bool
+		if i, more, err = afterValue(b, end, '}'); err != nil || !more {
+			return i, err
 		}
 	}
 }
@@ -237,17 +217,9 @@ func eachItem(b []byte, i int, fn func(v int) (int, error)) (int, error) {
 				return 0, err
 			}
 		}
-		i = skipSpace(b, end)
-		if i >= len(b) {
-			return 0, errMalformedJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case ']':
-			return i + 1, nil
-		default:
-			return 0, errMalformedJSON
+		var more bool
+		if i, more, err = afterValue(b, end, ']'); err != nil || !more {
+			return i, err
 		}
 	}
 }
@@ -264,34 +236,54 @@ func skipContainer(b []byte, i, depth int) (int, error) {
 	for {
 		var err error
 		if closing == '}' {
-			if i >= len(b) || b[i] != '"' {
-				return 0, errMalformedJSON
-			}
-			if i, err = skipString(b, i); err != nil {
+			if _, i, err = memberKey(b, i); err != nil {
 				return 0, err
 			}
-			i = skipSpace(b, i)
-			if i >= len(b) || b[i] != ':' {
-				return 0, errMalformedJSON
-			}
-			i = skipSpace(b, i+1)
 		}
-		if i, err = skipValueDepth(b, i, depth+1); err != nil {
+		end, err := skipValueDepth(b, i, depth+1)
+		if err != nil {
 			return 0, err
 		}
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return 0, errMalformedJSON
-		}
-		switch b[i] {
-		case ',':
-			i = skipSpace(b, i+1)
-		case closing:
-			return i + 1, nil
-		default:
-			return 0, errMalformedJSON
+		var more bool
+		if i, more, err = afterValue(b, end, closing); err != nil || !more {
+			return i, err
 		}
 	}
+}
+
+// memberKey reads the key of an object member at b[i] and the colon after
+// it, returning the end of the key and the position of the value.
+func memberKey(b []byte, i int) (keyEnd, v int, err error) {
+	if i >= len(b) || b[i] != '"' {
+		return 0, 0, errMalformedJSON
+	}
+	if keyEnd, err = skipString(b, i); err != nil {
+		return 0, 0, err
+	}
+	i = skipSpace(b, keyEnd)
+	if i >= len(b) || b[i] != ':' {
+		return 0, 0, errMalformedJSON
+	}
+	if v = skipSpace(b, i+1); v >= len(b) {
+		return 0, 0, errMalformedJSON // callers may read b[v]
+	}
+	return keyEnd, v, nil
+}
+
+// afterValue reads what follows a value that ends at end inside an object
+// or array: a comma, after which more follows at next, or the closing
+// byte, just past which next is.
+func afterValue(b []byte, end int, closing byte) (next int, more bool, err error) {
+	i := skipSpace(b, end)
+	switch {
+	case i >= len(b):
+		return 0, false, errMalformedJSON
+	case b[i] == ',':
+		return skipSpace(b, i+1), true, nil
+	case b[i] == closing:
+		return i + 1, false, nil
+	}
+	return 0, false, errMalformedJSON
 }
 
 // span is a [start,end) range of a value inside a body.

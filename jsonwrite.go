@@ -119,20 +119,15 @@ func (w *jsWriter) arrayWith(b []byte, i int, mode keyMode, depth int, fn func(v
 		if err != nil {
 			return 0, err
 		}
-		i = skipSpace(b, end)
-		if i >= len(b) {
-			return 0, errMalformedJSON
+		var more bool
+		if i, more, err = afterValue(b, end, ']'); err != nil {
+			return 0, err
 		}
-		switch b[i] {
-		case ',':
-			w.out = append(w.out, ',')
-			i++
-		case ']':
+		if !more {
 			w.out = append(w.out, ']')
-			return i + 1, nil
-		default:
-			return 0, errMalformedJSON
+			return i, nil
 		}
+		w.out = append(w.out, ',')
 	}
 }
 
@@ -191,16 +186,12 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			}
 		}
 		w.members = append(w.members, memberRange{ks, ke, len(w.out)})
-		i = skipSpace(b, i)
-		if i >= len(b) {
-			return 0, errMalformedJSON
+		var more bool
+		if i, more, err = afterValue(b, i, '}'); err != nil {
+			return 0, err
 		}
-		if b[i] == ',' {
-			i = skipSpace(b, i+1)
+		if more {
 			continue
-		}
-		if b[i] != '}' {
-			return 0, errMalformedJSON
 		}
 		w.out = append(w.out, '}')
 		if rearrange {
@@ -208,7 +199,7 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 		}
 		w.rearranged = rearrange
 		w.members = w.members[:base]
-		return i + 1, nil
+		return i, nil
 	}
 }
 
