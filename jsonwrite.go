@@ -16,8 +16,7 @@ import (
 // the ranges already written.
 type jsWriter struct {
 	out []byte
-	// members holds, for every object being written, the output ranges of
-	// its keys and values; each object uses the part above its base.
+	// members is rearrange's scratch list of one object's members.
 	members []memberRange
 	scratch []byte
 	// rearranged is set by each object as it finishes: whether it had to
@@ -119,6 +118,12 @@ func (w *jsWriter) arrayWith(b []byte, i int, mode keyMode, depth int, fn func(v
 		if err != nil {
 			return 0, err
 		}
+		// Compact input, the usual case, needs no call to find the comma.
+		if end+1 < len(b) && b[end] == ',' && b[end+1] > ' ' {
+			w.out = append(w.out, ',')
+			i = end + 1
+			continue
+		}
 		var more bool
 		if i, more, err = afterValue(b, end, ']'); err != nil {
 			return 0, err
@@ -141,20 +146,21 @@ func (w *jsWriter) object(b []byte, i int, mode keyMode, depth int) (int, error)
 // have it copied.
 func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(key []byte, v int) (int, error)) (int, error) {
 	start := len(w.out)
-	base := len(w.members)
 	w.out = append(w.out, '{')
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		w.out = append(w.out, '}')
+		w.rearranged = false
 		return i + 1, nil
 	}
 	rearrange := false
+	// keysSeen is a one-word Bloom filter of the keys written so far: a
+	// repeated key is rare, so the written keys are only compared when
+	// the filter cannot rule one out.
+	var keysSeen uint64
 	for {
 		if i >= len(b) || b[i] != '"' {
 			return 0, errMalformedJSON
-		}
-		if len(w.members) > base {
-			w.out = append(w.out, ',')
 		}
 		ks := len(w.out)
 		end, err := w.key(b, i, mode)
@@ -162,18 +168,30 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			return 0, err
 		}
 		ke := len(w.out)
-		if !rearrange && (mayBeIndexKey(w.out[ks+1:ke-1]) && isIndexKey(w.out[ks+1:ke-1]) || w.seenKey(base, ks, ke)) {
-			rearrange = true
+		if !rearrange {
+			k := w.out[ks+1 : ke-1]
+			bit := uint64(1) << keyHash(k)
+			switch {
+			case mayBeIndexKey(k) && isIndexKey(k):
+				rearrange = true
+			case keysSeen&bit != 0 && w.hasKey(start, ks, depth):
+				rearrange = true
+			}
+			keysSeen |= bit
 		}
-		i = skipSpace(b, end)
-		if i >= len(b) || b[i] != ':' {
-			return 0, errMalformedJSON
+		var v int
+		if end+1 < len(b) && b[end] == ':' && b[end+1] > ' ' {
+			v = end + 1
+		} else {
+			i = skipSpace(b, end)
+			if i >= len(b) || b[i] != ':' {
+				return 0, errMalformedJSON
+			}
+			if v = skipSpace(b, i+1); v >= len(b) {
+				return 0, errMalformedJSON
+			}
 		}
 		w.out = append(w.out, ':')
-		v := skipSpace(b, i+1)
-		if v >= len(b) {
-			return 0, errMalformedJSON
-		}
 		i = 0
 		if fn != nil {
 			if i, err = fn(w.out[ks:ke], v); err != nil {
@@ -185,33 +203,63 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 				return 0, err
 			}
 		}
-		w.members = append(w.members, memberRange{ks, ke, len(w.out)})
+		if i+1 < len(b) && b[i] == ',' && b[i+1] == '"' {
+			w.out = append(w.out, ',')
+			i++
+			continue
+		}
 		var more bool
 		if i, more, err = afterValue(b, i, '}'); err != nil {
 			return 0, err
 		}
 		if more {
+			w.out = append(w.out, ',')
 			continue
 		}
 		w.out = append(w.out, '}')
 		if rearrange {
-			w.rearrange(start, base)
+			if err := w.rearrange(start, depth); err != nil {
+				return 0, err
+			}
 		}
 		w.rearranged = rearrange
-		w.members = w.members[:base]
 		return i, nil
 	}
 }
 
-// seenKey reports whether the key just written at out[ks:ke] repeats one
-// of the current object's keys. Encoded keys compare equal exactly when
-// the decoded keys do, as the encoding is canonical.
-func (w *jsWriter) seenKey(base, ks, ke int) bool {
-	k := w.out[ks:ke]
-	for _, m := range w.members[base:] {
-		if string(w.out[m.keyStart:m.keyEnd]) == string(k) {
+// keyHash picks a bit for the Bloom filter of an object's keys.
+func keyHash(k []byte) uint {
+	h := uint(len(k)) * 7
+	if len(k) > 0 {
+		h += uint(k[0])*3 + uint(k[len(k)-1])
+	}
+	return h & 63
+}
+
+// hasKey reports whether the key just written at out[ks:] repeats one of
+// the keys of the object being written from out[start]. Encoded keys
+// compare equal exactly when the decoded keys do, as the encoding is
+// canonical. The members written so far are read back from the output,
+// which is compact JSON of our own making.
+func (w *jsWriter) hasKey(start, ks, depth int) bool {
+	out := w.out
+	ke, err := skipString(out, ks)
+	if err != nil {
+		return false
+	}
+	key := out[ks:ke]
+	for p := start + 1; p < ks; {
+		e, err := skipString(out, p)
+		if err != nil {
+			return false
+		}
+		if string(out[p:e]) == string(key) {
 			return true
 		}
+		if p, err = skipValueDepth(out, e+1, depth); err != nil {
+			return false
+		}
+		p++ // the comma
 	}
 	return false
 }
@@ -219,8 +267,21 @@ func (w *jsWriter) seenKey(base, ks, ke int) bool {
 // rearrange rewrites the object at out[start:] in JavaScript's key order:
 // a repeated key keeps its first position with its last value, and
 // integer-like keys come first in ascending numeric order.
-func (w *jsWriter) rearrange(start, base int) {
-	ms := w.members[base:]
+func (w *jsWriter) rearrange(start, depth int) error {
+	ms := w.members[:0]
+	for p := start + 1; p < len(w.out)-1; {
+		ke, err := skipString(w.out, p)
+		if err != nil {
+			return err
+		}
+		ve, err := skipValueDepth(w.out, ke+1, depth)
+		if err != nil {
+			return err
+		}
+		ms = append(ms, memberRange{p, ke, ve})
+		p = ve + 1
+	}
+	w.members = ms
 	type slot struct {
 		key   []byte
 		val   []byte
@@ -268,6 +329,7 @@ func (w *jsWriter) rearrange(start, base int) {
 	}
 	w.scratch = append(w.scratch, '}')
 	w.out = append(w.out[:start], w.scratch...)
+	return nil
 }
 
 // mayBeIndexKey is the cheap first test of isIndexKey.
@@ -293,20 +355,26 @@ func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
 	if mode == keysAsIs {
 		return w.str(b, i)
 	}
+	if out, end, ok := knownCamelKey(b, i); ok {
+		w.out = append(w.out, out...)
+		return end, nil
+	}
 	// One pass finds the end of the key and whether it needs work.
 	var seen uint8
 	j := i + 1
-	for j < len(b) && b[j] != '"' && keyByte[b[j]] != 2 {
-		seen |= keyByte[b[j]]
+	for j < len(b) {
+		k := keyByte[b[j]]
+		if k >= 2 {
+			break
+		}
+		seen |= k
 		j++
 	}
 	if j < len(b) && b[j] == '"' {
 		if seen == 0 {
 			w.out = append(w.out, b[i:j+1]...)
 		} else {
-			w.out = append(w.out, '"')
-			w.out = appendCamel(w.out, b[i+1:j])
-			w.out = append(w.out, '"')
+			w.out = appendCamelQuoted(w.out, b[i+1:j])
 		}
 		return j + 1, nil
 	}
@@ -371,6 +439,29 @@ func isPlainKey(raw []byte) bool {
 	return true
 }
 
+// appendCamelQuoted is appendCamel for a plain key, quoted, writing into
+// room made once instead of appending byte by byte.
+func appendCamelQuoted(dst, key []byte) []byte {
+	n := len(dst)
+	dst = slices.Grow(dst, len(key)+2)[:n+len(key)+2]
+	o := dst[n:]
+	o[0] = '"'
+	p := 1
+	for j := 0; j < len(key); j++ {
+		c := key[j]
+		if (c == '_' || c == '-') && j+1 < len(key) && isASCIIAlnum(key[j+1]) {
+			o[p] = upperASCII(key[j+1])
+			p++
+			j++
+			continue
+		}
+		o[p] = c
+		p++
+	}
+	o[p] = '"'
+	return dst[:n+p+1]
+}
+
 // appendCamel applies the SDK's deep key rule: a key with neither '_' nor
 // '-' is unchanged; otherwise every '_' or '-' followed by an ASCII letter
 // or digit is dropped and that character upper-cased.
@@ -419,8 +510,19 @@ func upperASCII(c byte) byte {
 // raw UTF-8 instead of \u escapes, short escapes for control characters,
 // lone surrogates as \udxxx, invalid UTF-8 as U+FFFD.
 func (w *jsWriter) str(b []byte, i int) (int, error) {
-	w.out = append(w.out, '"')
 	j := i + 1
+	for j+4 <= len(b) && !strCopySpecial[b[j]] && !strCopySpecial[b[j+1]] &&
+		!strCopySpecial[b[j+2]] && !strCopySpecial[b[j+3]] {
+		j += 4
+	}
+	for j < len(b) && !strCopySpecial[b[j]] {
+		j++
+	}
+	if j < len(b) && b[j] == '"' {
+		w.out = append(w.out, b[i:j+1]...)
+		return j + 1, nil
+	}
+	w.out = append(w.out, b[i:j]...)
 	for j < len(b) {
 		// Copy the run that needs no change in one go.
 		run := j

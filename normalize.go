@@ -63,6 +63,12 @@ type normalizer struct {
 	digits  []byte        // digits of business numbers
 	objs    []*objModel
 	nobj    int
+	src     source // what the edited item being written is read from
+	// A Flow reply's decoded response_json, its rendering and the fields
+	// it gives kapso, reused from one message to the next.
+	flowText     []byte
+	flow         jsWriter
+	flowFieldBuf [3]member
 }
 
 func (n *normalizer) reset(dst, body []byte) {
@@ -87,7 +93,7 @@ type metaChange struct {
 	rawOut     span   // the camelCased value, in normalizer.raw
 	rawMoved   bool   // the value was reordered after its items were written
 	hasValue   bool
-	business   [][]byte // digits of the business numbers, once computed
+	business   businessNumbers
 	hasBiz     bool
 	phoneID    span // metadata.phoneNumberId, when a string
 	displayNum span // metadata.displayPhoneNumber, when a string
@@ -151,8 +157,8 @@ func (n *normalizer) walkChange(v int) (int, error) {
 		case keyEquals(key, "field"):
 			e, err := skipValue(b, fv)
 			ch.field = ""
-			if f, ok := decodedString(b, span{fv, e}); ok && f != "" {
-				ch.field = fieldKey(f)
+			if err == nil {
+				ch.field = fieldName(b[fv:e])
 			}
 			return e, err
 		case keyEquals(key, "value"):
@@ -188,9 +194,7 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 			case "metadata":
 				ch.phoneID, ch.displayNum = span{}, span{}
 				if b[mv] == '{' {
-					if _, err := n.walkMetadata(ch, mv); err != nil {
-						return 0, err
-					}
+					return n.writeMetadata(ch, mv)
 				}
 				return 0, nil
 			case "contacts":
@@ -240,12 +244,13 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 	return end, nil
 }
 
-func (n *normalizer) walkMetadata(ch *metaChange, v int) (int, error) {
+// writeMetadata writes the value's metadata into raw, noting where the
+// business's phone number ID and display number are in the body.
+func (n *normalizer) writeMetadata(ch *metaChange, v int) (int, error) {
 	b := n.b
-	var buf [64]byte
-	return eachMember(b, v, func(key []byte, mv int) (int, error) {
+	return n.raw.objectWith(b, v, keysCamel, 2, func(key []byte, mv int) (int, error) {
 		var dst *span
-		switch string(camelKey(key, &buf)) {
+		switch string(key[1 : len(key)-1]) {
 		case "phoneNumberId":
 			dst = &ch.phoneID
 		case "displayPhoneNumber":
@@ -253,7 +258,7 @@ func (n *normalizer) walkMetadata(ch *metaChange, v int) (int, error) {
 		default:
 			return 0, nil
 		}
-		e, err := skipValue(b, mv)
+		e, err := n.raw.value(b, mv, keysCamel, 2)
 		*dst = span{}
 		if err == nil && b[mv] == '"' {
 			*dst = span{mv, e}
@@ -265,22 +270,72 @@ func (n *normalizer) walkMetadata(ch *metaChange, v int) (int, error) {
 // businessSet is the digits of the business's own numbers (non-empty
 // strings only), against which a message's from and to are matched.
 // It is worked out once per change.
-func (n *normalizer) businessSet(ch *metaChange) [][]byte {
+func (n *normalizer) businessSet(ch *metaChange) businessNumbers {
 	if ch.hasBiz {
 		return ch.business
 	}
-	var set [][]byte
-	for _, sp := range []span{ch.phoneID, ch.displayNum} {
+	var set businessNumbers
+	for _, sp := range [2]span{ch.phoneID, ch.displayNum} {
 		if sp.end == 0 || sp.end-sp.start <= 2 {
 			continue
 		}
 		start := len(n.digits)
 		n.digits = appendStringDigits(n.digits, n.b, sp)
-		set = append(set, n.digits[start:len(n.digits):len(n.digits)])
+		set.add(n.digits[start:len(n.digits):len(n.digits)])
 	}
 	ch.business, ch.hasBiz = set, true
 	return set
 }
+
+// businessNumbers is a fixed-size set, so that looking a message's
+// numbers up allocates nothing: the two metadata numbers and the number a
+// reply's context names.
+type businessNumbers struct {
+	nums [3][]byte
+	n    int
+}
+
+func (s *businessNumbers) add(d []byte) { s.nums[s.n] = d; s.n++ }
+
+func (s *businessNumbers) has(d []byte) bool {
+	if len(d) == 0 {
+		return false
+	}
+	for _, x := range s.nums[:s.n] {
+		if bytes.Equal(x, d) {
+			return true
+		}
+	}
+	return false
+}
+
+// fieldName is raw's key for a change's field value (the JSON text of a
+// string), or "" when the value is not a non-empty string. The usual
+// fields are interned: a field name is needed for every change.
+func fieldName(v []byte) string {
+	if len(v) < 2 || v[0] != '"' {
+		return ""
+	}
+	if f, ok := commonFields[string(v)]; ok {
+		return f
+	}
+	f, ok := decodedString(v, span{0, len(v)})
+	if !ok || f == "" {
+		return ""
+	}
+	return fieldKey(f)
+}
+
+var commonFields = func() map[string]string {
+	m := map[string]string{}
+	for _, f := range []string{"messages", "message_echoes", "smb_message_echoes", "calls", "statuses",
+		"account_update", "message_template_status_update", "phone_number_quality_update", "history",
+		"smb_app_state_sync", "user_preferences", "business_capability_update", "account_alerts",
+		"template_category_update", "message_template_quality_update", "security", "flows"} {
+		m[`"`+f+`"`] = fieldKey(f)
+	}
+	return m
+}()
 
 // appendStringDigits appends the ASCII digits of the JSON string at v.
 func appendStringDigits(dst, b []byte, v span) []byte {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"slices"
 	"strconv"
-	"strings"
 	"unicode"
 )
 
@@ -38,19 +37,77 @@ func (n *normalizer) newObj() *objModel {
 	return o
 }
 
+// source is the document an edited item is read from: the received body,
+// whose keys still need camelCasing and whose values still need
+// rendering, or raw's copy of the item, which is already final.
+type source struct {
+	doc   []byte
+	final bool
+}
+
+// itemSource returns where item k of a change can be read from: raw's
+// copy, unless reordering the change's value moved it.
+func (n *normalizer) itemSource(ch *metaChange, k int) (span, source) {
+	if ch.rawMoved {
+		return n.items[k], source{doc: n.b}
+	}
+	return n.itemOut[k], source{doc: n.raw.out, final: true}
+}
+
+// writeValue writes the value at v as output JSON.
+func (s source) writeValue(w *jsWriter, v span) error {
+	if s.final {
+		w.out = append(w.out, s.doc[v.start:v.end]...)
+		return nil
+	}
+	_, err := w.value(s.doc, v.start, keysCamel, 0)
+	return err
+}
+
+// render returns the value at v as output JSON.
+func (s source) render(v span) ([]byte, error) {
+	if s.final {
+		return s.doc[v.start:v.end:v.end], nil
+	}
+	var w jsWriter
+	if _, err := w.value(s.doc, v.start, keysCamel, 0); err != nil {
+		return nil, err
+	}
+	return w.out, nil
+}
+
 // loadObject reads the members of the object at v, camelCasing keys.
 func (n *normalizer) loadObject(v span) (*objModel, error) {
-	b := n.b
+	src := n.src
 	o := n.newObj()
-	_, err := eachMember(b, v.start, func(key []byte, mv int) (int, error) {
-		end, err := skipValueDepth(b, mv, 1)
+	_, err := eachMember(src.doc, v.start, func(key []byte, mv int) (int, error) {
+		end, err := skipValueDepth(src.doc, mv, 1)
 		if err != nil {
 			return 0, err
 		}
-		o.set(member{key: o.camelKeyBytes(key), val: span{mv, end}})
+		k := o.decodedKeyBytes(key)
+		if !src.final {
+			k = o.camelKeyBytes(key)
+		}
+		o.set(member{key: k, val: span{mv, end}})
 		return end, nil
 	})
 	return o, err
+}
+
+// decodedKeyBytes decodes a key that is already camelCased.
+func (o *objModel) decodedKeyBytes(raw []byte) []byte {
+	inner := raw[1 : len(raw)-1]
+	if !containsByte(inner, '\\') {
+		return inner
+	}
+	start := len(o.keyBuf)
+	dec, err := decodeString(o.keyBuf, raw, 0, true)
+	if err != nil {
+		return nil
+	}
+	o.keyBuf = dec
+	return o.keyBuf[start:len(o.keyBuf):len(o.keyBuf)]
 }
 
 // camelKeyBytes converts a raw key, referring to the body when the key
@@ -108,7 +165,7 @@ func (o *objModel) del(key string) {
 
 // write emits the object with integer-like keys first, as JavaScript
 // enumerates them.
-func (o *objModel) write(w *jsWriter, b []byte) error {
+func (o *objModel) write(w *jsWriter, src source) error {
 	ms := o.members
 	if slices.ContainsFunc(ms, func(m member) bool { return isIndexKey(m.key) }) {
 		ms = slices.Clone(ms)
@@ -121,7 +178,7 @@ func (o *objModel) write(w *jsWriter, b []byte) error {
 		}
 		w.out = appendJSString(w.out, ms[i].key, true)
 		w.out = append(w.out, ':')
-		if err := ms[i].writeValue(w, b); err != nil {
+		if err := ms[i].writeValue(w, src); err != nil {
 			return err
 		}
 	}
@@ -129,25 +186,15 @@ func (o *objModel) write(w *jsWriter, b []byte) error {
 	return nil
 }
 
-func (m *member) writeValue(w *jsWriter, b []byte) error {
+func (m *member) writeValue(w *jsWriter, src source) error {
 	switch {
 	case m.obj != nil:
-		return m.obj.write(w, b)
+		return m.obj.write(w, src)
 	case m.rendered != nil:
 		w.out = append(w.out, m.rendered...)
 		return nil
 	}
-	_, err := w.value(b, m.val.start, keysCamel, 0)
-	return err
-}
-
-// renderSpan returns a value as output JSON.
-func renderSpan(b []byte, v span) ([]byte, error) {
-	var w jsWriter
-	if _, err := w.value(b, v.start, keysCamel, 0); err != nil {
-		return nil, err
-	}
-	return w.out, nil
+	return src.writeValue(w, m.val)
 }
 
 // kapsoState models message.kapso through the SDK's steps, including what
@@ -171,7 +218,7 @@ const (
 )
 
 func (n *normalizer) loadKapso(msg *objModel) (kapsoState, error) {
-	b := n.b
+	b := n.src.doc
 	m, ok := msg.get("kapso")
 	if !ok {
 		return kapsoState{kind: kapsoAbsent}, nil
@@ -252,7 +299,9 @@ func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, firs
 		if !ch.rawMoved && n.messageFromRaw(ch, k, echo) {
 			continue
 		}
-		if err := n.message(ch, n.items[k], echo); err != nil {
+		var it span
+		it, n.src = n.itemSource(ch, k)
+		if err := n.message(ch, it, echo); err != nil {
 			return err
 		}
 	}
@@ -357,19 +406,17 @@ var (
 )
 
 func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
-	b, w := n.b, &n.w
-	switch c := b[it.start]; {
+	w := &n.w
+	switch c := n.src.doc[it.start]; {
 	case c == 'n':
 		return errSDKThrows // reading a property of null
 	case c == '[':
-		_, err := w.value(b, it.start, keysCamel, 0)
-		return err
+		return n.src.writeValue(w, it)
 	case c != '{':
 		if echo {
 			return errSDKThrows // setting kapso on a primitive
 		}
-		_, err := w.value(b, it.start, keysCamel, 0)
-		return err
+		return n.src.writeValue(w, it)
 	}
 	msg, err := n.loadObject(it)
 	if err != nil {
@@ -408,7 +455,7 @@ func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
 			msg.set(member{key: constKey("kapso"), obj: kapso.obj})
 		}
 	}
-	if err := msg.write(w, b); err != nil {
+	if err := msg.write(w, n.src); err != nil {
 		return errNotNormalizable
 	}
 	return nil
@@ -416,7 +463,7 @@ func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
 
 // applyOrderText moves order.text to order.orderText and kapso.orderText.
 func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
-	b := n.b
+	b := n.src.doc
 	om, ok := msg.get("order")
 	if !ok || b[om.val.start] != '{' {
 		return nil
@@ -429,7 +476,7 @@ func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
 	if !ok {
 		return nil
 	}
-	value, err := renderSpan(b, text.val)
+	value, err := n.src.render(text.val)
 	if err != nil {
 		return errNotNormalizable
 	}
@@ -443,7 +490,7 @@ func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
 // flowFields parses a Flow reply's response_json into kapso's
 // flowResponse, flowToken and flowName, as the SDK does.
 func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
-	b := n.b
+	b := n.src.doc
 	im, ok := msg.get("interactive")
 	if !ok || b[im.val.start] != '{' {
 		return nil, false
@@ -467,15 +514,19 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 	if !ok || b[rj.val.start] != '"' {
 		return nil, false
 	}
-	text, err := decodeString(nil, b, rj.val.start, false)
-	if err != nil || jsTrim(string(text)) == "" {
+	text, err := decodeString(n.flowText[:0], b, rj.val.start, false)
+	if err != nil || len(jsTrim(text)) == 0 {
 		return nil, false
 	}
-	response, ok := parseJSONLikeJS(text)
+	n.flowText = text
+	// The rendered response stays referenced until the message is written;
+	// each message is written before the next one is parsed.
+	n.flow.reset()
+	response, ok := n.flow.parseJSONLikeJS(text)
 	if !ok {
 		return nil, false
 	}
-	fields := []member{{key: constKey("flowResponse"), rendered: response}}
+	fields := append(n.flowFieldBuf[:0], member{key: constKey("flowResponse"), rendered: response})
 	if string(response) == "null" {
 		return fields, true
 	}
@@ -485,7 +536,7 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 		}
 	}
 	if name, ok := reply.get("name"); ok && b[name.val.start] == '"' {
-		if rendered, err := renderSpan(b, name.val); err == nil {
+		if rendered, err := n.src.render(name.val); err == nil {
 			fields = append(fields, member{key: constKey("flowName"), rendered: rendered})
 		}
 	}
@@ -495,8 +546,7 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 // parseJSONLikeJS is JSON.parse followed by the deep camelCase rule and
 // JSON.stringify: the text came out of a JSON string, so it may hold lone
 // surrogates, which survive as \udxxx.
-func parseJSONLikeJS(text []byte) ([]byte, bool) {
-	var w jsWriter
+func (w *jsWriter) parseJSONLikeJS(text []byte) ([]byte, bool) {
 	w.wtf8 = true
 	end, err := w.value(text, 0, keysCamel, 0)
 	if err != nil || skipSpace(text, end) != len(text) {
@@ -506,13 +556,20 @@ func parseJSONLikeJS(text []byte) ([]byte, bool) {
 }
 
 // jsTrim is String.prototype.trim.
-func jsTrim(s string) string {
-	return strings.TrimFunc(s, func(r rune) bool { return unicode.IsSpace(r) || r == '\uFEFF' })
+func jsTrim(s []byte) []byte {
+	return bytes.TrimFunc(s, func(r rune) bool { return unicode.IsSpace(r) || r == '\uFEFF' })
 }
 
 func spanIsString(b []byte, v span, want string) bool {
-	s, ok := decodedString(b, v)
-	return ok && s == want
+	if v.end <= v.start || b[v.start] != '"' {
+		return false
+	}
+	if inner := b[v.start+1 : v.end-1]; !containsByte(inner, '\\') {
+		return string(inner) == want
+	}
+	var buf [64]byte
+	dec, err := decodeString(buf[:0], b, v.start, false)
+	return err == nil && string(dec) == want
 }
 
 // direction tells inbound from outbound by the SDK's rules, returning the
@@ -532,7 +589,7 @@ func (n *normalizer) direction(ch *metaChange, msg *objModel, echo bool) []byte 
 			*f.sp, *f.has = m.val, true
 		}
 	}
-	return n.directionOf(ch, n.b, id)
+	return n.directionOf(ch, n.src.doc, id)
 }
 
 // directionOf applies the rules to values found in doc: the body, or the
@@ -551,7 +608,9 @@ func (n *normalizer) directionOf(ch *metaChange, doc []byte, id identity) []byte
 		})
 		if found && doc[ctxFrom.start] == '"' && ctxFrom.end-ctxFrom.start > 2 {
 			hasContextFrom = true
-			business = append(business, appendStringDigits(nil, doc, ctxFrom))
+			start := len(n.digits)
+			n.digits = appendStringDigits(n.digits, doc, ctxFrom)
+			business.add(n.digits[start:len(n.digits):len(n.digits)])
 		}
 	}
 	digits := func(has bool, v span, buf []byte) []byte {
@@ -563,13 +622,10 @@ func (n *normalizer) directionOf(ch *metaChange, doc []byte, id identity) []byte
 	var fromBuf, toBuf [32]byte
 	from := digits(id.hasFrom, id.from, fromBuf[:0])
 	to := digits(id.hasTo, id.to, toBuf[:0])
-	in := func(d []byte) bool {
-		return len(d) > 0 && slices.ContainsFunc(business, func(x []byte) bool { return bytes.Equal(x, d) })
-	}
 	switch {
-	case in(from):
+	case business.has(from):
 		return renderedOutbound
-	case in(to):
+	case business.has(to):
 		return renderedInbound
 	case hasContextFrom:
 		return renderedInbound
@@ -592,28 +648,28 @@ func camelKeyOf(raw []byte) []byte {
 // callItems copies calls, turning a string wacid into callId when the
 // call has no truthy callId.
 func (n *normalizer) callItems(ch *metaChange, list itemList, first *bool) error {
-	b, w := n.b, &n.w
+	w := &n.w
 	for k := list.lo; k < list.hi; k++ {
-		it := n.items[k]
 		n.sep(first)
-		if b[it.start] == 'n' {
-			return errSDKThrows
-		}
-		if !ch.rawMoved {
-			// The copy in raw is final unless the call has a wacid to move.
-			o := n.raw.out[n.itemOut[k].start:n.itemOut[k].end]
-			if _, hasWacid, _ := objectField(o, 0, "wacid"); o[0] != '{' || !hasWacid {
-				w.out = append(w.out, o...)
-				continue
-			}
-		}
+		var it span
+		it, n.src = n.itemSource(ch, k)
+		b := n.src.doc
 		switch b[it.start] {
+		case 'n':
+			return errSDKThrows
 		case '{':
 		default:
-			if _, err := w.value(b, it.start, keysCamel, 0); err != nil {
+			if err := n.src.writeValue(w, it); err != nil {
 				return errNotNormalizable
 			}
 			continue
+		}
+		if n.src.final {
+			// The copy in raw is final unless the call has a wacid to move.
+			if _, hasWacid, _ := objectField(b, it.start, "wacid"); !hasWacid {
+				w.out = append(w.out, b[it.start:it.end]...)
+				continue
+			}
 		}
 		call, err := n.loadObject(it)
 		if err != nil {
@@ -624,7 +680,7 @@ func (n *normalizer) callItems(ch *metaChange, list itemList, first *bool) error
 			call.del("wacid")
 			call.set(member{key: constKey("callId"), val: id})
 		}
-		if err := call.write(w, b); err != nil {
+		if err := call.write(w, n.src); err != nil {
 			return errNotNormalizable
 		}
 	}
