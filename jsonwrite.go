@@ -16,8 +16,10 @@ import (
 // the ranges already written.
 type jsWriter struct {
 	out []byte
-	// members is rearrange's scratch list of one object's members.
+	// members and order are rearrange's scratch lists for one object.
 	members []memberRange
+	order   []int
+	keyBuf  []byte // an escaped key, decoded and camelCased
 	scratch []byte
 	// rearranged is set by each object as it finishes: whether it had to
 	// be rewritten in JavaScript's key order (which moves its members).
@@ -29,7 +31,8 @@ type jsWriter struct {
 }
 
 type memberRange struct {
-	keyStart, keyEnd, valEnd int
+	keyStart, keyEnd, valStart, valEnd int
+	index                              int64 // the key's value when it is an array index, else -1
 }
 
 type keyMode int
@@ -268,6 +271,7 @@ func (w *jsWriter) hasKey(start, ks, depth int) bool {
 // a repeated key keeps its first position with its last value, and
 // integer-like keys come first in ascending numeric order.
 func (w *jsWriter) rearrange(start, depth int) error {
+	// The members as written: each one's key, and its value up to valEnd.
 	ms := w.members[:0]
 	for p := start + 1; p < len(w.out)-1; {
 		ke, err := skipString(w.out, p)
@@ -278,58 +282,61 @@ func (w *jsWriter) rearrange(start, depth int) error {
 		if err != nil {
 			return err
 		}
-		ms = append(ms, memberRange{p, ke, ve})
-		p = ve + 1
-	}
-	w.members = ms
-	type slot struct {
-		key   []byte
-		val   []byte
-		index int64
-	}
-	slots := make([]slot, 0, len(ms))
-	for _, m := range ms {
-		key := w.out[m.keyStart:m.keyEnd]
-		val := w.out[m.keyEnd+1 : m.valEnd]
+		key := w.out[p:ke]
+		// A repeated key keeps the first one's place and takes this value.
 		replaced := false
-		for j := range slots {
-			if string(slots[j].key) == string(key) {
-				slots[j].val = val
+		for j := range ms {
+			if string(w.out[ms[j].keyStart:ms[j].keyEnd]) == string(key) {
+				ms[j].valStart, ms[j].valEnd = ke+1, ve
 				replaced = true
 				break
 			}
 		}
 		if !replaced {
-			idx := int64(-1)
-			if isIndexKey(key[1 : len(key)-1]) {
-				idx, _ = strconv.ParseInt(string(key[1:len(key)-1]), 10, 64)
-			}
-			slots = append(slots, slot{key: key, val: val, index: idx})
+			ms = append(ms, memberRange{keyStart: p, keyEnd: ke, valStart: ke + 1, valEnd: ve, index: indexKeyValue(key)})
+		}
+		p = ve + 1
+	}
+	w.members = ms
+	// Integer-like keys first, ascending (they are distinct by now), then
+	// the others in their order.
+	order := w.order[:0]
+	for j := range ms {
+		if ms[j].index >= 0 {
+			order = append(order, j)
 		}
 	}
-	slices.SortStableFunc(slots, func(a, b slot) int {
-		switch {
-		case a.index >= 0 && b.index >= 0:
-			return int(a.index - b.index)
-		case a.index >= 0:
-			return -1
-		case b.index >= 0:
-			return 1
+	slices.SortFunc(order, func(a, b int) int { return int(ms[a].index - ms[b].index) })
+	for j := range ms {
+		if ms[j].index < 0 {
+			order = append(order, j)
 		}
-		return 0
-	})
+	}
+	w.order = order
 	w.scratch = append(w.scratch[:0], '{')
-	for j, s := range slots {
-		if j > 0 {
+	for n, j := range order {
+		if n > 0 {
 			w.scratch = append(w.scratch, ',')
 		}
-		w.scratch = append(w.scratch, s.key...)
+		m := ms[j]
+		w.scratch = append(w.scratch, w.out[m.keyStart:m.keyEnd]...)
 		w.scratch = append(w.scratch, ':')
-		w.scratch = append(w.scratch, s.val...)
+		w.scratch = append(w.scratch, w.out[m.valStart:m.valEnd]...)
 	}
 	w.scratch = append(w.scratch, '}')
 	w.out = append(w.out[:start], w.scratch...)
 	return nil
+}
+
+// indexKeyValue is the numeric value of a quoted key that is an array
+// index, or -1.
+func indexKeyValue(quoted []byte) int64 {
+	k := quoted[1 : len(quoted)-1]
+	if !mayBeIndexKey(k) || !isIndexKey(k) {
+		return -1
+	}
+	v, _ := strconv.ParseInt(string(k), 10, 64)
+	return v
 }
 
 // mayBeIndexKey is the cheap first test of isIndexKey.
@@ -355,10 +362,6 @@ func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
 	if mode == keysAsIs {
 		return w.str(b, i)
 	}
-	if out, end, ok := knownCamelKey(b, i); ok {
-		w.out = append(w.out, out...)
-		return end, nil
-	}
 	// One pass finds the end of the key and whether it needs work.
 	var seen uint8
 	j := i + 1
@@ -373,6 +376,8 @@ func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
 	if j < len(b) && b[j] == '"' {
 		if seen == 0 {
 			w.out = append(w.out, b[i:j+1]...)
+		} else if out, known := knownCamelKey(b[i+1 : j]); known {
+			w.out = append(w.out, out...)
 		} else {
 			w.out = appendCamelQuoted(w.out, b[i+1:j])
 		}
@@ -388,7 +393,8 @@ func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
 			return 0, err
 		}
 		w.scratch = decoded
-		w.out = appendJSString(w.out, appendCamel(nil, decoded), true)
+		w.keyBuf = appendCamel(w.keyBuf[:0], decoded)
+		w.out = appendJSString(w.out, w.keyBuf, true)
 	}
 	return end, nil
 }

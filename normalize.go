@@ -89,7 +89,7 @@ type itemList struct{ lo, hi int }
 
 // metaChange is what the walk found in one entry[].changes[] item.
 type metaChange struct {
-	field      string // raw's key, "" when the change has no usable field
+	field      string // raw's key as written (quoted JSON), "" when the change has no usable field
 	rawOut     span   // the camelCased value, in normalizer.raw
 	rawMoved   bool   // the value was reordered after its items were written
 	hasValue   bool
@@ -309,9 +309,9 @@ func (s *businessNumbers) has(d []byte) bool {
 	return false
 }
 
-// fieldName is raw's key for a change's field value (the JSON text of a
-// string), or "" when the value is not a non-empty string. The usual
-// fields are interned: a field name is needed for every change.
+// fieldName is raw's key, as written, for a change's field value (the
+// JSON text of a string), or "" when the value is not a non-empty string.
+// The usual fields are interned: a field name is needed for every change.
 func fieldName(v []byte) string {
 	if len(v) < 2 || v[0] != '"' {
 		return ""
@@ -323,7 +323,7 @@ func fieldName(v []byte) string {
 	if !ok || f == "" {
 		return ""
 	}
-	return fieldKey(f)
+	return string(appendJSString(nil, []byte(fieldKey(f)), true))
 }
 
 var commonFields = func() map[string]string {
@@ -332,7 +332,7 @@ var commonFields = func() map[string]string {
 		"account_update", "message_template_status_update", "phone_number_quality_update", "history",
 		"smb_app_state_sync", "user_preferences", "business_capability_update", "account_alerts",
 		"template_category_update", "message_template_quality_update", "security", "flows"} {
-		m[`"`+f+`"`] = fieldKey(f)
+		m[`"`+f+`"`] = `"` + fieldKey(f) + `"`
 	}
 	return m
 }()
@@ -462,19 +462,22 @@ func (n *normalizer) copyItems(ch *metaChange, list itemList, first *bool) error
 // they first appear (integer-like ones first, as in any JavaScript object).
 func (n *normalizer) writeRaw() error {
 	w := &n.w
-	var order []string
+	var orderBuf [4]string
+	order := orderBuf[:0]
 	for _, ch := range n.changes {
 		if ch.field != "" && !slices.Contains(order, ch.field) {
 			order = append(order, ch.field)
 		}
 	}
-	slices.SortStableFunc(order, compareJSKeys)
+	if len(order) > 1 {
+		slices.SortStableFunc(order, func(a, b string) int { return compareJSKeys(a[1:len(a)-1], b[1:len(b)-1]) })
+	}
 	w.out = append(w.out, `"raw":{`...)
 	for i, f := range order {
 		if i > 0 {
 			w.out = append(w.out, ',')
 		}
-		w.out = appendJSString(w.out, []byte(f), false)
+		w.out = append(w.out, f...)
 		w.out = append(w.out, ":["...)
 		first := true
 		for _, ch := range n.changes {

@@ -1,7 +1,6 @@
 package webhookguard
 
 import (
-	"bytes"
 	"encoding/binary"
 	"strings"
 )
@@ -75,23 +74,19 @@ func knownKeySlot(k []byte) uint {
 	return uint((h ^ uint64(len(k))*0x88afc862bc59abb1) >> (64 - 9))
 }
 
-// knownCamelKey returns the written form of the key whose text starts at
-// b[i+1] (just after the opening quote) and the position after its closing
-// quote, when the key is one of metaKeyNames. A key that matches contains
-// no escape, so the first quote found is its end.
-func knownCamelKey(b []byte, i int) (string, int, bool) {
-	q := bytes.IndexByte(b[i+1:], '"')
-	if q <= 0 {
-		return "", 0, false
+// knownCamelKey returns the written form of a plain key (no escapes) when
+// it is one of metaKeyNames.
+func knownCamelKey(k []byte) (string, bool) {
+	if len(k) == 0 {
+		return "", false
 	}
-	k := b[i+1 : i+1+q]
 	for s := knownKeySlot(k); ; s = (s + 1) % knownKeySlots {
 		e := &knownCamelKeys[s]
 		switch {
 		case e.in == "":
-			return "", 0, false
+			return "", false
 		case e.in == string(k):
-			return e.out, i + q + 2, true
+			return e.out, true
 		}
 	}
 }
