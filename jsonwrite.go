@@ -232,11 +232,11 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 
 // keyHash picks a bit for the Bloom filter of an object's keys.
 func keyHash(k []byte) uint {
-	h := uint(len(k)) * 7
-	if len(k) > 0 {
-		h += uint(k[0])*3 + uint(k[len(k)-1])
+	h := uint64(len(k))
+	if n := len(k); n > 0 {
+		h |= uint64(k[0])<<8 | uint64(k[n/2])<<16 | uint64(k[n-1])<<24
 	}
-	return h & 63
+	return uint((h * 0x9E3779B97F4A7C15) >> 58)
 }
 
 // hasKey reports whether the key just written at out[ks:] repeats one of

@@ -357,9 +357,11 @@ func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, e
 		var sp *span
 		var has *bool
 		switch string(key[1 : len(key)-1]) {
-		case "order", "interactive", "kapso":
+		case "order", "kapso":
 			info.simple = false
 			return 0, nil
+		case "interactive":
+			return n.writeInteractiveRaw(mv, info)
 		case "from":
 			sp, has = &info.id.from, &info.id.hasFrom
 		case "to":
@@ -378,6 +380,33 @@ func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, e
 	})
 	if n.raw.rearranged {
 		info.simple = false // members moved: the noted places are stale
+	}
+	return end, err
+}
+
+// writeInteractiveRaw writes a message's interactive member into raw. Only
+// a Flow reply (type nfm_reply) is edited by the SDK; a button or list
+// reply keeps the message simple. A type written with escapes is left to
+// the general path rather than decoded here.
+func (n *normalizer) writeInteractiveRaw(v int, info *messageInfo) (int, error) {
+	b := n.b
+	if b[v] != '{' {
+		return 0, nil // not an object: the SDK finds no Flow reply in it
+	}
+	flow := false
+	end, err := n.raw.objectWith(b, v, keysCamel, 4, func(key []byte, tv int) (int, error) {
+		if string(key) != `"type"` {
+			return 0, nil
+		}
+		e, err := n.raw.value(b, tv, keysCamel, 4)
+		if err == nil {
+			t := b[tv:e]
+			flow = string(t) == `"nfm_reply"` || (t[0] == '"' && containsByte(t, '\\'))
+		}
+		return e, err
+	})
+	if flow {
+		info.simple = false
 	}
 	return end, err
 }
