@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 )
@@ -135,13 +136,26 @@ var strSpecial = func() (t [256]bool) {
 	return t
 }()
 
+// hasStrEnd8 reports whether any of eight bytes stops skipString: a
+// control character, '"' or '\\'. It may report true for other bytes
+// next to one of those; the bytewise loop after it decides.
+func hasStrEnd8(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	lt20 := (x - ones*0x20) &^ x
+	q := x ^ ones*'"'
+	quote := (q - ones) &^ q
+	s := x ^ ones*'\\'
+	slash := (s - ones) &^ s
+	return (lt20|quote|slash)&highs != 0
+}
+
 // skipString returns the position after the closing quote of the string
 // starting at b[i] == '"'.
 func skipString(b []byte, i int) (int, error) {
 	j := i + 1
 	for {
-		for j+4 <= len(b) && !strSpecial[b[j]] && !strSpecial[b[j+1]] && !strSpecial[b[j+2]] && !strSpecial[b[j+3]] {
-			j += 4
+		for j+8 <= len(b) && !hasStrEnd8(binary.LittleEndian.Uint64(b[j:])) {
+			j += 8
 		}
 		for j < len(b) && !strSpecial[b[j]] {
 			j++

@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"encoding/binary"
 	"math"
 	"slices"
 	"strconv"
@@ -517,9 +518,8 @@ func upperASCII(c byte) byte {
 // lone surrogates as \udxxx, invalid UTF-8 as U+FFFD.
 func (w *jsWriter) str(b []byte, i int) (int, error) {
 	j := i + 1
-	for j+4 <= len(b) && !strCopySpecial[b[j]] && !strCopySpecial[b[j+1]] &&
-		!strCopySpecial[b[j+2]] && !strCopySpecial[b[j+3]] {
-		j += 4
+	for j+8 <= len(b) && !hasStrSpecial8(binary.LittleEndian.Uint64(b[j:])) {
+		j += 8
 	}
 	for j < len(b) && !strCopySpecial[b[j]] {
 		j++
@@ -564,6 +564,19 @@ func (w *jsWriter) str(b []byte, i int) (int, error) {
 		}
 	}
 	return 0, errMalformedJSON
+}
+
+// hasStrSpecial8 reports whether any of eight bytes is one str cannot
+// copy verbatim: a control character, '"', '\\' or a byte of a
+// multi-byte sequence (which is checked for valid UTF-8).
+func hasStrSpecial8(x uint64) bool {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	lt20 := (x - ones*0x20) &^ x
+	q := x ^ ones*'"'
+	quote := (q - ones) &^ q
+	s := x ^ ones*'\\'
+	slash := (s - ones) &^ s
+	return (lt20|quote|slash|x)&highs != 0
 }
 
 // strCopySpecial marks the bytes str cannot copy verbatim.

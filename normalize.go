@@ -316,6 +316,9 @@ func fieldName(v []byte) string {
 	if len(v) < 2 || v[0] != '"' {
 		return ""
 	}
+	if string(v) == `"messages"` {
+		return `"messages"` // nearly every change: spare it the map
+	}
 	if f, ok := commonFields[string(v)]; ok {
 		return f
 	}
@@ -340,14 +343,28 @@ var commonFields = func() map[string]string {
 // appendStringDigits appends the ASCII digits of the JSON string at v.
 func appendStringDigits(dst, b []byte, v span) []byte {
 	raw := b[v.start+1 : v.end-1]
-	if containsByte(raw, '\\') {
-		dec, err := decodeString(nil, b, v.start, false)
-		if err != nil {
-			return dst
-		}
-		raw = dec
-	}
+	n := len(dst)
+	dst = slices.Grow(dst, len(raw))[:n+len(raw)]
+	k := n
 	for _, c := range raw {
+		if c == '\\' {
+			// An escaped digit is still a digit: decode, then filter.
+			dec, err := decodeString(nil, b, v.start, false)
+			if err != nil {
+				return dst[:n]
+			}
+			return appendDigits(dst[:n], dec)
+		}
+		dst[k] = c
+		if c-'0' <= 9 {
+			k++
+		}
+	}
+	return dst[:k]
+}
+
+func appendDigits(dst, s []byte) []byte {
+	for _, c := range s {
 		if '0' <= c && c <= '9' {
 			dst = append(dst, c)
 		}
