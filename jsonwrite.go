@@ -570,13 +570,7 @@ func (w *jsWriter) str(b []byte, i int) (int, error) {
 // copy verbatim: a control character, '"', '\\' or a byte of a
 // multi-byte sequence (which is checked for valid UTF-8).
 func hasStrSpecial8(x uint64) bool {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	lt20 := (x - ones*0x20) &^ x
-	q := x ^ ones*'"'
-	quote := (q - ones) &^ q
-	s := x ^ ones*'\\'
-	slash := (s - ones) &^ s
-	return (lt20|quote|slash|x)&highs != 0
+	return x&0x8080808080808080 != 0 || hasStrEnd8(x)
 }
 
 // strCopySpecial marks the bytes str cannot copy verbatim.
