@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
@@ -437,9 +438,28 @@ func (k *macKey) matches(sig, body []byte) bool {
 	st.mac.Reset()
 	st.mac.Write(body)
 	st.sum = st.mac.Sum(st.sum[:0])
-	ok := hmac.Equal(sig, st.sum)
+	ok := equalMAC(sig, st.sum)
 	k.put(st)
 	return ok
+}
+
+// equalMAC reports whether two MACs are equal, in time that depends only
+// on their lengths. It does what hmac.Equal does, a word at a time rather
+// than a byte at a time, which at small bodies is a measurable part of a
+// verification.
+func equalMAC(a, b []byte) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var diff uint64
+	i := 0
+	for ; i+8 <= len(a); i += 8 {
+		diff |= binary.LittleEndian.Uint64(a[i:]) ^ binary.LittleEndian.Uint64(b[i:])
+	}
+	for ; i < len(a); i++ {
+		diff |= uint64(a[i] ^ b[i])
+	}
+	return diff == 0
 }
 
 // sign returns hex(HMAC(body)) for re-signing forwarded bodies.
@@ -473,13 +493,69 @@ func decodeHexInto(dst []byte, s string) ([]byte, bool) {
 		return nil, false
 	}
 	out := dst[:len(s)/2]
+	if len(s)%8 == 0 {
+		return out, decodeHexWords(out, s)
+	}
+	return out, decodeHexBytes(out, s)
+}
+
+func decodeHexBytes(out []byte, s string) bool {
 	var bad byte
 	for i := 0; i+1 < len(s); i += 2 {
 		hi, lo := hexValue[s[i]], hexValue[s[i+1]]
 		bad |= hi | lo
 		out[i>>1] = hi<<4 | lo&0x0f
 	}
-	return out, bad&0x80 == 0
+	return bad&0x80 == 0
+}
+
+// decodeHexWords decodes s, a multiple of eight characters long, eight
+// characters at a time: a signature is decoded on every request, and at
+// small bodies decoding it byte by byte cost a twentieth of the HMAC.
+func decodeHexWords(out []byte, s string) bool {
+	ok := true
+	for i := 0; i+8 <= len(s); i += 8 {
+		v, valid := unhex8(load8(s[i:]))
+		ok = ok && valid
+		binary.LittleEndian.PutUint32(out[i/2:], v)
+	}
+	return ok
+}
+
+const (
+	byteOnes  = 0x0101010101010101
+	byteHighs = 0x8080808080808080
+)
+
+// unhex8 decodes eight hex digits of either case, packed little-endian in
+// x, into four bytes. For bytes below 0x80, adding 0x80-lo sets a byte's
+// high bit exactly when the byte is at least lo, without carrying into the
+// next byte; that classifies all eight at once.
+func unhex8(x uint64) (uint32, bool) {
+	if x&byteHighs != 0 {
+		return 0, false
+	}
+	atLeast := func(lo uint64) uint64 { return x + byteOnes*(0x80-lo) }
+	digit := atLeast('0') &^ atLeast('9'+1)
+	letter := atLeast('a')&^atLeast('f'+1) | atLeast('A')&^atLeast('F'+1)
+	if (digit|letter)&byteHighs != byteHighs {
+		return 0, false
+	}
+	// A digit's value is its low nibble; a letter's is its low nibble + 9.
+	n := x&(byteOnes*0x0f) + (letter>>7)&byteOnes*9
+	// Pair the nibbles (byte 2j becomes n[2j]<<4 | n[2j+1]), then gather
+	// the even bytes.
+	t := (n<<4 | n>>8) & 0x00ff00ff00ff00ff
+	t = (t | t>>8) & 0x0000ffff0000ffff
+	t = (t | t>>16) & 0xffffffff
+	return uint32(t), true
+}
+
+// load8 reads eight bytes of s, little-endian.
+func load8(s string) uint64 {
+	_ = s[7]
+	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
+		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
 }
 
 // hexValue maps a hex digit to its value and anything else to 0xff.
