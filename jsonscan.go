@@ -401,3 +401,75 @@ func fieldPath(b []byte, path ...string) (span, bool) {
 	}
 	return cur, true
 }
+
+// JSON this package wrote itself (raw's camelCased copy of a payload) is
+// compact and valid by construction, so finding where a value in it ends
+// needs no checking: only strings and nesting are followed. This is what
+// reading an edited message back from raw costs, instead of a validating
+// scan.
+
+// skipOwn returns the position after the value at b[i] in our own JSON.
+func skipOwn(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		return skipOwnString(b, i)
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				j = skipOwnString(b, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+		return len(b)
+	}
+	j := i
+	for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' {
+		j++
+	}
+	return j
+}
+
+// skipOwnString returns the position after the string at b[i] == '"'.
+func skipOwnString(b []byte, i int) int {
+	j := i + 1
+	for {
+		for j+8 <= len(b) && !hasStrEnd8(binary.LittleEndian.Uint64(b[j:])) {
+			j += 8
+		}
+		for j < len(b) && b[j] != '"' && b[j] != '\\' {
+			j++
+		}
+		switch {
+		case j >= len(b):
+			return len(b)
+		case b[j] == '\\':
+			j += 2
+		default:
+			return j + 1
+		}
+	}
+}
+
+// eachOwnMember calls fn with each key (quoted) of the object at b[i] in
+// our own JSON and the span of its value.
+func eachOwnMember(b []byte, i int, fn func(key []byte, v span)) {
+	if b[i] != '{' || b[i+1] == '}' {
+		return
+	}
+	for p := i + 1; ; {
+		ke := skipOwnString(b, p)
+		end := skipOwn(b, ke+1)
+		fn(b[p:ke], span{ke + 1, end})
+		if end >= len(b) || b[end] != ',' {
+			return
+		}
+		p = end + 1
+	}
+}

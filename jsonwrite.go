@@ -178,7 +178,7 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			switch {
 			case mayBeIndexKey(k) && isIndexKey(k):
 				rearrange = true
-			case keysSeen&bit != 0 && w.hasKey(start, ks, depth):
+			case keysSeen&bit != 0 && w.hasKey(start, ks):
 				rearrange = true
 			}
 			keysSeen |= bit
@@ -222,9 +222,7 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 		}
 		w.out = append(w.out, '}')
 		if rearrange {
-			if err := w.rearrange(start, depth); err != nil {
-				return 0, err
-			}
+			w.rearrange(start)
 		}
 		w.rearranged = rearrange
 		return i, nil
@@ -245,25 +243,15 @@ func keyHash(k []byte) uint {
 // compare equal exactly when the decoded keys do, as the encoding is
 // canonical. The members written so far are read back from the output,
 // which is compact JSON of our own making.
-func (w *jsWriter) hasKey(start, ks, depth int) bool {
+func (w *jsWriter) hasKey(start, ks int) bool {
 	out := w.out
-	ke, err := skipString(out, ks)
-	if err != nil {
-		return false
-	}
-	key := out[ks:ke]
+	key := out[ks:skipOwnString(out, ks)]
 	for p := start + 1; p < ks; {
-		e, err := skipString(out, p)
-		if err != nil {
-			return false
-		}
+		e := skipOwnString(out, p)
 		if string(out[p:e]) == string(key) {
 			return true
 		}
-		if p, err = skipValueDepth(out, e+1, depth); err != nil {
-			return false
-		}
-		p++ // the comma
+		p = skipOwn(out, e+1) + 1 // past the comma
 	}
 	return false
 }
@@ -271,18 +259,12 @@ func (w *jsWriter) hasKey(start, ks, depth int) bool {
 // rearrange rewrites the object at out[start:] in JavaScript's key order:
 // a repeated key keeps its first position with its last value, and
 // integer-like keys come first in ascending numeric order.
-func (w *jsWriter) rearrange(start, depth int) error {
+func (w *jsWriter) rearrange(start int) {
 	// The members as written: each one's key, and its value up to valEnd.
 	ms := w.members[:0]
 	for p := start + 1; p < len(w.out)-1; {
-		ke, err := skipString(w.out, p)
-		if err != nil {
-			return err
-		}
-		ve, err := skipValueDepth(w.out, ke+1, depth)
-		if err != nil {
-			return err
-		}
+		ke := skipOwnString(w.out, p)
+		ve := skipOwn(w.out, ke+1)
 		key := w.out[p:ke]
 		// A repeated key keeps the first one's place and takes this value.
 		replaced := false
@@ -326,7 +308,6 @@ func (w *jsWriter) rearrange(start, depth int) error {
 	}
 	w.scratch = append(w.scratch, '}')
 	w.out = append(w.out[:start], w.scratch...)
-	return nil
 }
 
 // indexKeyValue is the numeric value of a quoted key that is an array
@@ -486,20 +467,19 @@ func appendCamel(dst, key []byte) []byte {
 	return append(dst, key[start:]...)
 }
 
-// fieldKey applies the SDK's rule for raw's keys: only '_' followed by a
-// lower-case ASCII letter is converted.
-func fieldKey(field string) string {
-	out := make([]byte, 0, len(field))
+// appendFieldKey applies the SDK's rule for raw's keys: only '_' followed
+// by a lower-case ASCII letter is converted.
+func appendFieldKey(dst, field []byte) []byte {
 	for j := 0; j < len(field); j++ {
 		c := field[j]
 		if c == '_' && j+1 < len(field) && 'a' <= field[j+1] && field[j+1] <= 'z' {
-			out = append(out, field[j+1]-'a'+'A')
+			dst = append(dst, field[j+1]-'a'+'A')
 			j++
 			continue
 		}
-		out = append(out, c)
+		dst = append(dst, c)
 	}
-	return string(out)
+	return dst
 }
 
 func isASCIIAlnum(c byte) bool {

@@ -69,6 +69,8 @@ type normalizer struct {
 	flowText     []byte
 	flow         jsWriter
 	flowFieldBuf [3]member
+	// Field names that are not Meta's own: decoded, converted and written.
+	fieldText, fieldKey, fieldBuf []byte
 }
 
 func (n *normalizer) reset(dst, body []byte) {
@@ -81,6 +83,7 @@ func (n *normalizer) reset(dst, body []byte) {
 	n.itemOut = n.itemOut[:0]
 	n.msgInfo = n.msgInfo[:0]
 	n.digits = n.digits[:0]
+	n.fieldBuf = n.fieldBuf[:0]
 	n.nobj = 0
 }
 
@@ -89,7 +92,7 @@ type itemList struct{ lo, hi int }
 
 // metaChange is what the walk found in one entry[].changes[] item.
 type metaChange struct {
-	field      string // raw's key as written (quoted JSON), "" when the change has no usable field
+	field      []byte // raw's key as written (quoted JSON), nil when the change has no usable field
 	rawOut     span   // the camelCased value, in normalizer.raw
 	rawMoved   bool   // the value was reordered after its items were written
 	hasValue   bool
@@ -156,9 +159,9 @@ func (n *normalizer) walkChange(v int) (int, error) {
 		switch {
 		case keyEquals(key, "field"):
 			e, err := skipValue(b, fv)
-			ch.field = ""
+			ch.field = nil
 			if err == nil {
-				ch.field = fieldName(b[fv:e])
+				ch.field = n.fieldName(b[fv:e])
 			}
 			return e, err
 		case keyEquals(key, "value"):
@@ -310,32 +313,46 @@ func (s *businessNumbers) has(d []byte) bool {
 }
 
 // fieldName is raw's key, as written, for a change's field value (the
-// JSON text of a string), or "" when the value is not a non-empty string.
-// The usual fields are interned: a field name is needed for every change.
-func fieldName(v []byte) string {
+// JSON text of a string), or nil when the value is not a non-empty string.
+// Meta's fields are interned, others are built in the normalizer's own
+// buffer: a field name is needed for every change.
+func (n *normalizer) fieldName(v []byte) []byte {
 	if len(v) < 2 || v[0] != '"' {
-		return ""
+		return nil
 	}
 	if string(v) == `"messages"` {
-		return `"messages"` // nearly every change: spare it the map
+		return quotedMessages // nearly every change: spare it the map
 	}
-	if f, ok := commonFields[string(v)]; ok {
+	if f, ok := metaFields[string(v)]; ok {
 		return f
 	}
-	f, ok := decodedString(v, span{0, len(v)})
-	if !ok || f == "" {
-		return ""
+	dec, err := decodeString(n.fieldText[:0], v, 0, false)
+	if err != nil || len(dec) == 0 {
+		return nil
 	}
-	return string(appendJSString(nil, []byte(fieldKey(f)), true))
+	n.fieldText = dec
+	n.fieldKey = appendFieldKey(n.fieldKey[:0], dec)
+	start := len(n.fieldBuf)
+	n.fieldBuf = appendJSString(n.fieldBuf, n.fieldKey, true)
+	return n.fieldBuf[start:len(n.fieldBuf):len(n.fieldBuf)]
 }
 
-var commonFields = func() map[string]string {
-	m := map[string]string{}
+var quotedMessages = []byte(`"messages"`)
+
+// metaFields maps the webhook fields of WhatsApp Business Accounts, as
+// received, to raw's keys for them.
+var metaFields = func() map[string][]byte {
+	m := map[string][]byte{}
 	for _, f := range []string{"messages", "message_echoes", "smb_message_echoes", "calls", "statuses",
-		"account_update", "message_template_status_update", "phone_number_quality_update", "history",
-		"smb_app_state_sync", "user_preferences", "business_capability_update", "account_alerts",
-		"template_category_update", "message_template_quality_update", "security", "flows"} {
-		m[`"`+f+`"`] = `"` + fieldKey(f) + `"`
+		"account_update", "account_review_update", "account_alerts", "account_settings_update",
+		"automatic_events", "business_capability_update", "business_status_update", "business_username_update",
+		"flows", "group_lifecycle_update", "group_participants_update", "group_settings_update",
+		"group_status_update", "history", "message_template_components_update",
+		"message_template_quality_update", "message_template_status_update", "messaging_handovers",
+		"partner_solutions", "payment_configuration_update", "phone_number_name_update",
+		"phone_number_quality_update", "security", "smb_app_state_sync", "template_category_update",
+		"tracking_events", "user_id_update", "user_preferences"} {
+		m[`"`+f+`"`] = appendJSString(nil, appendFieldKey(nil, []byte(f)), false)
 	}
 	return m
 }()
@@ -479,15 +496,15 @@ func (n *normalizer) copyItems(ch *metaChange, list itemList, first *bool) error
 // they first appear (integer-like ones first, as in any JavaScript object).
 func (n *normalizer) writeRaw() error {
 	w := &n.w
-	var orderBuf [4]string
+	var orderBuf [4][]byte
 	order := orderBuf[:0]
 	for _, ch := range n.changes {
-		if ch.field != "" && !slices.Contains(order, ch.field) {
+		if len(ch.field) != 0 && !slices.ContainsFunc(order, func(f []byte) bool { return bytes.Equal(f, ch.field) }) {
 			order = append(order, ch.field)
 		}
 	}
 	if len(order) > 1 {
-		slices.SortStableFunc(order, func(a, b string) int { return compareJSKeys(a[1:len(a)-1], b[1:len(b)-1]) })
+		slices.SortStableFunc(order, func(a, b []byte) int { return compareJSKeys(a[1:len(a)-1], b[1:len(b)-1]) })
 	}
 	w.out = append(w.out, `"raw":{`...)
 	for i, f := range order {
@@ -498,7 +515,7 @@ func (n *normalizer) writeRaw() error {
 		w.out = append(w.out, ":["...)
 		first := true
 		for _, ch := range n.changes {
-			if ch.field != f {
+			if !bytes.Equal(ch.field, f) {
 				continue
 			}
 			n.sep(&first)
@@ -512,12 +529,12 @@ func (n *normalizer) writeRaw() error {
 
 // compareJSKeys orders integer-like keys first, ascending, and keeps the
 // others in place.
-func compareJSKeys(a, b string) int {
-	ia, ib := isIndexKey([]byte(a)), isIndexKey([]byte(b))
+func compareJSKeys(a, b []byte) int {
+	ia, ib := isIndexKey(a), isIndexKey(b)
 	switch {
 	case ia && ib:
-		x, _ := strconv.ParseUint(a, 10, 64)
-		y, _ := strconv.ParseUint(b, 10, 64)
+		x, _ := strconv.ParseUint(string(a), 10, 64)
+		y, _ := strconv.ParseUint(string(b), 10, 64)
 		return int(int64(x) - int64(y))
 	case ia:
 		return -1

@@ -80,6 +80,12 @@ func (s source) render(v span) ([]byte, error) {
 func (n *normalizer) loadObject(v span) (*objModel, error) {
 	src := n.src
 	o := n.newObj()
+	if src.final {
+		eachOwnMember(src.doc, v.start, func(key []byte, val span) {
+			o.set(member{key: o.decodedKeyBytes(key), val: val})
+		})
+		return o, nil
+	}
 	_, err := eachMember(src.doc, v.start, func(key []byte, mv int) (int, error) {
 		end, err := skipValueDepth(src.doc, mv, 1)
 		if err != nil {
@@ -169,7 +175,7 @@ func (o *objModel) write(w *jsWriter, src source) error {
 	ms := o.members
 	if slices.ContainsFunc(ms, func(m member) bool { return isIndexKey(m.key) }) {
 		ms = slices.Clone(ms)
-		slices.SortStableFunc(ms, func(x, y member) int { return compareJSKeys(string(x.key), string(y.key)) })
+		slices.SortStableFunc(ms, func(x, y member) int { return compareJSKeys(x.key, y.key) })
 	}
 	w.out = append(w.out, '{')
 	for i := range ms {
