@@ -34,6 +34,7 @@ type jsWriter struct {
 type memberRange struct {
 	keyStart, keyEnd, valStart, valEnd int
 	index                              int64 // the key's value when it is an array index, else -1
+	movedTo                            int   // where the value starts once rearranged
 }
 
 type keyMode int
@@ -301,9 +302,10 @@ func (w *jsWriter) rearrange(start int) {
 		if n > 0 {
 			w.scratch = append(w.scratch, ',')
 		}
-		m := ms[j]
+		m := &ms[j]
 		w.scratch = append(w.scratch, w.out[m.keyStart:m.keyEnd]...)
 		w.scratch = append(w.scratch, ':')
+		m.movedTo = start + len(w.scratch)
 		w.scratch = append(w.scratch, w.out[m.valStart:m.valEnd]...)
 	}
 	w.scratch = append(w.scratch, '}')

@@ -53,17 +53,18 @@ func normalizeMeta(dst, body []byte) ([]byte, error) {
 // normalizer holds one normalization's state; its slabs are reused from
 // one payload to the next.
 type normalizer struct {
-	w       jsWriter
-	raw     jsWriter // raw's values, written during the walk
-	b       []byte
-	changes []metaChange
-	items   []span        // item spans of every change's arrays, in the body
-	itemOut []span        // the same items as written into raw
-	msgInfo []messageInfo // for message items: what the fast path needs
-	digits  []byte        // digits of business numbers
-	objs    []*objModel
-	nobj    int
-	src     source // what the edited item being written is read from
+	w          jsWriter
+	raw        jsWriter // raw's values, written during the walk
+	b          []byte
+	changes    []metaChange
+	items      []span        // item spans of every change's arrays, in the body
+	itemOut    []span        // the same items as written into raw
+	msgInfo    []messageInfo // for message items: what the fast path needs
+	msgMembers []ownMember   // members of the messages written into raw
+	digits     []byte        // digits of business numbers
+	objs       []*objModel
+	nobj       int
+	src        source // what the edited item being written is read from
 	// A Flow reply's decoded response_json, its rendering and the fields
 	// it gives kapso, reused from one message to the next.
 	flowText     []byte
@@ -82,6 +83,7 @@ func (n *normalizer) reset(dst, body []byte) {
 	n.items = n.items[:0]
 	n.itemOut = n.itemOut[:0]
 	n.msgInfo = n.msgInfo[:0]
+	n.msgMembers = n.msgMembers[:0]
 	n.digits = n.digits[:0]
 	n.fieldBuf = n.fieldBuf[:0]
 	n.nobj = 0
@@ -242,9 +244,38 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 	}
 	// Reordering the value object moves the items written inside it, so
 	// their recorded places would be wrong: use the slow path for them.
-	ch.rawMoved = b[v] == '{' && n.raw.rearranged
+	if b[v] == '{' && n.raw.rearranged {
+		ch.rawMoved = !n.relocateItems(ch)
+	}
 	ch.rawOut, ch.hasValue = span{start, len(n.raw.out)}, true
 	return end, nil
+}
+
+// relocateItems follows the change's items to where reordering the value
+// object moved them in raw (each member's value moves as a block), so that
+// they can still be copied from there. It reports false when an item is
+// not inside any member that was kept, which cannot happen for the items
+// the change's lists refer to; the caller then re-renders them instead.
+func (n *normalizer) relocateItems(ch *metaChange) bool {
+	members := n.raw.members // the value object's, rearranged last
+	for _, list := range [...]itemList{ch.contacts, ch.messages, ch.echoes, ch.statuses, ch.calls} {
+		for k := list.lo; k < list.hi; k++ {
+			o := n.itemOut[k]
+			i := slices.IndexFunc(members, func(m memberRange) bool { return m.valStart <= o.start && o.end <= m.valEnd })
+			if i < 0 {
+				return false
+			}
+			d := members[i].movedTo - members[i].valStart
+			n.itemOut[k] = span{o.start + d, o.end + d}
+			info := &n.msgInfo[k]
+			for j := info.members.lo; j < info.members.hi; j++ {
+				m := &n.msgMembers[j]
+				m.key = span{m.key.start + d, m.key.end + d}
+				m.val = span{m.val.start + d, m.val.end + d}
+			}
+		}
+	}
+	return true
 }
 
 // writeMetadata writes the value's metadata into raw, noting where the
@@ -402,7 +433,8 @@ func (n *normalizer) write(object span, objectIsString bool) error {
 		w.out = append(w.out, ',')
 	}
 	var phoneID, display span
-	for _, ch := range n.changes {
+	for i := range n.changes {
+		ch := &n.changes[i]
 		if ch.phoneID.end != 0 {
 			phoneID = ch.phoneID
 		}
@@ -498,9 +530,10 @@ func (n *normalizer) writeRaw() error {
 	w := &n.w
 	var orderBuf [4][]byte
 	order := orderBuf[:0]
-	for _, ch := range n.changes {
-		if len(ch.field) != 0 && !slices.ContainsFunc(order, func(f []byte) bool { return bytes.Equal(f, ch.field) }) {
-			order = append(order, ch.field)
+	for i := range n.changes {
+		f := n.changes[i].field
+		if len(f) != 0 && !slices.ContainsFunc(order, func(g []byte) bool { return bytes.Equal(f, g) }) {
+			order = append(order, f)
 		}
 	}
 	if len(order) > 1 {
@@ -514,7 +547,8 @@ func (n *normalizer) writeRaw() error {
 		w.out = append(w.out, f...)
 		w.out = append(w.out, ":["...)
 		first := true
-		for _, ch := range n.changes {
+		for i := range n.changes {
+			ch := &n.changes[i]
 			if !bytes.Equal(ch.field, f) {
 				continue
 			}

@@ -307,7 +307,7 @@ func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, firs
 		}
 		var it span
 		it, n.src = n.itemSource(ch, k)
-		if err := n.message(ch, it, echo); err != nil {
+		if err := n.message(ch, k, it, echo); err != nil {
 			return err
 		}
 	}
@@ -350,8 +350,9 @@ func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
 
 // messageInfo is what writing a message into raw noted about it.
 type messageInfo struct {
-	simple bool // an object with no order, interactive or kapso member, not reordered
-	id     identity
+	members itemList // its members, in normalizer.msgMembers, when it kept its order
+	simple  bool     // an object with no order, interactive or kapso member, not reordered
+	id      identity
 }
 
 // writeMessageRaw writes a message object into raw, noting where its
@@ -359,15 +360,18 @@ type messageInfo struct {
 // whether the SDK would do more to it than add kapso.direction.
 func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, error) {
 	info.simple = true
+	info.members = itemList{len(n.msgMembers), len(n.msgMembers)}
 	end, err := n.raw.objectWith(n.b, v, keysCamel, 3, func(key []byte, mv int) (int, error) {
 		var sp *span
 		var has *bool
+		start := len(n.raw.out)
+		var e int
+		var err error
 		switch string(key[1 : len(key)-1]) {
 		case "order", "kapso":
 			info.simple = false
-			return 0, nil
 		case "interactive":
-			return n.writeInteractiveRaw(mv, info)
+			e, err = n.writeInteractiveRaw(mv, info)
 		case "from":
 			sp, has = &info.id.from, &info.id.hasFrom
 		case "to":
@@ -376,18 +380,40 @@ func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, e
 			sp, has = &info.id.context, &info.id.hasContext
 		case "fromUserId":
 			sp, has = &info.id.fromUserID, &info.id.hasFromUserID
-		default:
-			return 0, nil
 		}
-		start := len(n.raw.out)
-		e, err := n.raw.value(n.b, mv, keysCamel, 3)
-		*sp, *has = span{start - outStart, len(n.raw.out) - outStart}, true
+		if e == 0 && err == nil {
+			e, err = n.raw.value(n.b, mv, keysCamel, 3)
+		}
+		if sp != nil {
+			*sp, *has = span{start - outStart, len(n.raw.out) - outStart}, true
+		}
+		// Where the member is in raw, should the SDK's edits need it.
+		n.msgMembers = append(n.msgMembers, ownMember{span{start - len(key) - 1, start - 1}, span{start, len(n.raw.out)}})
 		return e, err
 	})
+	info.members.hi = len(n.msgMembers)
 	if n.raw.rearranged {
-		info.simple = false // members moved: the noted places are stale
+		// Members moved: the noted places are stale.
+		info.simple, info.members = false, itemList{}
 	}
 	return end, err
+}
+
+// ownMember is where an object member's key and value are in raw.
+type ownMember struct{ key, val span }
+
+// loadMessage is loadObject for message item k, from the members noted
+// while it was written into raw when it is read from there.
+func (n *normalizer) loadMessage(k int, it span) (*objModel, error) {
+	info := n.msgInfo[k]
+	if !n.src.final || info.members.hi == info.members.lo {
+		return n.loadObject(it)
+	}
+	o := n.newObj()
+	for _, m := range n.msgMembers[info.members.lo:info.members.hi] {
+		o.members = append(o.members, member{key: o.decodedKeyBytes(n.raw.out[m.key.start:m.key.end]), val: m.val})
+	}
+	return o, nil
 }
 
 // writeInteractiveRaw writes a message's interactive member into raw. Only
@@ -440,7 +466,7 @@ var (
 	renderedEchoSrc  = []byte(`"smb_message_echo"`)
 )
 
-func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
+func (n *normalizer) message(ch *metaChange, k int, it span, echo bool) error {
 	w := &n.w
 	switch c := n.src.doc[it.start]; {
 	case c == 'n':
@@ -453,7 +479,7 @@ func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
 		}
 		return n.src.writeValue(w, it)
 	}
-	msg, err := n.loadObject(it)
+	msg, err := n.loadMessage(k, it)
 	if err != nil {
 		return errNotNormalizable
 	}
