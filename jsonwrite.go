@@ -204,7 +204,12 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			}
 		}
 		if i == 0 {
-			if i, err = w.value(b, v, mode, depth); err != nil {
+			if b[v] == '"' {
+				i, err = w.str(b, v) // most values: spare the dispatch
+			} else {
+				i, err = w.value(b, v, mode, depth)
+			}
+			if err != nil {
 				return 0, err
 			}
 		}
