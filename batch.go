@@ -296,7 +296,7 @@ func (d *delivery) answerPartial(res batchResult, index, upstream int, reason st
 func (d *delivery) forwardItem(ctx context.Context, env *batchEnvelope, i int, item []byte, key string) (status int, err error) {
 	sub := d.r.Clone(ctx)
 	d.itemHeaders(sub.Header, env, i, item, key)
-	setBody(sub, item, d.body)
+	setBody(sub, item, d.body, nil)
 
 	mw := &memWriter{hdr: make(http.Header)}
 	srv, _ := d.r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)

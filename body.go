@@ -10,9 +10,9 @@ import (
 	"sync/atomic"
 )
 
-// bodyPool recycles the buffers that hold request bodies, so that steady
-// traffic does not allocate a new buffer per request.
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// bodyPool recycles request bodies, buffer and bookkeeping together, so
+// that steady traffic does not allocate a buffer per request.
+var bodyPool = sync.Pool{New: func() any { return new(pooledBody) }}
 
 // maxPooledBody keeps one unusually large delivery from pinning its buffer
 // in the pool for good.
@@ -25,8 +25,16 @@ const maxPooledBody = 4 << 20
 // the buffer as soon as next.ServeHTTP returns could hand its bytes to
 // another request while they are still being sent.
 type pooledBody struct {
-	buf  *bytes.Buffer
+	buf  bytes.Buffer
 	refs atomic.Int32
+}
+
+// getPooledBody takes an empty body from the pool, holding one reference.
+func getPooledBody() *pooledBody {
+	b := bodyPool.Get().(*pooledBody)
+	b.buf.Reset()
+	b.refs.Store(1)
+	return b
 }
 
 // readBody reads the whole request body, refusing more than the handler's
@@ -36,21 +44,44 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*pooledBody,
 	if r.ContentLength > h.maxBody {
 		return nil, &http.MaxBytesError{Limit: h.maxBody}
 	}
-	buf := bodyPool.Get().(*bytes.Buffer)
-	buf.Reset()
-	if r.ContentLength > 0 {
-		buf.Grow(int(r.ContentLength))
-	}
+	b := getPooledBody()
 	if r.Body != nil {
-		_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, h.maxBody))
-		if err != nil {
-			bodyPool.Put(buf)
+		if err := readLimited(&b.buf, r.Body, r.ContentLength, h.maxBody); err != nil {
+			b.release()
 			return nil, err
 		}
 	}
-	b := &pooledBody{buf: buf}
-	b.refs.Store(1)
 	return b, nil
+}
+
+// readLimited reads body into buf, refusing more than limit bytes with an
+// *http.MaxBytesError. It does what http.MaxBytesReader and ReadFrom do
+// together, without allocating a reader per request.
+func readLimited(buf *bytes.Buffer, body io.Reader, contentLength, limit int64) error {
+	if contentLength > 0 {
+		buf.Grow(int(contentLength) + 1) // and room to see the end
+	}
+	for {
+		if buf.Available() == 0 {
+			buf.Grow(512) // at least doubles, as ReadFrom would
+		}
+		room := buf.AvailableBuffer()
+		room = room[:cap(room)]
+		if over := int64(buf.Len()+len(room)) - (limit + 1); over > 0 {
+			room = room[:int64(len(room))-over] // read one byte past the limit at most
+		}
+		n, err := body.Read(room)
+		buf.Write(room[:n])
+		if int64(buf.Len()) > limit {
+			return &http.MaxBytesError{Limit: limit}
+		}
+		switch {
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return err
+		}
+	}
 }
 
 func (b *pooledBody) bytes() []byte { return b.buf.Bytes() }
@@ -58,29 +89,48 @@ func (b *pooledBody) bytes() []byte { return b.buf.Bytes() }
 // release drops one reference, returning the buffer when none is left.
 func (b *pooledBody) release() {
 	if b.refs.Add(-1) == 0 && b.buf.Cap() <= maxPooledBody {
-		bodyPool.Put(b.buf)
+		bodyPool.Put(b)
 	}
 }
 
 // attach makes the request carry the buffered bytes as its body, with
 // every length field in step, as reverse_proxy and FastCGI read them.
-func (b *pooledBody) attach(r *http.Request) {
-	setBody(r, b.bytes(), b)
+// The body reader is reader when not nil (one the delivery holds).
+func (b *pooledBody) attach(r *http.Request, reader *bodyReader) {
+	setBody(r, b.bytes(), b, reader)
 }
 
-// setBody installs p as r's body. When owner is non-nil the readers hold a
-// reference to it until they are closed.
-func setBody(r *http.Request, p []byte, owner *pooledBody) {
-	r.Body = newBodyReader(p, owner)
+// setBody installs p as r's body, read through reader, or a new reader
+// when it is nil. When owner is non-nil the readers hold a reference to it
+// until they are closed. A reader belongs to one request and is never
+// reused, not even with its pooled body: a reader closed twice must not
+// release a later request's reference.
+func setBody(r *http.Request, p []byte, owner *pooledBody, reader *bodyReader) {
+	if reader == nil {
+		reader = new(bodyReader)
+	}
+	reader.init(p, owner)
+	r.Body = reader
 	r.GetBody = func() (io.ReadCloser, error) {
 		return newBodyReader(p, owner), nil
 	}
 	r.ContentLength = int64(len(p))
 	r.TransferEncoding = nil
-	r.Header.Set("Content-Length", strconv.Itoa(len(p)))
+	setContentLength(r.Header, len(p))
 	// The body is already here; a 100-continue dance with the upstream
 	// would only add a round trip.
 	r.Header.Del("Expect")
+}
+
+// setContentLength sets the header unless it already says n, which it
+// does for every body forwarded unchanged with its length announced.
+func setContentLength(h http.Header, n int) {
+	var buf [20]byte
+	num := strconv.AppendInt(buf[:0], int64(n), 10)
+	if v := h["Content-Length"]; len(v) == 1 && v[0] == string(num) {
+		return
+	}
+	h.Set("Content-Length", string(num))
 }
 
 type bodyReader struct {
@@ -90,12 +140,17 @@ type bodyReader struct {
 }
 
 func newBodyReader(p []byte, owner *pooledBody) io.ReadCloser {
-	br := &bodyReader{owner: owner}
+	br := new(bodyReader)
+	br.init(p, owner)
+	return br
+}
+
+func (br *bodyReader) init(p []byte, owner *pooledBody) {
+	br.owner = owner
 	br.Reset(p)
 	if owner != nil {
 		owner.refs.Add(1)
 	}
-	return br
 }
 
 func (br *bodyReader) Read(p []byte) (int, error) {

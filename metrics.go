@@ -96,6 +96,10 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
 }
 
 func (h *Handler) countRequest(outcome string) {
+	if c, ok := h.metrics.requests[outcome]; ok {
+		c.Inc()
+		return
+	}
 	metrics.requests.WithLabelValues(h.name, outcome).Inc()
 }
 
@@ -104,5 +108,24 @@ func (h *Handler) countBatchItem(outcome string) {
 }
 
 func (h *Handler) observeUpstream(took time.Duration) {
-	metrics.upstream.WithLabelValues(h.name).Observe(took.Seconds())
+	h.metrics.upstream.Observe(took.Seconds())
+}
+
+// handlerMetrics are a handler's own series of the hot metrics, looked up
+// once at provision: finding a series by its labels on every request cost
+// more than verifying a small body's signature.
+type handlerMetrics struct {
+	upstream prometheus.Observer
+	requests map[string]prometheus.Counter // read-only once built
+}
+
+func newHandlerMetrics(name string) handlerMetrics {
+	m := handlerMetrics{
+		upstream: metrics.upstream.WithLabelValues(name),
+		requests: map[string]prometheus.Counter{},
+	}
+	for _, outcome := range []string{outcomeForwarded, outcomeDuplicateLabel, outcomeUpstreamError} {
+		m.requests[outcome] = metrics.requests.WithLabelValues(name, outcome)
+	}
+	return m
 }

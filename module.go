@@ -12,6 +12,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -48,6 +49,19 @@ const (
 var gatewayHeaders = []string{
 	headerVerified, headerDuplicate, headerNormalized, headerBatchID,
 	headerBatchIndex, headerBatchCount, headerConversationID, headerSequence,
+}
+
+// stripGatewayHeaders removes any copy of the headers the gateway sets, so
+// that a sender cannot spoof them. A request has a few headers and the
+// gateway's are several: walking the request's once costs less than
+// looking each of ours up.
+func stripGatewayHeaders(h http.Header) {
+	const prefix = "X-Webhook-" // every gateway header's, canonical
+	for name := range h {
+		if len(name) > len(prefix) && name[:len(prefix)] == prefix && slices.Contains(gatewayHeaders, name) {
+			delete(h, name)
+		}
+	}
 }
 
 // defaultMaxBody is above Meta's documented 3 MB payload limit.
@@ -122,6 +136,7 @@ type Handler struct {
 	verifyTokens [][32]byte
 	maxBody      int64
 	name         string
+	metrics      handlerMetrics
 	logger       *zap.Logger
 }
 
@@ -141,6 +156,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.name = h.defaultName()
 	}
 	registerMetrics(ctx, h.logger)
+	h.metrics = newHandlerMetrics(h.name)
 	h.maxBody = h.MaxBody
 	if h.maxBody <= 0 {
 		h.maxBody = defaultMaxBody
@@ -219,9 +235,7 @@ func (h *Handler) Cleanup() error {
 // ServeHTTP runs the pipeline: strip spoofable headers, read and verify the
 // body, then unbatch or deduplicate and forward.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	for _, name := range gatewayHeaders {
-		delete(r.Header, name) // the names are canonical already
-	}
+	stripGatewayHeaders(r.Header)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	event := r.Header.Get(headerEvent)
 	repl.Set("http.webhook.event", event)
@@ -236,15 +250,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	defer body.release()
 
-	scheme, verr := h.verify(r, body.bytes())
+	v, verr := h.verify(r, body.bytes())
 	if verr != nil {
 		h.logRejection(r, event, outcomeInvalidSignature, verr.reason)
 		return writeJSONError(w, http.StatusUnauthorized, "invalid_signature", verr.message)
 	}
-	r.Header.Set(headerVerified, scheme)
-	repl.Set("http.webhook.verified", scheme)
+	d := &delivery{h: h, w: w, r: r, next: next, repl: repl, body: body, event: event, scheme: v.Scheme}
+	d.verifiedHdr[0] = v.Scheme
+	r.Header[headerVerified] = d.verifiedHdr[:]
+	repl.Set("http.webhook.verified", v.schemeValue)
 
-	d := &delivery{h: h, w: w, r: r, next: next, repl: repl, body: body, event: event, scheme: scheme}
 	if h.Unbatch != nil && isBatch(r, body.bytes()) {
 		return d.serveBatch()
 	}
@@ -262,6 +277,12 @@ type delivery struct {
 	event  string
 	scheme string
 	key    string
+	// Held here so that forwarding allocates less: the response wrapper,
+	// the body's first reader and X-Webhook-Verified's value.
+	rec         statusRecorder
+	reader      bodyReader
+	readerUsed  bool
+	verifiedHdr [1]string
 
 	batchKey string
 }
@@ -297,7 +318,7 @@ func (d *delivery) serveSingle() error {
 	// retry would wait on it. A 2xx already received means the upstream
 	// took the event.
 	settled := false
-	rec := caddyhttp.NewResponseRecorder(d.w, nil, nil)
+	rec := d.recorder()
 	defer func() {
 		if !settled {
 			if isSuccess(rec.Status()) && rec.Status() != 0 {
@@ -320,10 +341,57 @@ func (d *delivery) serveSingle() error {
 // forward sends the delivery on and reports whether the upstream took it
 // (2xx). Its answer goes to the sender as it is.
 func (d *delivery) forward() (bool, error) {
-	return d.forwardTo(caddyhttp.NewResponseRecorder(d.w, nil, nil))
+	return d.forwardTo(d.recorder())
 }
 
-func (d *delivery) forwardTo(rec caddyhttp.ResponseRecorder) (bool, error) {
+// bodyReader is the delivery's own reader for its first forward, nil
+// after that.
+func (d *delivery) bodyReader() *bodyReader {
+	if d.readerUsed {
+		return nil
+	}
+	d.readerUsed = true
+	return &d.reader
+}
+
+// recorder wraps the sender's response writer to learn the upstream's
+// status; it lives in the delivery, so that wrapping allocates nothing.
+func (d *delivery) recorder() *statusRecorder {
+	d.rec = statusRecorder{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: d.w}}
+	return &d.rec
+}
+
+// statusRecorder passes a response through, noting its final status.
+type statusRecorder struct {
+	caddyhttp.ResponseWriterWrapper
+	status int
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.status == 0 && code >= 200 {
+		s.status = code // an informational 1xx is not the answer
+	}
+	s.ResponseWriterWrapper.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(p []byte) (int, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriterWrapper.Write(p)
+}
+
+func (s *statusRecorder) ReadFrom(r io.Reader) (int64, error) {
+	if s.status == 0 {
+		s.status = http.StatusOK
+	}
+	return s.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// Status is the status written so far, 0 when none was.
+func (s *statusRecorder) Status() int { return s.status }
+
+func (d *delivery) forwardTo(rec *statusRecorder) (bool, error) {
 	d.attachBody()
 	start := time.Now()
 	err := d.next.ServeHTTP(rec, d.r)
@@ -469,4 +537,5 @@ var (
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddy.CleanerUpper          = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ io.ReaderFrom               = (*statusRecorder)(nil)
 )

@@ -618,7 +618,7 @@ func decodedString(b []byte, v span) (string, bool) {
 // with forward_secret when one is set.
 func (d *delivery) attachBody() {
 	if d.h.Normalize != normalizeFormatMeta {
-		d.body.attach(d.r)
+		d.body.attach(d.r, d.bodyReader())
 		return
 	}
 	out, err := normalizeInto(d.body.bytes())
@@ -626,10 +626,10 @@ func (d *delivery) attachBody() {
 		d.h.logger.Warn("meta payload forwarded unchanged: it cannot be normalized",
 			zap.String("reason", err.Error()), zap.String("remote_addr", d.r.RemoteAddr))
 		d.r.Header.Set(headerNormalized, "false")
-		d.body.attach(d.r)
+		d.body.attach(d.r, d.bodyReader())
 		return
 	}
-	out.attach(d.r)
+	out.attach(d.r, d.bodyReader())
 	out.release() // the request's readers hold it from here
 	d.r.Header.Set("Content-Type", "application/json")
 	d.r.Header.Set(headerNormalized, "true")
@@ -641,14 +641,12 @@ func (d *delivery) attachBody() {
 
 // normalizeInto normalizes into a pooled buffer, recycled like a body.
 func normalizeInto(body []byte) (*pooledBody, error) {
-	buf := bodyPool.Get().(*bytes.Buffer)
-	out, err := normalizeMeta(buf.Bytes()[:0], body)
+	pb := getPooledBody()
+	out, err := normalizeMeta(pb.buf.AvailableBuffer(), body)
 	if err != nil {
-		bodyPool.Put(buf)
+		pb.release()
 		return nil, err
 	}
-	*buf = *bytes.NewBuffer(out)
-	pb := &pooledBody{buf: buf}
-	pb.refs.Store(1)
+	pb.buf.Write(out) // in place when the buffer had the room
 	return pb, nil
 }

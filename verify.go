@@ -79,6 +79,9 @@ type Verifier struct {
 	header    string
 	kind      schemeKind
 	tolerance time.Duration
+	// schemeValue is Scheme boxed once, for the placeholder that carries
+	// it on every verified request.
+	schemeValue any
 }
 
 // schemeKind is Scheme resolved once, so that requests switch on an int.
@@ -101,6 +104,7 @@ type verifyError struct {
 
 func (v *Verifier) provision(repl *caddy.Replacer) error {
 	v.Scheme = strings.ToLower(strings.TrimSpace(v.Scheme))
+	v.schemeValue = v.Scheme
 	v.keys = v.keys[:0]
 	alg := hashSHA256
 	switch v.Scheme {
@@ -192,13 +196,13 @@ func decodeStandardSecret(secret string) ([]byte, error) {
 // verify tries every verifier and returns the scheme of the first that
 // accepts the request. When none does, the error says whether a signature
 // was missing altogether or did not match.
-func (h *Handler) verify(r *http.Request, body []byte) (string, *verifyError) {
+func (h *Handler) verify(r *http.Request, body []byte) (*Verifier, *verifyError) {
 	var first *verifyError
 	allMissing := true
 	for _, v := range h.Verify {
 		err := v.check(r, body)
 		if err == nil {
-			return v.Scheme, nil
+			return v, nil
 		}
 		metrics.verifyFailures.WithLabelValues(h.name, v.Scheme, err.label()).Inc()
 		if !err.missing {
@@ -209,10 +213,10 @@ func (h *Handler) verify(r *http.Request, body []byte) (string, *verifyError) {
 		}
 	}
 	if allMissing {
-		return "", &verifyError{missing: true, reason: "missing signature header",
+		return nil, &verifyError{missing: true, reason: "missing signature header",
 			message: "missing signature header: expected " + h.expectedHeaders()}
 	}
-	return "", first
+	return nil, first
 }
 
 func (h *Handler) expectedHeaders() string {
