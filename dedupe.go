@@ -307,11 +307,21 @@ func waitForRelease(ctx context.Context, resolved <-chan struct{}, poll time.Dur
 
 // commit marks a delivered event's keys; it runs on a context of its own
 // so that a sender hanging up after delivery cannot stop the commit.
+// settleContext bounds a commit or release: it must not depend on the
+// request, which may be gone, but must not hang on an unreachable store.
+// The in-memory store never blocks, so it gets no timer.
+func (d *Dedupe) settleContext() (context.Context, context.CancelFunc) {
+	if _, inMemory := d.store.(*memoryStore); inMemory {
+		return context.Background(), func() {}
+	}
+	return context.WithTimeout(context.Background(), 5*time.Second)
+}
+
 func (d *Dedupe) commit(c *claim) {
 	if c == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := d.settleContext()
 	defer cancel()
 	if err := d.store.commit(ctx, c); err != nil {
 		metrics.storeErrors.WithLabelValues(d.Scope).Inc()
@@ -324,7 +334,7 @@ func (d *Dedupe) release(c *claim) {
 	if c == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := d.settleContext()
 	defer cancel()
 	if err := d.store.release(ctx, c); err != nil {
 		metrics.storeErrors.WithLabelValues(d.Scope).Inc()
