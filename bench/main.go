@@ -48,6 +48,7 @@ var (
 	threads     = flag.Int("threads", 2, "wrk threads")
 	batchSize   = flag.Int("batch", 50, "items per batch in the unbatch case")
 	skipNode    = flag.Bool("skip-node", false, "do not time the Kapso SDK")
+	sdkOnly     = flag.Bool("sdk-only", false, "only compare the normalizer with the Kapso SDK (no load test)")
 	rounds      = flag.Int("rounds", 3, "rounds; cases alternate within each round and medians are reported")
 	outFile     = flag.String("json", "", "also write the results as JSON to this file")
 )
@@ -96,6 +97,10 @@ func run() error {
 	root, err := repoRoot()
 	if err != nil {
 		return err
+	}
+	if *sdkOnly {
+		fmt.Println(compareWithSDK(root))
+		return nil
 	}
 	if _, err := exec.LookPath("wrk"); err != nil {
 		return fmt.Errorf("wrk is not installed (bench/run.sh installs it): %w", err)
@@ -448,32 +453,55 @@ func compareWithSDK(root string) string {
 			return "SDK comparison skipped: npm install failed: " + lastLine(out)
 		}
 	}
-	node := exec.Command("node", "bench.mjs")
-	node.Dir = gen
-	out, err := node.Output()
-	if err != nil {
-		return "SDK comparison skipped: " + err.Error()
+	testBin := filepath.Join(os.TempDir(), "webhookguard-normalize.test")
+	build := exec.Command("go", "test", "-c", "-o", testBin, ".")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return "SDK comparison skipped: building the Go benchmark failed: " + lastLine(out)
 	}
-	var sdk struct {
-		Node      string  `json:"node"`
-		CorpusNs  float64 `json:"corpus_ns_per_payload"`
-		TextNs    float64 `json:"text_message_ns"`
-		Payloads  int     `json:"payloads"`
-		TextBytes int     `json:"text_message_bytes"`
+	defer os.Remove(testBin)
+	// The two sides take turns, pair after pair, and the ratio is taken
+	// within each pair: on a shared machine whose speed drifts, timing one
+	// side after the other would measure the drift.
+	var sdk sdkTiming
+	var sdkCorpus, sdkText, goCorpus, goText, corpusRatio, textRatio []float64
+	for range sdkPairs {
+		node := exec.Command("node", "bench.mjs", "3")
+		node.Dir = gen
+		out, err := node.Output()
+		if err != nil {
+			return "SDK comparison skipped: " + err.Error()
+		}
+		if err := json.Unmarshal(bytes.TrimSpace(out), &sdk); err != nil {
+			return "SDK comparison skipped: unreadable output"
+		}
+		goBench := exec.Command(testBin, "-test.run", "^$", "-test.bench", "^BenchmarkNormalize$", "-test.benchtime", "1s")
+		goBench.Dir = root
+		gout, err := goBench.Output()
+		if err != nil {
+			return "SDK comparison skipped: go benchmark failed"
+		}
+		corpus, text := medianNs(gout, "BenchmarkNormalize/corpus"), medianNs(gout, "BenchmarkNormalize/text-message")
+		sdkCorpus, sdkText = append(sdkCorpus, sdk.CorpusNs), append(sdkText, sdk.TextNs)
+		goCorpus, goText = append(goCorpus, corpus), append(goText, text)
+		corpusRatio, textRatio = append(corpusRatio, sdk.CorpusNs/corpus), append(textRatio, sdk.TextNs/text)
 	}
-	if err := json.Unmarshal(bytes.TrimSpace(out), &sdk); err != nil {
-		return "SDK comparison skipped: unreadable output"
-	}
-	goBench := exec.Command("go", "test", "-run", "^$", "-bench", "^BenchmarkNormalize$", "-count", "3", ".")
-	goBench.Dir = root
-	gout, err := goBench.Output()
-	if err != nil {
-		return "SDK comparison skipped: go benchmark failed"
-	}
-	corpus, text := medianNs(gout, "BenchmarkNormalize/corpus"), medianNs(gout, "BenchmarkNormalize/text-message")
-	return fmt.Sprintf("normalize vs Kapso SDK (%s, %d payloads): corpus %.0f ns vs %.0f ns per payload = %.1fx; "+
+	return fmt.Sprintf("normalize vs Kapso SDK (%s, %d payloads, medians of %d alternating pairs): corpus %.0f ns vs %.0f ns per payload = %.1fx; "+
 		"%d-byte text message %.0f ns vs %.0f ns = %.1fx",
-		sdk.Node, sdk.Payloads, corpus, sdk.CorpusNs, sdk.CorpusNs/corpus, sdk.TextBytes, text, sdk.TextNs, sdk.TextNs/text)
+		sdk.Node, sdk.Payloads, sdkPairs, median(goCorpus), median(sdkCorpus), median(corpusRatio),
+		sdk.TextBytes, median(goText), median(sdkText), median(textRatio))
+}
+
+// sdkPairs is how many times the SDK and the Go normalizer are timed,
+// each right after the other.
+const sdkPairs = 5
+
+type sdkTiming struct {
+	Node      string  `json:"node"`
+	CorpusNs  float64 `json:"corpus_ns_per_payload"`
+	TextNs    float64 `json:"text_message_ns"`
+	Payloads  int     `json:"payloads"`
+	TextBytes int     `json:"text_message_bytes"`
 }
 
 func medianNs(out []byte, name string) float64 {

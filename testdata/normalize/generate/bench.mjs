@@ -3,7 +3,7 @@
 // Prints the median over rounds of the mean time per payload, in ns, and the
 // time for the single text message bench/ compares against.
 //
-//   cd testdata/normalize/generate && npm install && node bench.mjs
+//   cd testdata/normalize/generate && npm install && node bench.mjs [rounds, default 7]
 import { readFileSync, readdirSync } from "node:fs";
 import { join } from "node:path";
 import { normalizeWebhook } from "@kapso/whatsapp-cloud-api/server";
@@ -40,8 +40,9 @@ const median = (xs) => xs.slice().sort((a, b) => a - b)[Math.floor(xs.length / 2
 const texts = bodies.map(([, t]) => t);
 const text = bodies.find(([f]) => f === "in_text.json")[1];
 timePerOp(texts, 500); // warm up the JIT
+const rounds = Number(process.argv[2] ?? 7);
 const corpusRounds = [], textRounds = [];
-for (let i = 0; i < 7; i++) {
+for (let i = 0; i < rounds; i++) {
   corpusRounds.push(timePerOp(texts, 300));
   textRounds.push(timePerOp([text], 300));
 }
