@@ -517,13 +517,13 @@ func decodeHexBytes(out []byte, s string) bool {
 // characters at a time: a signature is decoded on every request, and at
 // small bodies decoding it byte by byte cost a twentieth of the HMAC.
 func decodeHexWords(out []byte, s string) bool {
-	ok := true
+	var bad uint64
 	for i := 0; i+8 <= len(s); i += 8 {
-		v, valid := unhex8(load8(s[i:]))
-		ok = ok && valid
+		v, invalid := unhex8(load8(s[i:]))
+		bad |= invalid
 		binary.LittleEndian.PutUint32(out[i/2:], v)
 	}
-	return ok
+	return bad == 0
 }
 
 const (
@@ -532,19 +532,19 @@ const (
 )
 
 // unhex8 decodes eight hex digits of either case, packed little-endian in
-// x, into four bytes. For bytes below 0x80, adding 0x80-lo sets a byte's
-// high bit exactly when the byte is at least lo, without carrying into the
-// next byte; that classifies all eight at once.
-func unhex8(x uint64) (uint32, bool) {
-	if x&byteHighs != 0 {
-		return 0, false
-	}
+// x, into four bytes; invalid has the high bit set of each byte that is
+// not a hex digit. For bytes below 0x80, adding 0x80-lo sets a byte's high
+// bit exactly when the byte is at least lo, without carrying into the next
+// byte; that classifies all eight at once, without a branch.
+func unhex8(x uint64) (v uint32, invalid uint64) {
+	// Bytes at or above 0x80 are refused outright; the sums below are
+	// computed on the rest alone, so that they cannot carry.
+	high := x & byteHighs
+	x &^= byteHighs
 	atLeast := func(lo uint64) uint64 { return x + byteOnes*(0x80-lo) }
 	digit := atLeast('0') &^ atLeast('9'+1)
 	letter := atLeast('a')&^atLeast('f'+1) | atLeast('A')&^atLeast('F'+1)
-	if (digit|letter)&byteHighs != byteHighs {
-		return 0, false
-	}
+	invalid = high | (^(digit | letter) & byteHighs)
 	// A digit's value is its low nibble; a letter's is its low nibble + 9.
 	n := x&(byteOnes*0x0f) + (letter>>7)&byteOnes*9
 	// Pair the nibbles (byte 2j becomes n[2j]<<4 | n[2j+1]), then gather
@@ -552,7 +552,7 @@ func unhex8(x uint64) (uint32, bool) {
 	t := (n<<4 | n>>8) & 0x00ff00ff00ff00ff
 	t = (t | t>>8) & 0x0000ffff0000ffff
 	t = (t | t>>16) & 0xffffffff
-	return uint32(t), true
+	return uint32(t), invalid
 }
 
 // load8 reads eight bytes of s, little-endian.
