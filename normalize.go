@@ -38,9 +38,17 @@ var normalizerPool = sync.Pool{New: func() any { return new(normalizer) }}
 
 // normalizeMeta appends the normalized form of body to dst.
 func normalizeMeta(dst, body []byte) ([]byte, error) {
+	return normalizeMetaWith(dst, body, false)
+}
+
+// normalizeMetaWith is normalizeMeta; with reference set it renders every
+// item from the body instead of copying it from raw, the plain way the
+// copying paths must agree with (a test compares the two).
+func normalizeMetaWith(dst, body []byte, reference bool) ([]byte, error) {
 	n := normalizerPool.Get().(*normalizer)
 	defer normalizerPool.Put(n)
 	n.reset(dst, body)
+	n.reference = reference
 	err := n.run()
 	out := n.w.out
 	n.w.out = nil // the caller owns the output
@@ -65,6 +73,8 @@ type normalizer struct {
 	objs       []*objModel
 	nobj       int
 	src        source // what the edited item being written is read from
+	// reference turns the copying paths off: see normalizeMetaWith.
+	reference bool
 	// A Flow reply's decoded response_json, its rendering and the fields
 	// it gives kapso, reused from one message to the next.
 	flowText     []byte
@@ -246,6 +256,9 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 	// their recorded places would be wrong: use the slow path for them.
 	if b[v] == '{' && n.raw.rearranged {
 		ch.rawMoved = !n.relocateItems(ch)
+	}
+	if n.reference {
+		ch.rawMoved = true
 	}
 	ch.rawOut, ch.hasValue = span{start, len(n.raw.out)}, true
 	return end, nil
