@@ -21,6 +21,9 @@ type jsWriter struct {
 	members []memberRange
 	order   []int
 	keyBuf  []byte // an escaped key, decoded and camelCased
+	// sink, when set, receives where the members of the next object
+	// written are (a message's, for the SDK's edits).
+	sink *[]ownMember
 	scratch []byte
 	// rearranged is set by each object as it finishes: whether it had to
 	// be rewritten in JavaScript's key order (which moves its members).
@@ -150,6 +153,8 @@ func (w *jsWriter) object(b []byte, i int, mode keyMode, depth int) (int, error)
 // either writes the value itself and returns its end, or returns 0 to
 // have it copied.
 func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(key []byte, v int) (int, error)) (int, error) {
+	sink := w.sink // this object's, not its children's
+	w.sink = nil
 	start := len(w.out)
 	w.out = append(w.out, '{')
 	i = skipSpace(b, i+1)
@@ -197,6 +202,7 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			}
 		}
 		w.out = append(w.out, ':')
+		vs := len(w.out)
 		i = 0
 		if fn != nil {
 			if i, err = fn(w.out[ks:ke], v); err != nil {
@@ -212,6 +218,9 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			if err != nil {
 				return 0, err
 			}
+		}
+		if sink != nil {
+			*sink = append(*sink, ownMember{span{ks, ke}, span{vs, len(w.out)}})
 		}
 		if i+1 < len(b) && b[i] == ',' && b[i+1] == '"' {
 			w.out = append(w.out, ',')

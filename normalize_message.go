@@ -361,17 +361,17 @@ type messageInfo struct {
 func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, error) {
 	info.simple = true
 	info.members = itemList{len(n.msgMembers), len(n.msgMembers)}
+	// Where each member lands in raw, should the SDK's edits need it.
+	n.raw.sink = &n.msgMembers
 	end, err := n.raw.objectWith(n.b, v, keysCamel, 3, func(key []byte, mv int) (int, error) {
 		var sp *span
 		var has *bool
-		start := len(n.raw.out)
-		var e int
-		var err error
 		switch string(key[1 : len(key)-1]) {
 		case "order", "kapso":
 			info.simple = false
+			return 0, nil
 		case "interactive":
-			e, err = n.writeInteractiveRaw(mv, info)
+			return n.writeInteractiveRaw(mv, info)
 		case "from":
 			sp, has = &info.id.from, &info.id.hasFrom
 		case "to":
@@ -380,15 +380,12 @@ func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, e
 			sp, has = &info.id.context, &info.id.hasContext
 		case "fromUserId":
 			sp, has = &info.id.fromUserID, &info.id.hasFromUserID
+		default:
+			return 0, nil
 		}
-		if e == 0 && err == nil {
-			e, err = n.raw.value(n.b, mv, keysCamel, 3)
-		}
-		if sp != nil {
-			*sp, *has = span{start - outStart, len(n.raw.out) - outStart}, true
-		}
-		// Where the member is in raw, should the SDK's edits need it.
-		n.msgMembers = append(n.msgMembers, ownMember{span{start - len(key) - 1, start - 1}, span{start, len(n.raw.out)}})
+		start := len(n.raw.out)
+		e, err := n.raw.value(n.b, mv, keysCamel, 3)
+		*sp, *has = span{start - outStart, len(n.raw.out) - outStart}, true
 		return e, err
 	})
 	info.members.hi = len(n.msgMembers)
