@@ -23,7 +23,7 @@ type jsWriter struct {
 	keyBuf  []byte // an escaped key, decoded and camelCased
 	// sink, when set, receives where the members of the next object
 	// written are (a message's, for the SDK's edits).
-	sink *[]ownMember
+	sink    *[]ownMember
 	scratch []byte
 	// rearranged is set by each object as it finishes: whether it had to
 	// be rewritten in JavaScript's key order (which moves its members).
