@@ -520,17 +520,6 @@ func truncate(s string, n int) string {
 	return s[:n] + "…"
 }
 
-// hasToken reports whether a comma-separated header value contains tok,
-// case-insensitively.
-func hasToken(value, tok string) bool {
-	for part := range strings.SplitSeq(value, ",") {
-		if strings.EqualFold(strings.TrimSpace(part), tok) {
-			return true
-		}
-	}
-	return false
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)

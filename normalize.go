@@ -609,22 +609,6 @@ func camelKey(raw []byte, buf *[64]byte) []byte {
 	return appendCamel(nil, dec)
 }
 
-// decodedString decodes a JSON string value.
-func decodedString(b []byte, v span) (string, bool) {
-	if v.end <= v.start || b[v.start] != '"' {
-		return "", false
-	}
-	inner := b[v.start+1 : v.end-1]
-	if !containsByte(inner, '\\') {
-		return string(inner), true
-	}
-	dec, err := decodeString(nil, b, v.start, false)
-	if err != nil {
-		return "", false
-	}
-	return string(dec), true
-}
-
 // attachBody puts the body to forward on the request: the received bytes,
 // or their normalized form when normalize meta is on. A rewritten body
 // loses the signature headers (they no longer match) and is re-signed
