@@ -17,10 +17,11 @@ import (
 // JSON.stringify would. The behaviour follows meta-webhooks.md §11 and is
 // checked against the SDK's own output on the corpus in testdata/normalize.
 //
-// It streams: one walk down the payload records where each change's items
-// are, then the output is written section by section, copying values from
-// the received bytes with their keys camelCased. Only messages and calls,
-// which the SDK edits, are taken apart member by member.
+// It streams: one walk down the payload writes each change's value into
+// raw, camelCased, and notes where its items landed; then the output is
+// written section by section, copying those items out of raw. Only the
+// messages and calls the SDK edits are taken apart, member by member, from
+// their copy in raw.
 
 var (
 	// errNotNormalizable: the body is not a JSON object; it is forwarded

@@ -9,8 +9,9 @@ import (
 
 // The SDK edits messages and calls; everything else it only camelCases.
 // An object it edits is held here as an ordered list of members whose
-// values are either spans of the received body (copied camelCased when
-// written), output already rendered, or a nested edited object.
+// values are either spans of its source (raw's converted copy, copied as
+// is, or the received body, camelCased when written), output already
+// rendered, or a nested edited object.
 
 type member struct {
 	key      []byte // camelCased, decoded
@@ -76,7 +77,8 @@ func (s source) render(v span) ([]byte, error) {
 	return w.out, nil
 }
 
-// loadObject reads the members of the object at v, camelCasing keys.
+// loadObject reads the members of the object at v in the current source:
+// keys are camelCased when it is the body, taken as written from raw.
 func (n *normalizer) loadObject(v span) (*objModel, error) {
 	src := n.src
 	o := n.newObj()
