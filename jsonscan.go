@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"math/bits"
 )
 
 // A small JSON scanner that finds values inside a body without decoding it.
@@ -136,17 +137,32 @@ var strSpecial = func() (t [256]bool) {
 	return t
 }()
 
-// hasStrEnd8 reports whether any of eight bytes stops skipString: a
-// control character, '"' or '\\'. It may report true for other bytes
-// next to one of those; the bytewise loop after it decides.
-func hasStrEnd8(x uint64) bool {
+// strEndMask8 marks, with the high bit of each byte, the bytes of x that
+// stop skipString: a control character, '"' or '\\'. A byte above a
+// marked one may be marked too (a borrow), but the lowest mark is exact,
+// so it tells where the first such byte is.
+func strEndMask8(x uint64) uint64 {
 	const ones, highs = 0x0101010101010101, 0x8080808080808080
 	lt20 := (x - ones*0x20) &^ x
 	q := x ^ ones*'"'
 	quote := (q - ones) &^ q
 	s := x ^ ones*'\\'
 	slash := (s - ones) &^ s
-	return (lt20|quote|slash)&highs != 0
+	return (lt20 | quote | slash) & highs
+}
+
+// strEnd returns the position of the first byte at or after j that stops
+// skipString, or len(b), eight bytes at a time.
+func strEnd(b []byte, j int) int {
+	for ; j+8 <= len(b); j += 8 {
+		if m := strEndMask8(binary.LittleEndian.Uint64(b[j:])); m != 0 {
+			return j + bits.TrailingZeros64(m)>>3
+		}
+	}
+	for j < len(b) && !strSpecial[b[j]] {
+		j++
+	}
+	return j
 }
 
 // skipString returns the position after the closing quote of the string
@@ -154,13 +170,7 @@ func hasStrEnd8(x uint64) bool {
 func skipString(b []byte, i int) (int, error) {
 	j := i + 1
 	for {
-		for j+8 <= len(b) && !hasStrEnd8(binary.LittleEndian.Uint64(b[j:])) {
-			j += 8
-		}
-		for j < len(b) && !strSpecial[b[j]] {
-			j++
-		}
-		if j >= len(b) {
+		if j = strEnd(b, j); j >= len(b) {
 			return 0, errMalformedJSON
 		}
 		switch b[j] {
@@ -440,12 +450,7 @@ func skipOwn(b []byte, i int) int {
 func skipOwnString(b []byte, i int) int {
 	j := i + 1
 	for {
-		for j+8 <= len(b) && !hasStrEnd8(binary.LittleEndian.Uint64(b[j:])) {
-			j += 8
-		}
-		for j < len(b) && b[j] != '"' && b[j] != '\\' {
-			j++
-		}
+		j = strEnd(b, j) // our own strings hold no control characters
 		switch {
 		case j >= len(b):
 			return len(b)

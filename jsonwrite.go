@@ -3,6 +3,7 @@ package webhookguard
 import (
 	"encoding/binary"
 	"math"
+	"math/bits"
 	"slices"
 	"strconv"
 	"unicode/utf8"
@@ -513,13 +514,7 @@ func upperASCII(c byte) byte {
 // raw UTF-8 instead of \u escapes, short escapes for control characters,
 // lone surrogates as \udxxx, invalid UTF-8 as U+FFFD.
 func (w *jsWriter) str(b []byte, i int) (int, error) {
-	j := i + 1
-	for j+8 <= len(b) && !hasStrSpecial8(binary.LittleEndian.Uint64(b[j:])) {
-		j += 8
-	}
-	for j < len(b) && !strCopySpecial[b[j]] {
-		j++
-	}
+	j := strCopyEnd(b, i+1)
 	if j < len(b) && b[j] == '"' {
 		w.out = append(w.out, b[i:j+1]...)
 		return j + 1, nil
@@ -562,11 +557,22 @@ func (w *jsWriter) str(b []byte, i int) (int, error) {
 	return 0, errMalformedJSON
 }
 
-// hasStrSpecial8 reports whether any of eight bytes is one str cannot
-// copy verbatim: a control character, '"', '\\' or a byte of a
-// multi-byte sequence (which is checked for valid UTF-8).
-func hasStrSpecial8(x uint64) bool {
-	return x&0x8080808080808080 != 0 || hasStrEnd8(x)
+// strCopyEnd returns the position of the first byte at or after j that
+// str cannot copy verbatim, or len(b): a control character, '"', '\\' or
+// a byte of a multi-byte sequence (which is checked for valid UTF-8). A
+// byte's own high bit marks it exactly, so the lowest mark is still the
+// first such byte.
+func strCopyEnd(b []byte, j int) int {
+	for ; j+8 <= len(b); j += 8 {
+		x := binary.LittleEndian.Uint64(b[j:])
+		if m := strEndMask8(x) | x&0x8080808080808080; m != 0 {
+			return j + bits.TrailingZeros64(m)>>3
+		}
+	}
+	for j < len(b) && !strCopySpecial[b[j]] {
+		j++
+	}
+	return j
 }
 
 // strCopySpecial marks the bytes str cannot copy verbatim.
