@@ -365,8 +365,11 @@ func arrayItems(b []byte, i int) ([]span, error) {
 // keyEquals compares a raw quoted key with an unescaped name.
 func keyEquals(raw []byte, name string) bool {
 	inner := raw[1 : len(raw)-1]
+	if string(inner) == name {
+		return true
+	}
 	if !containsByte(inner, '\\') {
-		return string(inner) == name
+		return false // a key without escapes is its own text
 	}
 	var s string
 	return json.Unmarshal(raw, &s) == nil && s == name
