@@ -37,17 +37,23 @@ var metaKeyNames = strings.Fields(`
 	type unsupported url urls user_actions user_id user_preferences username value video violation_info
 	violation_type voice wa_id waba_info wacid welcome_message whatsapp_message_id zip`)
 
-// knownKey is one slot of the table: a key as received and as written.
-type knownKey struct{ in, out string }
+// knownKey is one slot of the table: a key as received and as written,
+// and the words the key is hashed from, which for keys of up to 16 bytes
+// hold every byte: comparing them is comparing the keys.
+type knownKey struct {
+	in, out string
+	x, y    uint64
+}
 
 const knownKeySlots = 512 // a power of two, over twice the number of keys
 
 var knownCamelKeys = func() *[knownKeySlots]knownKey {
 	var t [knownKeySlots]knownKey
 	for _, k := range metaKeyNames {
-		for s := knownKeySlot([]byte(k)); ; s = (s + 1) % knownKeySlots {
+		x, y := keyWords([]byte(k))
+		for s := knownKeySlot(x, y, len(k)); ; s = (s + 1) % knownKeySlots {
 			if t[s].in == "" {
-				t[s] = knownKey{in: k, out: string(appendCamelQuoted(nil, []byte(k)))}
+				t[s] = knownKey{in: k, out: string(appendCamelQuoted(nil, []byte(k))), x: x, y: y}
 				break
 			}
 			if t[s].in == k {
@@ -58,20 +64,24 @@ var knownCamelKeys = func() *[knownKeySlots]knownKey {
 	return &t
 }()
 
-// knownKeySlot hashes a non-empty key from its first and last bytes and
-// its length: cheap, and enough to spread the table's keys.
-func knownKeySlot(k []byte) uint {
-	var x, y uint64
+// keyWords packs a non-empty key's first and last bytes into two words:
+// the first and last eight, four, or (below four bytes) all of them.
+func keyWords(k []byte) (x, y uint64) {
 	switch n := len(k); {
 	case n >= 8:
-		x, y = binary.LittleEndian.Uint64(k), binary.LittleEndian.Uint64(k[n-8:])
+		return binary.LittleEndian.Uint64(k), binary.LittleEndian.Uint64(k[n-8:])
 	case n >= 4:
-		x, y = uint64(binary.LittleEndian.Uint32(k)), uint64(binary.LittleEndian.Uint32(k[n-4:]))
+		return uint64(binary.LittleEndian.Uint32(k)), uint64(binary.LittleEndian.Uint32(k[n-4:]))
 	default:
-		x = uint64(k[0])<<16 | uint64(k[n/2])<<8 | uint64(k[n-1])
+		return uint64(k[0])<<16 | uint64(k[n/2])<<8 | uint64(k[n-1]), 0
 	}
+}
+
+// knownKeySlot hashes a key's words and length: cheap, and enough to
+// spread the table's keys.
+func knownKeySlot(x, y uint64, n int) uint {
 	h := (x*0x88afc862bc59abb1 ^ y) * 0x21ea678419d8838d
-	return uint((h ^ uint64(len(k))*0x88afc862bc59abb1) >> (64 - 9))
+	return uint((h ^ uint64(n)*0x88afc862bc59abb1) >> (64 - 9))
 }
 
 // knownCamelKey returns the written form of a plain key (no escapes) when
@@ -80,12 +90,15 @@ func knownCamelKey(k []byte) (string, bool) {
 	if len(k) == 0 {
 		return "", false
 	}
-	for s := knownKeySlot(k); ; s = (s + 1) % knownKeySlots {
+	x, y := keyWords(k)
+	for s := knownKeySlot(x, y, len(k)); ; s = (s + 1) % knownKeySlots {
 		e := &knownCamelKeys[s]
 		switch {
 		case e.in == "":
 			return "", false
-		case e.in == string(k):
+		case e.x != x || e.y != y || len(e.in) != len(k):
+			continue
+		case len(k) <= 16 || e.in == string(k):
 			return e.out, true
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -262,5 +263,32 @@ func checkAgainstReference(t *testing.T, body []byte) {
 		t.Fatalf("copying paths: %v, reference: %v", err, refErr)
 	case err == nil && !bytes.Equal(got, want):
 		t.Fatalf("copying paths differ from the reference:\n got %s\nwant %s", got, want)
+	}
+}
+
+// TestKnownKeys guards the table of Meta's keys: every listed key is found
+// and written camelCased, and keys that differ from a listed one in any
+// single byte, or in length, are not taken for it.
+func TestKnownKeys(t *testing.T) {
+	for _, k := range metaKeyNames {
+		out, ok := knownCamelKey([]byte(k))
+		if want := string(appendCamelQuoted(nil, []byte(k))); !ok || out != want {
+			t.Fatalf("%q: got %q %v, want %q", k, out, ok, want)
+		}
+		for i := range len(k) {
+			for _, c := range []byte{'_', 'x', 'A', '0'} {
+				if c == k[i] {
+					continue
+				}
+				other := []byte(k)
+				other[i] = c
+				if out, ok := knownCamelKey(other); ok && !slices.Contains(metaKeyNames, string(other)) {
+					t.Fatalf("%q taken for a known key, written %q", other, out)
+				}
+			}
+		}
+		if _, ok := knownCamelKey([]byte(k + "s")); ok && !slices.Contains(metaKeyNames, k+"s") {
+			t.Fatalf("%q taken for a known key", k+"s")
+		}
 	}
 }
