@@ -2,10 +2,8 @@ package webhookguard
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 const batchEvent = "whatsapp.message.received"
@@ -399,29 +396,14 @@ func FuzzParseBatch(f *testing.F) {
 // handler, beside one single delivery through the same pipeline: the
 // budget is that an item costs less than a request of its own would.
 func BenchmarkUnbatch(b *testing.B) {
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusOK)
-		return nil
-	})
+	next := drainingNext(false)
 	newHandler := func(scope string, unbatch bool) *Handler {
 		h := &Handler{Verify: []*Verifier{{Scheme: "kapso", Secrets: []string{"bench"}}},
 			Dedupe: &Dedupe{Scope: scope, Capacity: 1 << 20}}
 		if unbatch {
 			h.Unbatch = &Unbatch{}
 		}
-		if err := h.Provision(ctx); err != nil {
-			b.Fatal(err)
-		}
-		// The unit-test logger prints every delivery line to the console,
-		// which would be most of what is measured; bench/ measures the
-		// whole thing with Caddy's own logger.
-		h.logger = zap.NewNop()
-		h.Dedupe.logger = h.logger
-		b.Cleanup(func() { _ = h.Cleanup() })
-		return h
+		return benchHandler(b, h)
 	}
 	serve := func(b *testing.B, h *Handler, body []byte, key string, batch bool) {
 		req := httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(body))

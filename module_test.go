@@ -2,7 +2,6 @@ package webhookguard
 
 import (
 	"bytes"
-	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 const kapsoSecret = "kapso-integration-secret"
@@ -358,21 +356,9 @@ func mustRead(t testing.TB, path string) []byte {
 // it end to end. It reports the median and tail of the handler's own
 // time, and of the next handler alone, as baseline.
 func BenchmarkAddedLatency(b *testing.B) {
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.WriteHeader(http.StatusOK)
-		return nil
-	})
-	h := &Handler{Verify: []*Verifier{{Scheme: "kapso", Secrets: []string{"bench"}}},
-		Dedupe: &Dedupe{Scope: "bench-latency"}}
-	if err := h.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	h.logger = zap.NewNop() // the test logger would print every delivery
-	h.Dedupe.logger = h.logger
-	defer func() { _ = h.Cleanup() }()
+	next := drainingNext(false)
+	h := benchHandler(b, &Handler{Verify: []*Verifier{{Scheme: "kapso", Secrets: []string{"bench"}}},
+		Dedupe: &Dedupe{Scope: "bench-latency"}})
 	body := bytes.Repeat([]byte("x"), 1024)
 	sig := signHex("bench", body)
 	var seq int
@@ -417,19 +403,8 @@ func BenchmarkAddedLatency(b *testing.B) {
 // its allocations are what the budget "nothing per request beyond the
 // body buffer" is checked with (the buffer itself comes from a pool).
 func BenchmarkVerifyPath(b *testing.B) {
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	defer cancel()
-	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-		_, _ = io.Copy(io.Discard, r.Body)
-		_ = r.Body.Close() // as a transport does
-		w.WriteHeader(http.StatusOK)
-		return nil
-	})
-	h := &Handler{Verify: []*Verifier{{Scheme: "kapso", Secrets: []string{"bench"}}}}
-	if err := h.Provision(ctx); err != nil {
-		b.Fatal(err)
-	}
-	h.logger = zap.NewNop()
+	next := drainingNext(true)
+	h := benchHandler(b, &Handler{Verify: []*Verifier{{Scheme: "kapso", Secrets: []string{"bench"}}}})
 	body := bytes.Repeat([]byte("x"), 1024)
 	sig := signHex("bench", body)
 	rd := bytes.NewReader(body)
