@@ -206,16 +206,23 @@ func eachMember(b []byte, i int, fn func(key []byte, v int) (int, error)) (int, 
 		if err != nil {
 			return 0, err
 		}
-		if end == 0 {
-			if end, err = skipValueDepth(b, v, 1); err != nil {
-				return 0, err
-			}
-		}
 		var more bool
-		if i, more, err = afterValue(b, end, '}'); err != nil || !more {
+		if i, more, err = nextAfter(b, v, end, '}'); err != nil || !more {
 			return i, err
 		}
 	}
+}
+
+// nextAfter finishes a member or item whose value starts at v: it skips
+// the value when the callback left it (end 0), then reads what follows,
+// as afterValue does.
+func nextAfter(b []byte, v, end int, closing byte) (next int, more bool, err error) {
+	if end == 0 {
+		if end, err = skipValueDepth(b, v, 1); err != nil {
+			return 0, false, err
+		}
+	}
+	return afterValue(b, end, closing)
 }
 
 // eachItem walks the array at i like eachMember.
@@ -236,13 +243,8 @@ func eachItem(b []byte, i int, fn func(v int) (int, error)) (int, error) {
 		if err != nil {
 			return 0, err
 		}
-		if end == 0 {
-			if end, err = skipValueDepth(b, i, 1); err != nil {
-				return 0, err
-			}
-		}
 		var more bool
-		if i, more, err = afterValue(b, end, ']'); err != nil || !more {
+		if i, more, err = nextAfter(b, i, end, ']'); err != nil || !more {
 			return i, err
 		}
 	}

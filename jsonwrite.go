@@ -444,27 +444,12 @@ func isPlainKey(raw []byte) bool {
 	return true
 }
 
-// appendCamelQuoted is appendCamel for a plain key, quoted, writing into
-// room made once instead of appending byte by byte.
+// appendCamelQuoted is appendCamel for a plain key, quoted. Meta's own
+// keys are converted once, into a table (normalize_keys.go); this serves
+// the others.
 func appendCamelQuoted(dst, key []byte) []byte {
-	n := len(dst)
-	dst = slices.Grow(dst, len(key)+2)[:n+len(key)+2]
-	o := dst[n:]
-	o[0] = '"'
-	p := 1
-	for j := 0; j < len(key); j++ {
-		c := key[j]
-		if (c == '_' || c == '-') && j+1 < len(key) && isASCIIAlnum(key[j+1]) {
-			o[p] = upperASCII(key[j+1])
-			p++
-			j++
-			continue
-		}
-		o[p] = c
-		p++
-	}
-	o[p] = '"'
-	return dst[:n+p+1]
+	dst = append(dst, '"')
+	return append(appendCamel(dst, key), '"')
 }
 
 // appendCamel applies the SDK's deep key rule: a key with neither '_' nor
