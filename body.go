@@ -25,8 +25,9 @@ const maxPooledBody = 4 << 20
 // the buffer as soon as next.ServeHTTP returns could hand its bytes to
 // another request while they are still being sent.
 type pooledBody struct {
-	buf  bytes.Buffer
-	refs atomic.Int32
+	buf   bytes.Buffer
+	refs  atomic.Int32
+	limit limitReader // readFrom's, empty between reads
 }
 
 // getPooledBody takes an empty body from the pool, holding one reference.
@@ -46,7 +47,7 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*pooledBody,
 	}
 	b := getPooledBody()
 	if r.Body != nil {
-		if err := readLimited(&b.buf, r.Body, r.ContentLength, h.maxBody); err != nil {
+		if err := b.readFrom(r.Body, r.ContentLength, h.maxBody); err != nil {
 			b.release()
 			return nil, err
 		}
@@ -54,34 +55,42 @@ func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) (*pooledBody,
 	return b, nil
 }
 
-// readLimited reads body into buf, refusing more than limit bytes with an
-// *http.MaxBytesError. It does what http.MaxBytesReader and ReadFrom do
-// together, without allocating a reader per request.
-func readLimited(buf *bytes.Buffer, body io.Reader, contentLength, limit int64) error {
+// readFrom reads the whole body into the buffer, refusing more than limit
+// bytes with an *http.MaxBytesError. It is http.MaxBytesReader and
+// ReadFrom together, with the limiting reader kept in the pooled body, so
+// that reading allocates no reader per request and copies each byte once.
+func (b *pooledBody) readFrom(body io.Reader, contentLength, limit int64) error {
 	if contentLength > 0 {
-		buf.Grow(int(contentLength) + 1) // and room to see the end
+		// Room for the announced body and for the read that finds its end.
+		b.buf.Grow(int(contentLength) + bytes.MinRead)
 	}
-	for {
-		if buf.Available() == 0 {
-			buf.Grow(512) // at least doubles, as ReadFrom would
-		}
-		room := buf.AvailableBuffer()
-		room = room[:cap(room)]
-		if over := int64(buf.Len()+len(room)) - (limit + 1); over > 0 {
-			room = room[:int64(len(room))-over] // read one byte past the limit at most
-		}
-		n, err := body.Read(room)
-		buf.Write(room[:n])
-		if int64(buf.Len()) > limit {
-			return &http.MaxBytesError{Limit: limit}
-		}
-		switch {
-		case err == io.EOF:
-			return nil
-		case err != nil:
-			return err
-		}
+	b.limit = limitReader{r: body, left: limit + 1} // one byte over tells
+	_, err := b.buf.ReadFrom(&b.limit)
+	b.limit = limitReader{} // the pooled body must not keep the request's
+	if int64(b.buf.Len()) > limit {
+		return &http.MaxBytesError{Limit: limit}
 	}
+	return err
+}
+
+// limitReader reads at most left more bytes from r.
+type limitReader struct {
+	r    io.Reader
+	left int64
+}
+
+var errOverLimit = errors.New("request body over the limit")
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.left <= 0 {
+		return 0, errOverLimit
+	}
+	if int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	l.left -= int64(n)
+	return n, err
 }
 
 func (b *pooledBody) bytes() []byte { return b.buf.Bytes() }

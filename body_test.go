@@ -10,7 +10,7 @@ import (
 	"testing/iotest"
 )
 
-// TestReadLimited guards the body reader that replaced MaxBytesReader: a
+// TestReadLimited guards the body reading that replaced MaxBytesReader: a
 // body at the limit is read whole, one byte over it is refused with
 // *http.MaxBytesError whatever length was announced, and read errors are
 // passed on rather than taken for the end of the body.
@@ -44,8 +44,9 @@ func TestReadLimited(t *testing.T) {
 			if tc.reader != nil {
 				r = tc.reader(r)
 			}
-			var buf bytes.Buffer
-			err := readLimited(&buf, r, tc.cl, limit)
+			pb := getPooledBody()
+			defer pb.release()
+			err := pb.readFrom(r, tc.cl, limit)
 			_, isTooBig := errors.AsType[*http.MaxBytesError](err)
 			switch {
 			case tc.tooBig:
@@ -58,8 +59,8 @@ func TestReadLimited(t *testing.T) {
 				}
 			case err != nil:
 				t.Fatalf("unexpected error %v", err)
-			case !bytes.Equal(buf.Bytes(), body):
-				t.Fatalf("read %d bytes, want the %d sent", buf.Len(), len(body))
+			case !bytes.Equal(pb.bytes(), body):
+				t.Fatalf("read %d bytes, want the %d sent", len(pb.bytes()), len(body))
 			}
 		})
 	}

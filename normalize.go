@@ -645,6 +645,6 @@ func normalizeInto(body []byte) (*pooledBody, error) {
 		pb.release()
 		return nil, err
 	}
-	pb.buf.Write(out) // in place when the buffer had the room
+	pb.buf = *bytes.NewBuffer(out) // the same array when it had the room
 	return pb, nil
 }
