@@ -8,8 +8,16 @@ import (
 	"testing"
 )
 
-// metricValue reads one sample from Caddy's admin /metrics endpoint.
+// metricValue reads one sample from Caddy's admin /metrics endpoint, 0
+// when the series is absent.
 func metricValue(t *testing.T, c *caddyInstance, name, labels string) float64 {
+	t.Helper()
+	v, _ := metricSample(t, c, name, labels)
+	return v
+}
+
+// metricSample reads one sample and whether the series exists at all.
+func metricSample(t *testing.T, c *caddyInstance, name, labels string) (float64, bool) {
 	t.Helper()
 	resp, err := http.Get(c.AdminURL + "/metrics")
 	if err != nil {
@@ -20,10 +28,10 @@ func metricValue(t *testing.T, c *caddyInstance, name, labels string) float64 {
 	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name+"{"+labels+"}") + ` (\S+)$`)
 	m := re.FindSubmatch(body)
 	if m == nil {
-		return 0
+		return 0, false
 	}
 	v, _ := strconv.ParseFloat(string(m[1]), 64)
-	return v
+	return v, true
 }
 
 // TestMetricsMoveAndSurviveReload guards the Prometheus counters: a
@@ -44,6 +52,13 @@ func TestMetricsMoveAndSurviveReload(t *testing.T) {
 	}
 	c := startCaddy(t, site("1MB"))
 	const req = "caddy_webhook_guard_requests_total"
+	// The hot request counts exist from load, at 0, so that rates over
+	// them are defined before the first delivery.
+	for _, outcome := range []string{"forwarded", "duplicate", "upstream_error"} {
+		if v, ok := metricSample(t, c, req, `handler="orders",outcome="`+outcome+`"`); !ok || v != 0 {
+			t.Errorf("before any delivery, %s{outcome=%q} = %v (present %v), want 0, present", req, outcome, v, ok)
+		}
+	}
 	body := []byte(`{"message":{"id":"wamid.metrics"}}`)
 	h := kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", "metrics-key")
 	post(t, c.URL, body, h)
