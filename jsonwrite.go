@@ -174,13 +174,12 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			return 0, errMalformedJSON
 		}
 		ks := len(w.out)
-		end, err := w.key(b, i, mode)
+		end, k, err := w.key(b, i, mode)
 		if err != nil {
 			return 0, err
 		}
 		ke := len(w.out)
 		if !rearrange {
-			k := w.out[ks+1 : ke-1]
 			bit := uint64(1) << keyHash(k)
 			switch {
 			case mayBeIndexKey(k) && isIndexKey(k):
@@ -356,10 +355,17 @@ func isIndexKey(k []byte) bool {
 	return err == nil && n <= math.MaxUint32-1
 }
 
-// key writes the object key at b[i], camelCased in keysCamel mode.
-func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
+// key writes the object key at b[i], camelCased in keysCamel mode. It
+// also returns the key as written, unquoted, read from the body or the
+// key table when it can be: bytes just written to out are slow to read
+// back at once, and the caller looks at the key straight away.
+func (w *jsWriter) key(b []byte, i int, mode keyMode) (end int, k []byte, err error) {
+	ks := len(w.out)
 	if mode == keysAsIs {
-		return w.str(b, i)
+		if end, err = w.str(b, i); err != nil {
+			return 0, nil, err
+		}
+		return end, w.out[ks+1 : len(w.out)-1], nil
 	}
 	// One pass finds the end of the key and whether it needs work.
 	var seen uint8
@@ -375,27 +381,28 @@ func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
 	if j < len(b) && b[j] == '"' {
 		if seen == 0 {
 			w.out = append(w.out, b[i:j+1]...)
-		} else if out, known := knownCamelKey(b[i+1 : j]); known {
-			w.out = append(w.out, out...)
-		} else {
-			w.out = appendCamelQuoted(w.out, b[i+1:j])
+			return j + 1, b[i+1 : j], nil
 		}
-		return j + 1, nil
+		if out, known := knownCamelKey(b[i+1 : j]); known {
+			w.out = append(w.out, out...)
+			return j + 1, out[1 : len(out)-1], nil
+		}
+		w.out = appendCamelQuoted(w.out, b[i+1:j])
+		return j + 1, w.out[ks+1 : len(w.out)-1], nil
 	}
-	end, err := skipString(b, i)
-	if err != nil {
-		return 0, err
+	if end, err = skipString(b, i); err != nil {
+		return 0, nil, err
 	}
 	{
 		decoded, err := decodeString(w.scratch[:0], b, i, w.wtf8)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		w.scratch = decoded
 		w.keyBuf = appendCamel(w.keyBuf[:0], decoded)
 		w.out = appendJSString(w.out, w.keyBuf, true)
 	}
-	return end, nil
+	return end, w.out[ks+1 : len(w.out)-1], nil
 }
 
 type keyClass int

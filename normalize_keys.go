@@ -41,8 +41,9 @@ var metaKeyNames = strings.Fields(`
 // and the words the key is hashed from, which for keys of up to 16 bytes
 // hold every byte: comparing them is comparing the keys.
 type knownKey struct {
-	in, out string
-	x, y    uint64
+	in   string
+	out  []byte
+	x, y uint64
 }
 
 const knownKeySlots = 512 // a power of two, over twice the number of keys
@@ -53,7 +54,7 @@ var knownCamelKeys = func() *[knownKeySlots]knownKey {
 		x, y := keyWords([]byte(k))
 		for s := knownKeySlot(x, y, len(k)); ; s = (s + 1) % knownKeySlots {
 			if t[s].in == "" {
-				t[s] = knownKey{in: k, out: string(appendCamelQuoted(nil, []byte(k))), x: x, y: y}
+				t[s] = knownKey{in: k, out: appendCamelQuoted(nil, []byte(k)), x: x, y: y}
 				break
 			}
 			if t[s].in == k {
@@ -86,16 +87,16 @@ func knownKeySlot(x, y uint64, n int) uint {
 
 // knownCamelKey returns the written form of a plain key (no escapes) when
 // it is one of metaKeyNames.
-func knownCamelKey(k []byte) (string, bool) {
+func knownCamelKey(k []byte) ([]byte, bool) {
 	if len(k) == 0 {
-		return "", false
+		return nil, false
 	}
 	x, y := keyWords(k)
 	for s := knownKeySlot(x, y, len(k)); ; s = (s + 1) % knownKeySlots {
 		e := &knownCamelKeys[s]
 		switch {
 		case e.in == "":
-			return "", false
+			return nil, false
 		case e.x != x || e.y != y || len(e.in) != len(k):
 			continue
 		case len(k) <= 16 || e.in == string(k):

@@ -317,17 +317,26 @@ func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, firs
 }
 
 // messageFromRaw handles the common message, one the SDK changes only by
-// adding kapso.direction (and kapso.source for an echo): it has no order,
-// interactive or kapso member. Its camelCased form is already in raw, so
-// it is copied from there with kapso appended. It reports false, writing
-// nothing, for any other message.
+// adding a kapso object at its end: kapso.direction (and kapso.source for
+// an echo), led by the fields of a Flow reply when it is one. It has no
+// order or kapso member and kept its member order. Its camelCased form is
+// already in raw, so it is copied from there with kapso appended. It
+// reports false, writing nothing, for any other message.
 func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
-	info := n.msgInfo[k]
+	info := &n.msgInfo[k]
 	if !info.simple {
 		return false
 	}
 	o := n.itemOut[k]
 	out := n.raw.out[o.start:o.end]
+	var fields []member
+	if info.flow.isFlow {
+		// The spans are relative to the message's own bytes too.
+		var ok bool
+		if fields, ok = n.flowReplyFields(source{doc: out, final: true}, info.flow.responseJSON, info.flow.name); !ok {
+			fields = nil
+		}
+	}
 	dir := renderedOutbound
 	if !echo {
 		// The identity spans are relative to the message's own bytes.
@@ -335,14 +344,29 @@ func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
 	}
 	w := &n.w
 	w.out = append(w.out, out[:len(out)-1]...)
-	if dir != nil {
+	if dir != nil || len(fields) > 0 {
 		if len(out) > 2 {
 			w.out = append(w.out, ',')
 		}
-		w.out = append(w.out, `"kapso":{"direction":`...)
-		w.out = append(w.out, dir...)
-		if echo {
-			w.out = append(w.out, `,"source":"smb_message_echo"`...)
+		w.out = append(w.out, `"kapso":{`...)
+		for i, f := range fields {
+			if i > 0 {
+				w.out = append(w.out, ',')
+			}
+			w.out = append(w.out, '"')
+			w.out = append(w.out, f.key...)
+			w.out = append(w.out, `":`...)
+			w.out = append(w.out, f.rendered...)
+		}
+		if dir != nil {
+			if len(fields) > 0 {
+				w.out = append(w.out, ',')
+			}
+			w.out = append(w.out, `"direction":`...)
+			w.out = append(w.out, dir...)
+			if echo {
+				w.out = append(w.out, `,"source":"smb_message_echo"`...)
+			}
 		}
 		w.out = append(w.out, '}')
 	}
@@ -353,8 +377,22 @@ func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
 // messageInfo is what writing a message into raw noted about it.
 type messageInfo struct {
 	members itemList // its members, in normalizer.msgMembers, when it kept its order
-	simple  bool     // an object with no order, interactive or kapso member, not reordered
-	id      identity
+	// simple: an object with no order or kapso member, not reordered, and
+	// whose interactive member is not a Flow reply, or one whose reply
+	// messageFromRaw can read (see flowSpans).
+	simple bool
+	id     identity
+	flow   flowSpans
+}
+
+// flowSpans is where a Flow reply's fields are in a message written into
+// raw, relative to the message's first byte: interactive.nfmReply's
+// responseJson (a string) and name (when a string). They are noted only
+// when neither object was reordered, so that each was read once.
+type flowSpans struct {
+	isFlow             bool
+	responseJSON, name span
+	hasResponse        bool
 }
 
 // writeMessageRaw writes a message object into raw, noting where its
@@ -373,7 +411,7 @@ func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, e
 			info.simple = false
 			return 0, nil
 		case "interactive":
-			return n.writeInteractiveRaw(mv, info)
+			return n.writeInteractiveRaw(mv, outStart, info)
 		case "from":
 			sp, has = &info.id.from, &info.id.hasFrom
 		case "to":
@@ -417,28 +455,68 @@ func (n *normalizer) loadMessage(k int, it span) (*objModel, error) {
 
 // writeInteractiveRaw writes a message's interactive member into raw. Only
 // a Flow reply (type nfm_reply) is edited by the SDK; a button or list
-// reply keeps the message simple. A type written with escapes is left to
-// the general path rather than decoded here.
-func (n *normalizer) writeInteractiveRaw(v int, info *messageInfo) (int, error) {
+// reply keeps the message simple, and so does a Flow reply whose fields
+// are noted (see flowSpans). A type written with escapes, and any other
+// shape of Flow reply, is left to the general path.
+func (n *normalizer) writeInteractiveRaw(v, outStart int, info *messageInfo) (int, error) {
 	b := n.b
 	if b[v] != '{' {
 		return 0, nil // not an object: the SDK finds no Flow reply in it
 	}
-	flow := false
+	flow, escaped := false, false
+	var reply flowSpans
 	end, err := n.raw.objectWith(b, v, keysCamel, 4, func(key []byte, tv int) (int, error) {
-		if string(key) != `"type"` {
+		switch string(key) {
+		case `"type"`:
+			e, err := n.raw.value(b, tv, keysCamel, 4)
+			if err == nil {
+				t := b[tv:e]
+				flow = string(t) == `"nfm_reply"`
+				escaped = t[0] == '"' && containsByte(t, '\\')
+			}
+			return e, err
+		case `"nfmReply"`:
+			reply = flowSpans{}
+			if b[tv] != '{' {
+				return 0, nil
+			}
+			return n.writeFlowReplyRaw(tv, outStart, &reply)
+		}
+		return 0, nil
+	})
+	switch {
+	case escaped:
+		info.simple = false
+	case flow && (n.raw.rearranged || !reply.isFlow):
+		info.simple = false
+	case flow:
+		info.flow = reply
+	}
+	return end, err
+}
+
+// writeFlowReplyRaw writes interactive.nfm_reply into raw, noting where
+// its response_json and name are. It leaves reply.isFlow unset unless the
+// reply kept its member order and response_json is a string.
+func (n *normalizer) writeFlowReplyRaw(v, outStart int, reply *flowSpans) (int, error) {
+	b := n.b
+	end, err := n.raw.objectWith(b, v, keysCamel, 5, func(key []byte, fv int) (int, error) {
+		var sp *span
+		switch string(key) {
+		case `"responseJson"`:
+			sp = &reply.responseJSON
+			reply.hasResponse = b[fv] == '"'
+		case `"name"`:
+			sp = &reply.name
+		default:
 			return 0, nil
 		}
-		e, err := n.raw.value(b, tv, keysCamel, 4)
-		if err == nil {
-			t := b[tv:e]
-			flow = string(t) == `"nfm_reply"` || (t[0] == '"' && containsByte(t, '\\'))
-		}
+		start := len(n.raw.out)
+		e, err := n.raw.value(b, fv, keysCamel, 5)
+		*sp = span{start - outStart, len(n.raw.out) - outStart}
 		return e, err
 	})
-	if flow {
-		info.simple = false
-	}
+	reply.isFlow = err == nil && reply.hasResponse && !n.raw.rearranged
 	return end, err
 }
 
@@ -574,7 +652,21 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 	if !ok || b[rj.val.start] != '"' {
 		return nil, false
 	}
-	text, err := decodeString(n.flowText[:0], b, rj.val.start, false)
+	var name span
+	if m, ok := reply.get("name"); ok {
+		name = m.val
+	}
+	return n.flowReplyFields(n.src, rj.val, name)
+}
+
+// flowReplyFields is what a Flow reply gives kapso, read from src:
+// flowResponse, response_json (the string at response)
+// parsed and camelCased; flowToken, when that is an object with a string
+// flowToken; flowName, when name (zero when absent) is a string. It
+// reports false when response_json is blank or not JSON.
+func (n *normalizer) flowReplyFields(src source, responseJSON, name span) ([]member, bool) {
+	b := src.doc
+	text, err := decodeString(n.flowText[:0], b, responseJSON.start, false)
 	if err != nil || len(jsTrim(text)) == 0 {
 		return nil, false
 	}
@@ -595,8 +687,8 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 			fields = append(fields, member{key: constKey("flowToken"), rendered: response[tok.start:tok.end]})
 		}
 	}
-	if name, ok := reply.get("name"); ok && b[name.val.start] == '"' {
-		if rendered, err := n.src.render(name.val); err == nil {
+	if name.end != 0 && b[name.start] == '"' {
+		if rendered, err := src.render(name); err == nil {
 			fields = append(fields, member{key: constKey("flowName"), rendered: rendered})
 		}
 	}

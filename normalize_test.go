@@ -272,7 +272,7 @@ func checkAgainstReference(t *testing.T, body []byte) {
 func TestKnownKeys(t *testing.T) {
 	for _, k := range metaKeyNames {
 		out, ok := knownCamelKey([]byte(k))
-		if want := string(appendCamelQuoted(nil, []byte(k))); !ok || out != want {
+		if want := string(appendCamelQuoted(nil, []byte(k))); !ok || string(out) != want {
 			t.Fatalf("%q: got %q %v, want %q", k, out, ok, want)
 		}
 		for i := range len(k) {
