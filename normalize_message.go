@@ -317,11 +317,12 @@ func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, firs
 }
 
 // messageFromRaw handles the common message, one the SDK changes only by
-// adding a kapso object at its end: kapso.direction (and kapso.source for
-// an echo), led by the fields of a Flow reply when it is one. It has no
-// order or kapso member and kept its member order. Its camelCased form is
-// already in raw, so it is copied from there with kapso appended. It
-// reports false, writing nothing, for any other message.
+// adding a kapso object at its end (kapso.direction, and kapso.source for
+// an echo, led by order.text and by the fields of a Flow reply when there
+// are any) and by moving order.text. It has no kapso member and kept its
+// member order. Its camelCased form is already in raw, so it is copied
+// from there, edited on the way. It reports false, writing nothing, for
+// any other message.
 func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
 	info := &n.msgInfo[k]
 	if !info.simple {
@@ -343,23 +344,39 @@ func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
 		dir = n.directionOf(ch, out, info.id)
 	}
 	w := &n.w
-	w.out = append(w.out, out[:len(out)-1]...)
-	if dir != nil || len(fields) > 0 {
+	order := info.order
+	if order.hasText {
+		v := order.value
+		w.out = append(w.out, out[:v.start]...)
+		w.writeOrderMoved(out[v.start:v.end], span{order.text.start - v.start, order.text.end - v.start},
+			span{order.textVal.start - v.start, order.textVal.end - v.start})
+		w.out = append(w.out, out[v.end:len(out)-1]...)
+	} else {
+		w.out = append(w.out, out[:len(out)-1]...)
+	}
+	if dir != nil || len(fields) > 0 || order.hasText {
 		if len(out) > 2 {
 			w.out = append(w.out, ',')
 		}
 		w.out = append(w.out, `"kapso":{`...)
-		for i, f := range fields {
-			if i > 0 {
+		more := false
+		if order.hasText {
+			w.out = append(w.out, `"orderText":`...)
+			w.out = append(w.out, out[order.textVal.start:order.textVal.end]...)
+			more = true
+		}
+		for _, f := range fields {
+			if more {
 				w.out = append(w.out, ',')
 			}
 			w.out = append(w.out, '"')
 			w.out = append(w.out, f.key...)
 			w.out = append(w.out, `":`...)
 			w.out = append(w.out, f.rendered...)
+			more = true
 		}
 		if dir != nil {
-			if len(fields) > 0 {
+			if more {
 				w.out = append(w.out, ',')
 			}
 			w.out = append(w.out, `"direction":`...)
@@ -377,12 +394,75 @@ func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
 // messageInfo is what writing a message into raw noted about it.
 type messageInfo struct {
 	members itemList // its members, in normalizer.msgMembers, when it kept its order
-	// simple: an object with no order or kapso member, not reordered, and
-	// whose interactive member is not a Flow reply, or one whose reply
-	// messageFromRaw can read (see flowSpans).
+	// simple: an object with no kapso member, not reordered, whose order
+	// and interactive members are absent, left alone by the SDK, or noted
+	// (see orderSpans and flowSpans).
 	simple bool
 	id     identity
 	flow   flowSpans
+	order  orderSpans
+}
+
+// orderSpans is where an order object and its text member are in a
+// message written into raw, relative to the message's first byte, when
+// it has one: the SDK moves order.text to the end of order, as orderText,
+// and copies it to kapso.orderText.
+type orderSpans struct {
+	hasText bool
+	value   span // the order object
+	text    span // its text member, key and value
+	textVal span // the text member's value
+}
+
+// writeOrderRaw writes a message's order object into raw, noting where it
+// and its text are. An order that had to be reordered, or that already
+// has an orderText (which the SDK would overwrite in place), is left to
+// the general path.
+func (n *normalizer) writeOrderRaw(v, outStart int, info *messageInfo) (int, error) {
+	b := n.b
+	start := len(n.raw.out)
+	o := orderSpans{}
+	hasOrderText := false
+	end, err := n.raw.objectWith(b, v, keysCamel, 4, func(key []byte, tv int) (int, error) {
+		switch string(key) {
+		case `"text"`:
+			vs := len(n.raw.out)
+			e, err := n.raw.value(b, tv, keysCamel, 4)
+			ks := vs - 1 - len(key) // the key, then ':'
+			o.hasText = true
+			o.text = span{ks - outStart, len(n.raw.out) - outStart}
+			o.textVal = span{vs - outStart, len(n.raw.out) - outStart}
+			return e, err
+		case `"orderText"`:
+			hasOrderText = true
+		}
+		return 0, nil
+	})
+	o.value = span{start - outStart, len(n.raw.out) - outStart}
+	if o.hasText && (hasOrderText || n.raw.rearranged) {
+		info.simple = false
+	}
+	info.order = o
+	return end, err
+}
+
+// writeOrderMoved writes order (our own JSON) with its text member moved
+// to the end as orderText: text and textVal are relative to order.
+func (w *jsWriter) writeOrderMoved(order []byte, text, textVal span) {
+	before, after := order[:text.start], order[text.end:len(order)-1]
+	if len(before) > 1 {
+		before = before[:len(before)-1] // the comma before text
+	} else if len(after) > 0 {
+		after = after[1:] // text came first: the comma after it
+	}
+	w.out = append(w.out, before...)
+	w.out = append(w.out, after...)
+	if len(before) > 1 || len(after) > 0 {
+		w.out = append(w.out, ',')
+	}
+	w.out = append(w.out, `"orderText":`...)
+	w.out = append(w.out, order[textVal.start:textVal.end]...)
+	w.out = append(w.out, '}')
 }
 
 // flowSpans is where a Flow reply's fields are in a message written into
@@ -407,9 +487,15 @@ func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, e
 		var sp *span
 		var has *bool
 		switch string(key[1 : len(key)-1]) {
-		case "order", "kapso":
+		case "kapso":
 			info.simple = false
 			return 0, nil
+		case "order":
+			info.order = orderSpans{}
+			if n.b[mv] != '{' {
+				return 0, nil // the SDK only edits an order object
+			}
+			return n.writeOrderRaw(mv, outStart, info)
 		case "interactive":
 			return n.writeInteractiveRaw(mv, outStart, info)
 		case "from":
