@@ -726,6 +726,9 @@ func appendJSNumber(dst, num []byte) []byte {
 		}
 		return append(dst, num...)
 	}
+	if out, ok := appendShortDecimal(dst, num); ok {
+		return out
+	}
 	f, err := strconv.ParseFloat(string(num), 64)
 	if err != nil {
 		// Out of float64 range: JavaScript would print Infinity, which
@@ -733,6 +736,66 @@ func appendJSNumber(dst, num []byte) []byte {
 		return append(dst, "null"...)
 	}
 	return appendJSFloat(dst, f)
+}
+
+// appendShortDecimal is appendJSNumber for the usual fraction (a price, a
+// latitude): no exponent, at most 15 significant digits, and at least
+// 1e-6 in magnitude. Such a decimal is the shortest one that rounds to its
+// float64 (two decimals of 15 digits never round to the same float64), so
+// JavaScript prints its digits as they are, less trailing zeros, in fixed
+// notation: no float conversion is needed. It reports false for any other
+// number.
+func appendShortDecimal(dst, num []byte) ([]byte, bool) {
+	neg := len(num) > 0 && num[0] == '-'
+	digits := num
+	if neg {
+		digits = num[1:]
+	}
+	dot := 0
+	for dot < len(digits) && '0' <= digits[dot] && digits[dot] <= '9' {
+		dot++
+	}
+	if dot == 0 || dot+1 >= len(digits) || digits[dot] != '.' {
+		return dst, false
+	}
+	whole, frac := digits[:dot], digits[dot+1:]
+	for _, c := range frac {
+		if c < '0' || c > '9' {
+			return dst, false // an exponent
+		}
+	}
+	for len(frac) > 0 && frac[len(frac)-1] == '0' {
+		frac = frac[:len(frac)-1]
+	}
+	significant := len(whole) + len(frac)
+	if whole[0] == '0' {
+		if len(whole) > 1 {
+			return dst, false
+		}
+		zeros := 0
+		for zeros < len(frac) && frac[zeros] == '0' {
+			zeros++
+		}
+		if len(frac) == 0 {
+			return append(dst, '0'), true // -0.0 included: JavaScript prints 0
+		}
+		if zeros > 5 {
+			return dst, false // below 1e-6: exponent notation
+		}
+		significant = len(frac) - zeros
+	}
+	if significant > 15 {
+		return dst, false
+	}
+	if neg {
+		dst = append(dst, '-')
+	}
+	dst = append(dst, whole...)
+	if len(frac) > 0 {
+		dst = append(dst, '.')
+		dst = append(dst, frac...)
+	}
+	return dst, true
 }
 
 func isPlainInteger(num []byte) bool {
