@@ -370,7 +370,8 @@ func keyEquals(raw []byte, name string) bool {
 	if string(inner) == name {
 		return true
 	}
-	if !containsByte(inner, '\\') {
+	// The decoded key is at most as long as the raw one.
+	if len(inner) < len(name) || !containsByte(inner, '\\') {
 		return false // a key without escapes is its own text
 	}
 	var s string

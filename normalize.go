@@ -127,9 +127,15 @@ func (n *normalizer) run() error {
 	end, err := eachMember(b, 0, func(key []byte, v int) (int, error) {
 		switch {
 		case keyEquals(key, "object"):
-			e, err := skipValue(b, v)
+			e := v + len(quotedWABA)
+			if e > len(b) || string(b[v:e]) != quotedWABA {
+				var err error
+				if e, err = skipValue(b, v); err != nil {
+					return 0, err
+				}
+			}
 			object, hasObject = span{v, e}, true
-			return e, err
+			return e, nil
 		case keyEquals(key, "entry"):
 			n.changes = n.changes[:0] // a repeated key: the last one wins
 			if b[v] == '[' {
@@ -143,6 +149,10 @@ func (n *normalizer) run() error {
 	}
 	return n.write(object, hasObject && b[object.start] == '"')
 }
+
+// quotedWABA is the object of every WhatsApp payload, as JSON: it needs
+// neither scanning nor re-encoding when it is written this way.
+const quotedWABA = `"whatsapp_business_account"`
 
 func (n *normalizer) walkEntry(v int) (int, error) {
 	b := n.b
@@ -439,7 +449,10 @@ func (n *normalizer) write(object span, objectIsString bool) error {
 	w := &n.w
 	b := n.b
 	w.out = append(w.out, '{')
-	if objectIsString {
+	switch {
+	case string(b[object.start:object.end]) == quotedWABA:
+		w.out = append(w.out, `"object":`+quotedWABA+`,`...)
+	case objectIsString:
 		w.out = append(w.out, `"object":`...)
 		if _, err := w.str(b, object.start); err != nil {
 			return errNotNormalizable
