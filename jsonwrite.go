@@ -174,12 +174,13 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			return 0, errMalformedJSON
 		}
 		ks := len(w.out)
-		end, k, err := w.key(b, i, mode)
+		end, err := w.key(b, i, mode)
 		if err != nil {
 			return 0, err
 		}
 		ke := len(w.out)
 		if !rearrange {
+			k := w.out[ks+1 : ke-1]
 			bit := uint64(1) << keyHash(k)
 			switch {
 			case mayBeIndexKey(k) && isIndexKey(k):
@@ -355,17 +356,10 @@ func isIndexKey(k []byte) bool {
 	return err == nil && n <= math.MaxUint32-1
 }
 
-// key writes the object key at b[i], camelCased in keysCamel mode. It
-// also returns the key as written, unquoted, read from the body or the
-// key table when it can be: bytes just written to out are slow to read
-// back at once, and the caller looks at the key straight away.
-func (w *jsWriter) key(b []byte, i int, mode keyMode) (end int, k []byte, err error) {
-	ks := len(w.out)
+// key writes the object key at b[i], camelCased in keysCamel mode.
+func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
 	if mode == keysAsIs {
-		if end, err = w.str(b, i); err != nil {
-			return 0, nil, err
-		}
-		return end, w.out[ks+1 : len(w.out)-1], nil
+		return w.str(b, i)
 	}
 	// One pass finds the end of the key and whether it needs work.
 	var seen uint8
@@ -381,28 +375,27 @@ func (w *jsWriter) key(b []byte, i int, mode keyMode) (end int, k []byte, err er
 	if j < len(b) && b[j] == '"' {
 		if seen == 0 {
 			w.out = append(w.out, b[i:j+1]...)
-			return j + 1, b[i+1 : j], nil
-		}
-		if out, known := knownCamelKey(b[i+1 : j]); known {
+		} else if out, known := knownCamelKey(b[i+1 : j]); known {
 			w.out = append(w.out, out...)
-			return j + 1, out[1 : len(out)-1], nil
+		} else {
+			w.out = appendCamelQuoted(w.out, b[i+1:j])
 		}
-		w.out = appendCamelQuoted(w.out, b[i+1:j])
-		return j + 1, w.out[ks+1 : len(w.out)-1], nil
+		return j + 1, nil
 	}
-	if end, err = skipString(b, i); err != nil {
-		return 0, nil, err
+	end, err := skipString(b, i)
+	if err != nil {
+		return 0, err
 	}
 	{
 		decoded, err := decodeString(w.scratch[:0], b, i, w.wtf8)
 		if err != nil {
-			return 0, nil, err
+			return 0, err
 		}
 		w.scratch = decoded
 		w.keyBuf = appendCamel(w.keyBuf[:0], decoded)
 		w.out = appendJSString(w.out, w.keyBuf, true)
 	}
-	return end, w.out[ks+1 : len(w.out)-1], nil
+	return end, nil
 }
 
 type keyClass int
