@@ -659,7 +659,10 @@ func appendJSRune(dst []byte, r rune) []byte {
 // appendJSString writes s (UTF-8, or WTF-8 when wtf8) as a JSON string.
 func appendJSString(dst, s []byte, wtf8 bool) []byte {
 	dst = append(dst, '"')
-	for j := 0; j < len(s); {
+	// The plain run up to the first byte that needs a look, in one copy.
+	j := strCopyEnd(s, 0)
+	dst = append(dst, s[:j]...)
+	for j < len(s) {
 		c := s[j]
 		if c >= 0x20 && c < 0x80 && c != '"' && c != '\\' {
 			dst = append(dst, c)

@@ -263,14 +263,14 @@ func (k *kapsoState) ensure(n *normalizer) {
 }
 
 // assign is `msg.kapso[key] = value`, which throws on a primitive.
-func (k *kapsoState) assign(key string, rendered []byte) error {
+func (k *kapsoState) assign(key, rendered []byte) error {
 	switch k.kind {
 	case kapsoString, kapsoOtherTruthy:
 		return errSDKThrows
 	case kapsoArray:
 		k.hidden = true
 	case kapsoObject:
-		k.obj.set(member{key: constKey(key), rendered: rendered})
+		k.obj.set(member{key: key, rendered: rendered})
 	}
 	return nil
 }
@@ -612,16 +612,17 @@ type identity struct {
 	hasFrom, hasTo, hasContext, hasFromUserID bool
 }
 
-// constKeys are the keys the SDK adds, allocated once.
-var constKeys = func() map[string][]byte {
-	m := map[string][]byte{}
-	for _, k := range []string{"kapso", "orderText", "flowResponse", "flowToken", "flowName", "callId", "direction", "source"} {
-		m[k] = []byte(k)
-	}
-	return m
-}()
-
-func constKey(k string) []byte { return constKeys[k] }
+// The keys the SDK adds, allocated once.
+var (
+	keyKapso        = []byte("kapso")
+	keyOrderText    = []byte("orderText")
+	keyFlowResponse = []byte("flowResponse")
+	keyFlowToken    = []byte("flowToken")
+	keyFlowName     = []byte("flowName")
+	keyCallID       = []byte("callId")
+	keyDirection    = []byte("direction")
+	keySource       = []byte("source")
+)
 
 var (
 	renderedInbound  = []byte(`"inbound"`)
@@ -663,11 +664,11 @@ func (n *normalizer) message(ch *metaChange, k int, it span, echo bool) error {
 	}
 	if dir := n.direction(ch, msg, echo); dir != nil {
 		kapso.ensure(n)
-		if err := kapso.assign("direction", dir); err != nil {
+		if err := kapso.assign(keyDirection, dir); err != nil {
 			return err
 		}
 		if echo {
-			if err := kapso.assign("source", renderedEchoSrc); err != nil {
+			if err := kapso.assign(keySource, renderedEchoSrc); err != nil {
 				return err
 			}
 		}
@@ -676,7 +677,7 @@ func (n *normalizer) message(ch *metaChange, k int, it span, echo bool) error {
 		if m, ok := msg.get("kapso"); ok {
 			m.obj, m.rendered = kapso.obj, nil
 		} else {
-			msg.set(member{key: constKey("kapso"), obj: kapso.obj})
+			msg.set(member{key: keyKapso, obj: kapso.obj})
 		}
 	}
 	if err := msg.write(w, n.src); err != nil {
@@ -705,10 +706,10 @@ func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
 		return errNotNormalizable
 	}
 	order.del("text")
-	order.set(member{key: constKey("orderText"), rendered: value})
+	order.set(member{key: keyOrderText, rendered: value})
 	om.obj = order
 	kapso.ensure(n)
-	return kapso.assign("orderText", value)
+	return kapso.assign(keyOrderText, value)
 }
 
 // flowFields parses a Flow reply's response_json into kapso's
@@ -764,18 +765,18 @@ func (n *normalizer) flowReplyFields(src source, responseJSON, name span) ([]mem
 	if !ok {
 		return nil, false
 	}
-	fields := append(n.flowFieldBuf[:0], member{key: constKey("flowResponse"), rendered: response})
+	fields := append(n.flowFieldBuf[:0], member{key: keyFlowResponse, rendered: response})
 	if string(response) == "null" {
 		return fields, true
 	}
 	if response[0] == '{' {
 		if tok, found, _ := objectField(response, 0, "flowToken"); found && response[tok.start] == '"' {
-			fields = append(fields, member{key: constKey("flowToken"), rendered: response[tok.start:tok.end]})
+			fields = append(fields, member{key: keyFlowToken, rendered: response[tok.start:tok.end]})
 		}
 	}
 	if name.end != 0 && b[name.start] == '"' {
 		if rendered, err := src.render(name); err == nil {
-			fields = append(fields, member{key: constKey("flowName"), rendered: rendered})
+			fields = append(fields, member{key: keyFlowName, rendered: rendered})
 		}
 	}
 	return fields, true
@@ -916,7 +917,7 @@ func (n *normalizer) callItems(ch *metaChange, list itemList, first *bool) error
 		if wm, ok := call.get("wacid"); ok && b[wm.val.start] == '"' && !truthyMember(b, call, "callId") {
 			id := wm.val
 			call.del("wacid")
-			call.set(member{key: constKey("callId"), val: id})
+			call.set(member{key: keyCallID, val: id})
 		}
 		if err := call.write(w, n.src); err != nil {
 			return errNotNormalizable
