@@ -329,66 +329,76 @@ func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
 		return false
 	}
 	o := n.itemOut[k]
-	out := n.raw.out[o.start:o.end]
+	out := n.raw.out[o.start:o.end] // the spans in info are relative to it
 	var fields []member
 	if info.flow.isFlow {
-		// The spans are relative to the message's own bytes too.
-		var ok bool
-		if fields, ok = n.flowReplyFields(source{doc: out, final: true}, info.flow.responseJSON, info.flow.name); !ok {
-			fields = nil
-		}
+		fields, _ = n.flowReplyFields(source{doc: out, final: true}, info.flow.responseJSON, info.flow.name)
 	}
 	dir := renderedOutbound
 	if !echo {
-		// The identity spans are relative to the message's own bytes.
 		dir = n.directionOf(ch, out, info.id)
 	}
-	w := &n.w
-	order := info.order
-	if order.hasText {
-		v := order.value
-		w.out = append(w.out, out[:v.start]...)
-		w.writeOrderMoved(out[v.start:v.end], span{order.text.start - v.start, order.text.end - v.start},
-			span{order.textVal.start - v.start, order.textVal.end - v.start})
-		w.out = append(w.out, out[v.end:len(out)-1]...)
-	} else {
-		w.out = append(w.out, out[:len(out)-1]...)
+	var orderText []byte
+	if info.order.hasText {
+		orderText = out[info.order.textVal.start:info.order.textVal.end]
 	}
-	if dir != nil || len(fields) > 0 || order.hasText {
+	w := &n.w
+	w.writeMembersOf(out, info.order)
+	if dir != nil || len(fields) > 0 || orderText != nil {
 		if len(out) > 2 {
 			w.out = append(w.out, ',')
 		}
-		w.out = append(w.out, `"kapso":{`...)
-		more := false
-		if order.hasText {
-			w.out = append(w.out, `"orderText":`...)
-			w.out = append(w.out, out[order.textVal.start:order.textVal.end]...)
-			more = true
-		}
-		for _, f := range fields {
-			if more {
-				w.out = append(w.out, ',')
-			}
-			w.out = append(w.out, '"')
-			w.out = append(w.out, f.key...)
-			w.out = append(w.out, `":`...)
-			w.out = append(w.out, f.rendered...)
-			more = true
-		}
-		if dir != nil {
-			if more {
-				w.out = append(w.out, ',')
-			}
-			w.out = append(w.out, `"direction":`...)
-			w.out = append(w.out, dir...)
-			if echo {
-				w.out = append(w.out, `,"source":"smb_message_echo"`...)
-			}
-		}
-		w.out = append(w.out, '}')
+		w.writeKapso(orderText, fields, dir, echo)
 	}
 	w.out = append(w.out, '}')
 	return true
+}
+
+// writeMembersOf writes a message from raw without its closing brace,
+// with order.text moved when the order has one.
+func (w *jsWriter) writeMembersOf(msg []byte, order orderSpans) {
+	if !order.hasText {
+		w.out = append(w.out, msg[:len(msg)-1]...)
+		return
+	}
+	v := order.value
+	w.out = append(w.out, msg[:v.start]...)
+	w.writeOrderMoved(msg[v.start:v.end], span{order.text.start - v.start, order.text.end - v.start},
+		span{order.textVal.start - v.start, order.textVal.end - v.start})
+	w.out = append(w.out, msg[v.end:len(msg)-1]...)
+}
+
+// writeKapso writes the kapso member the SDK adds, its keys in the order
+// the SDK sets them: orderText, a Flow reply's fields, direction, source.
+func (w *jsWriter) writeKapso(orderText []byte, fields []member, dir []byte, echo bool) {
+	w.out = append(w.out, `"kapso":{`...)
+	more := false
+	if orderText != nil {
+		w.out = append(w.out, `"orderText":`...)
+		w.out = append(w.out, orderText...)
+		more = true
+	}
+	for _, f := range fields {
+		if more {
+			w.out = append(w.out, ',')
+		}
+		w.out = append(w.out, '"')
+		w.out = append(w.out, f.key...)
+		w.out = append(w.out, `":`...)
+		w.out = append(w.out, f.rendered...)
+		more = true
+	}
+	if dir != nil {
+		if more {
+			w.out = append(w.out, ',')
+		}
+		w.out = append(w.out, `"direction":`...)
+		w.out = append(w.out, dir...)
+		if echo {
+			w.out = append(w.out, `,"source":"smb_message_echo"`...)
+		}
+	}
+	w.out = append(w.out, '}')
 }
 
 // messageInfo is what writing a message into raw noted about it.
