@@ -136,10 +136,13 @@ func run() error {
 	defer stop()
 
 	// Cases alternate within each round, so that drift on a shared machine
-	// hits them alike; each figure is the median over the rounds.
+	// hits them alike, and each round starts one case later, so that no
+	// case always runs first; each figure is the median over the rounds.
 	perCase := make([][]result, len(cases))
 	for round := 1; round <= *rounds; round++ {
-		for i, c := range cases {
+		for k := range cases {
+			i := (k + round - 1) % len(cases)
+			c := cases[i]
 			fmt.Printf("== round %d/%d: %s\n", round, *rounds, c.name)
 			r, err := drive(work, c, *connections, *duration)
 			if err != nil {
@@ -156,13 +159,7 @@ func run() error {
 	results := make([]result, len(cases))
 	for i := range cases {
 		results[i] = medianResult(perCase[i])
-	}
-	for i := range results {
-		base := results[0].RPS
-		results[i].Ratio = results[i].RPS / base
-		if results[i].ItemsPerS > 0 {
-			results[i].Ratio = results[i].ItemsPerS / base
-		}
+		results[i].Ratio = medianRatio(perCase[i], perCase[0])
 	}
 	printResults(results)
 
@@ -405,6 +402,21 @@ func medianResult(rs []result) result {
 		out.Requests += r.Requests
 	}
 	return out
+}
+
+// medianRatio is the median over the rounds of a case's throughput (items
+// per second for unbatch) against the baseline's in the same round: the
+// rounds are minutes apart, and the machine's speed can change in between.
+func medianRatio(rs, base []result) float64 {
+	ratios := make([]float64, len(rs))
+	for i, r := range rs {
+		tput := r.RPS
+		if r.ItemsPerS > 0 {
+			tput = r.ItemsPerS
+		}
+		ratios[i] = tput / base[i].RPS
+	}
+	return median(ratios)
 }
 
 func median(vals []float64) float64 {
