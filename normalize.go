@@ -337,9 +337,7 @@ func (n *normalizer) businessSet(ch *metaChange) businessNumbers {
 		if sp.end == 0 || sp.end-sp.start <= 2 {
 			continue
 		}
-		start := len(n.digits)
-		n.digits = appendStringDigits(n.digits, n.b, sp)
-		set.add(n.digits[start:len(n.digits):len(n.digits)])
+		set.add(n.digitsOf(n.b, sp))
 	}
 	ch.business, ch.hasBiz = set, true
 	return set
@@ -411,6 +409,28 @@ var metaFields = func() map[string][]byte {
 	}
 	return m
 }()
+
+// digitsOf returns the ASCII digits of the JSON string at v in doc: the
+// string's own bytes when it is all digits, as phone numbers usually are,
+// and otherwise a copy in n.digits, which lasts for the payload.
+func (n *normalizer) digitsOf(doc []byte, v span) []byte {
+	raw := doc[v.start+1 : v.end-1 : v.end-1]
+	if isDigits(raw) {
+		return raw
+	}
+	start := len(n.digits)
+	n.digits = appendStringDigits(n.digits, doc, v)
+	return n.digits[start:len(n.digits):len(n.digits)]
+}
+
+func isDigits(s []byte) bool {
+	for _, c := range s {
+		if c-'0' > 9 {
+			return false
+		}
+	}
+	return true
+}
 
 // appendStringDigits appends the ASCII digits of the JSON string at v.
 func appendStringDigits(dst, b []byte, v span) []byte {

@@ -857,20 +857,17 @@ func (n *normalizer) directionOf(ch *metaChange, doc []byte, id identity) []byte
 		})
 		if found && doc[ctxFrom.start] == '"' && ctxFrom.end-ctxFrom.start > 2 {
 			hasContextFrom = true
-			start := len(n.digits)
-			n.digits = appendStringDigits(n.digits, doc, ctxFrom)
-			business.add(n.digits[start:len(n.digits):len(n.digits)])
+			business.add(n.digitsOf(doc, ctxFrom))
 		}
 	}
-	digits := func(has bool, v span, buf []byte) []byte {
+	digits := func(has bool, v span) []byte {
 		if !has || doc[v.start] != '"' {
 			return nil
 		}
-		return appendStringDigits(buf, doc, v)
+		return n.digitsOf(doc, v)
 	}
-	var fromBuf, toBuf [32]byte
-	from := digits(id.hasFrom, id.from, fromBuf[:0])
-	to := digits(id.hasTo, id.to, toBuf[:0])
+	from := digits(id.hasFrom, id.from)
+	to := digits(id.hasTo, id.to)
 	switch {
 	case business.has(from):
 		return renderedOutbound
