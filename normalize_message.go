@@ -477,12 +477,15 @@ func (w *jsWriter) writeOrderMoved(order []byte, text, textVal span) {
 
 // flowSpans is where a Flow reply's fields are in a message written into
 // raw, relative to the message's first byte: interactive.nfmReply's
-// responseJson (a string) and name (when a string). They are noted only
-// when neither object was reordered, so that each was read once.
+// responseJson (a string) and name (when a string). They are used only
+// when neither object was reordered, so that each was read once; a reply
+// that is not an object, or has no string responseJson, gives the SDK no
+// fields, and the message only its direction.
 type flowSpans struct {
 	isFlow             bool
 	responseJSON, name span
 	hasResponse        bool
+	reordered          bool
 }
 
 // writeMessageRaw writes a message object into raw, noting where its
@@ -583,17 +586,18 @@ func (n *normalizer) writeInteractiveRaw(v, outStart int, info *messageInfo) (in
 	switch {
 	case escaped:
 		info.simple = false
-	case flow && (n.raw.rearranged || !reply.isFlow):
+	case flow && (n.raw.rearranged || reply.reordered):
 		info.simple = false
 	case flow:
-		info.flow = reply
+		info.flow = reply // without isFlow, a reply that gives kapso nothing
 	}
 	return end, err
 }
 
 // writeFlowReplyRaw writes interactive.nfm_reply into raw, noting where
-// its response_json and name are. It leaves reply.isFlow unset unless the
-// reply kept its member order and response_json is a string.
+// its response_json and name are. It sets reply.isFlow only when the reply
+// kept its member order and response_json is a string, and notes in
+// reply.reordered when it did not keep its order.
 func (n *normalizer) writeFlowReplyRaw(v, outStart int, reply *flowSpans) (int, error) {
 	b := n.b
 	end, err := n.raw.objectWith(b, v, keysCamel, 5, func(key []byte, fv int) (int, error) {
@@ -612,7 +616,8 @@ func (n *normalizer) writeFlowReplyRaw(v, outStart int, reply *flowSpans) (int, 
 		*sp = span{start - outStart, len(n.raw.out) - outStart}
 		return e, err
 	})
-	reply.isFlow = err == nil && reply.hasResponse && !n.raw.rearranged
+	reply.reordered = n.raw.rearranged
+	reply.isFlow = err == nil && reply.hasResponse && !reply.reordered
 	return end, err
 }
 
