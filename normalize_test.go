@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // corpusCase is one conformance payload with the SDK's answer for it.
@@ -23,24 +25,37 @@ type corpusCase struct {
 
 func loadCorpus(t testing.TB) []corpusCase {
 	t.Helper()
+	cases, err := readCorpus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cases
+}
+
+// readCorpus reads every conformance payload with its golden output.
+func readCorpus() ([]corpusCase, error) {
 	files, err := filepath.Glob("testdata/normalize/corpus/*.json")
 	if err != nil || len(files) < 40 {
-		t.Fatalf("the conformance corpus needs at least 40 payloads, found %d (%v)", len(files), err)
+		return nil, fmt.Errorf("the conformance corpus needs at least 40 payloads, found %d (%v)", len(files), err)
 	}
 	var cases []corpusCase
 	for _, f := range files {
 		name := filepath.Base(f)
 		golden, err := os.ReadFile(filepath.Join("testdata/normalize/golden", name))
 		if err != nil {
-			t.Fatalf("%s has no golden output; regenerate them (README, Normalization): %v", name, err)
+			return nil, fmt.Errorf("%s has no golden output; regenerate them (README, Normalization): %w", name, err)
+		}
+		input, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
 		}
 		var probe struct {
 			Throws *string `json:"__throws"`
 		}
 		_ = json.Unmarshal(golden, &probe)
-		cases = append(cases, corpusCase{name: name, input: mustRead(t, f), golden: golden, throws: probe.Throws != nil})
+		cases = append(cases, corpusCase{name: name, input: input, golden: golden, throws: probe.Throws != nil})
 	}
-	return cases
+	return cases, nil
 }
 
 // TestNormalizeConformance guards equality with the reference SDK: for
@@ -169,6 +184,104 @@ func BenchmarkNormalize(b *testing.B) {
 			buf = out
 		}
 	})
+}
+
+// normalizeTurnsEnv makes the test binary serve timing turns to bench/
+// instead of running tests (see TestMain and serveNormalizeTurns).
+const normalizeTurnsEnv = "WEBHOOKGUARD_NORMALIZE_TURNS"
+
+// serveNormalizeTurns times the normalizer in the turns bench/ asks for,
+// one line each: "corpus MS" or "text MS" normalizes the payloads the SDK
+// accepts, or the text message, for at least MS milliseconds and answers
+// the mean time per payload in ns. bench/ gives the Kapso SDK the same
+// turns in between: on a machine whose speed changes from one second to
+// the next, only turns a fraction of a second apart can be compared.
+func serveNormalizeTurns(in io.Reader, out io.Writer) error {
+	cases, err := readCorpus()
+	if err != nil {
+		return err
+	}
+	var corpus [][]byte
+	var text []byte
+	for _, tc := range cases {
+		if !tc.throws {
+			corpus = append(corpus, tc.input)
+		}
+		if tc.name == "in_text.json" {
+			text = tc.input
+		}
+	}
+	sc := bufio.NewScanner(in)
+	var buf []byte
+	for sc.Scan() {
+		var what string
+		var ms int
+		if _, err := fmt.Sscan(sc.Text(), &what, &ms); err != nil || ms <= 0 {
+			return fmt.Errorf("turn %q: want \"corpus MS\" or \"text MS\"", sc.Text())
+		}
+		bodies := corpus
+		switch what {
+		case "corpus":
+		case "text":
+			bodies = [][]byte{text}
+		default:
+			return fmt.Errorf("turn %q: unknown set %q", sc.Text(), what)
+		}
+		ns, err := timeNormalize(bodies, time.Duration(ms)*time.Millisecond, &buf)
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(out, "%.1f\n", ns); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// timeNormalize normalizes bodies in turn for at least d and returns the
+// mean time per payload in ns. The clock is read every 64 payloads, so
+// that reading it costs nothing measurable.
+func timeNormalize(bodies [][]byte, d time.Duration, buf *[]byte) (float64, error) {
+	start := time.Now()
+	ops := 0
+	for {
+		for range 64 {
+			out, err := normalizeMeta((*buf)[:0], bodies[ops%len(bodies)])
+			if err != nil {
+				return 0, err
+			}
+			*buf = out
+			ops++
+		}
+		if took := time.Since(start); took >= d {
+			return float64(took.Nanoseconds()) / float64(ops), nil
+		}
+	}
+}
+
+// TestServeNormalizeTurns guards the Go side of bench/'s SDK comparison:
+// each turn is answered with a plausible time per payload, and a turn it
+// does not understand stops it with an error instead of a made-up figure.
+func TestServeNormalizeTurns(t *testing.T) {
+	var out bytes.Buffer
+	if err := serveNormalizeTurns(strings.NewReader("corpus 20\ntext 20\n"), &out); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Fields(out.String())
+	if len(lines) != 2 {
+		t.Fatalf("want one answer per turn, got %q", out.String())
+	}
+	for i, l := range lines {
+		var ns float64
+		if _, err := fmt.Sscan(l, &ns); err != nil || ns < 10 || ns > 1e7 {
+			t.Errorf("turn %d: %q is not a time per payload in ns", i, l)
+		}
+	}
+	for _, bad := range []string{"corpus\n", "corpus -5\n", "everything 20\n"} {
+		if err := serveNormalizeTurns(strings.NewReader(bad), io.Discard); err == nil {
+			t.Errorf("turn %q was accepted", bad)
+		}
+	}
 }
 
 // TestNormalizeThroughCaddy guards the feature end to end: every corpus

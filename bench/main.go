@@ -51,6 +51,8 @@ var (
 	sdkOnly     = flag.Bool("sdk-only", false, "only compare the normalizer with the Kapso SDK (no load test)")
 	rounds      = flag.Int("rounds", 3, "rounds; cases alternate within each round and medians are reported")
 	outFile     = flag.String("json", "", "also write the results as JSON to this file")
+	sdkRounds   = flag.Int("sdk-rounds", 20, "rounds of alternating turns in the SDK comparison")
+	turnMs      = flag.Int("turn-ms", 200, "length of one timing turn in the SDK comparison, in ms")
 )
 
 const (
@@ -472,62 +474,142 @@ func compareWithSDK(root string) string {
 		return "SDK comparison skipped: building the Go benchmark failed: " + lastLine(out)
 	}
 	defer os.Remove(testBin)
-	// The two sides take turns, pair after pair, and the ratio is taken
-	// within each pair: on a shared machine whose speed drifts, timing one
-	// side after the other would measure the drift.
-	var sdk sdkTiming
-	var sdkCorpus, sdkText, goCorpus, goText, corpusRatio, textRatio []float64
-	for range sdkPairs {
-		node := exec.Command("node", "bench.mjs", "3")
-		node.Dir = gen
-		out, err := node.Output()
-		if err != nil {
+
+	// Both sides stay running and take turns a fraction of a second long,
+	// on the same CPU, and each ratio is taken between two neighbouring
+	// turns: this VM's speed changes from one second to the next, so
+	// turns seconds apart would mostly measure that.
+	node, err := startTurns(gen, nil, "node", "bench.mjs", "--serve")
+	if err != nil {
+		return "SDK comparison skipped: " + err.Error()
+	}
+	defer node.stop()
+	goSide, err := startTurns(root, []string{normalizeTurnsEnv + "=1"}, testBin)
+	if err != nil {
+		return "SDK comparison skipped: " + err.Error()
+	}
+	defer goSide.stop()
+	for _, t := range []*turnServer{node, goSide} { // warm both up
+		if _, err := t.turn("corpus", 1000); err != nil {
 			return "SDK comparison skipped: " + err.Error()
 		}
-		if err := json.Unmarshal(bytes.TrimSpace(out), &sdk); err != nil {
-			return "SDK comparison skipped: unreadable output"
-		}
-		goBench := exec.Command(testBin, "-test.run", "^$", "-test.bench", "^BenchmarkNormalize$", "-test.benchtime", "1s")
-		goBench.Dir = root
-		gout, err := goBench.Output()
-		if err != nil {
-			return "SDK comparison skipped: go benchmark failed"
-		}
-		corpus, text := medianNs(gout, "BenchmarkNormalize/corpus"), medianNs(gout, "BenchmarkNormalize/text-message")
-		sdkCorpus, sdkText = append(sdkCorpus, sdk.CorpusNs), append(sdkText, sdk.TextNs)
-		goCorpus, goText = append(goCorpus, corpus), append(goText, text)
-		corpusRatio, textRatio = append(corpusRatio, sdk.CorpusNs/corpus), append(textRatio, sdk.TextNs/text)
 	}
-	return fmt.Sprintf("normalize vs Kapso SDK (%s, %d payloads, medians of %d alternating pairs): corpus %.0f ns vs %.0f ns per payload = %.1fx; "+
-		"%d-byte text message %.0f ns vs %.0f ns = %.1fx",
-		sdk.Node, sdk.Payloads, sdkPairs, median(goCorpus), median(sdkCorpus), median(corpusRatio),
-		sdk.TextBytes, median(goText), median(sdkText), median(textRatio))
-}
-
-// sdkPairs is how many times the SDK and the Go normalizer are timed,
-// each right after the other.
-const sdkPairs = 5
-
-type sdkTiming struct {
-	Node      string  `json:"node"`
-	CorpusNs  float64 `json:"corpus_ns_per_payload"`
-	TextNs    float64 `json:"text_message_ns"`
-	Payloads  int     `json:"payloads"`
-	TextBytes int     `json:"text_message_bytes"`
-}
-
-func medianNs(out []byte, name string) float64 {
-	var vals []float64
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	for sc.Scan() {
-		f := strings.Fields(sc.Text())
-		if len(f) >= 3 && strings.HasPrefix(f[0], name) {
-			if v, err := strconv.ParseFloat(f[2], 64); err == nil {
-				vals = append(vals, v)
+	// Per set, one round is three turns, the Go normalizer's, the SDK's
+	// (bytes in and out, like the gateway) and the SDK's on JavaScript
+	// strings (for reference), started one turn later each round.
+	type turnKind struct {
+		server *turnServer
+		set    string // suffix of the set name the server is asked for
+	}
+	kinds := []turnKind{{goSide, ""}, {node, ""}, {node, "-str"}}
+	type series struct{ goNs, sdkNs, strNs, ratio, strRatio []float64 }
+	results := map[string]*series{"corpus": {}, "text": {}}
+	for pair := range *sdkRounds {
+		for _, set := range []string{"corpus", "text"} {
+			var ns [3]float64
+			for k := range kinds {
+				i := (k + pair) % len(kinds)
+				v, err := kinds[i].server.turn(set+kinds[i].set, *turnMs)
+				if err != nil {
+					return "SDK comparison skipped: " + err.Error()
+				}
+				ns[i] = v
 			}
+			r := results[set]
+			r.goNs, r.sdkNs, r.strNs = append(r.goNs, ns[0]), append(r.sdkNs, ns[1]), append(r.strNs, ns[2])
+			r.ratio, r.strRatio = append(r.ratio, ns[1]/ns[0]), append(r.strRatio, ns[2]/ns[0])
 		}
 	}
-	return median(vals)
+	nodeVersion, _ := exec.Command("node", "--version").Output()
+	line := fmt.Sprintf("normalize vs Kapso SDK (node %s, %d rounds of %d ms turns%s; medians, ratios taken per round):",
+		strings.TrimSpace(string(nodeVersion)), *sdkRounds, *turnMs, pinnedNote())
+	for _, set := range []string{"corpus", "text"} {
+		r := results[set]
+		label := "corpus, per payload"
+		if set == "text" {
+			label = "text message"
+		}
+		line += fmt.Sprintf("\n  %s: Go %.0f ns, SDK bytes to bytes %.0f ns = %.1fx (quartiles %.1f-%.1fx); SDK strings to string %.0f ns = %.1fx",
+			label, median(r.goNs), median(r.sdkNs), median(r.ratio), quantile(r.ratio, 0.25), quantile(r.ratio, 0.75),
+			median(r.strNs), median(r.strRatio))
+	}
+	return line
+}
+
+// normalizeTurnsEnv makes the package's test binary serve timing turns
+// (normalize_test.go) instead of running tests.
+const normalizeTurnsEnv = "WEBHOOKGUARD_NORMALIZE_TURNS"
+
+// turnServer is a running timing process: it reads "SET MS" lines and
+// answers each with the mean time per payload in ns.
+type turnServer struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *bufio.Scanner
+}
+
+// startTurns starts a timing process, pinned to the last CPU when taskset
+// is there, so that both sides run on the same core.
+func startTurns(dir string, env []string, name string, args ...string) (*turnServer, error) {
+	if cpu := runtime.NumCPU() - 1; cpu > 0 {
+		if taskset, err := exec.LookPath("taskset"); err == nil {
+			args = append([]string{"-c", strconv.Itoa(cpu), name}, args...)
+			name = taskset
+		}
+	}
+	cmd := exec.Command(name, args...)
+	cmd.Dir, cmd.Stderr = dir, os.Stderr
+	cmd.Env = append(os.Environ(), env...)
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	return &turnServer{cmd: cmd, in: in, out: bufio.NewScanner(out)}, nil
+}
+
+func (t *turnServer) turn(set string, ms int) (float64, error) {
+	if _, err := fmt.Fprintf(t.in, "%s %d\n", set, ms); err != nil {
+		return 0, fmt.Errorf("%s: %w", t.cmd.Path, err)
+	}
+	if !t.out.Scan() {
+		return 0, fmt.Errorf("%s gave no answer (%v)", filepath.Base(t.cmd.Args[len(t.cmd.Args)-1]), t.out.Err())
+	}
+	ns, err := strconv.ParseFloat(strings.TrimSpace(t.out.Text()), 64)
+	if err != nil || ns <= 0 {
+		return 0, fmt.Errorf("unreadable time %q", t.out.Text())
+	}
+	return ns, nil
+}
+
+func (t *turnServer) stop() {
+	t.in.Close()
+	if err := t.cmd.Wait(); err != nil {
+		t.cmd.Process.Kill()
+	}
+}
+
+func pinnedNote() string {
+	if _, err := exec.LookPath("taskset"); err == nil && runtime.NumCPU() > 1 {
+		return fmt.Sprintf(", both on CPU %d", runtime.NumCPU()-1)
+	}
+	return ""
+}
+
+// quantile is the q-quantile of vals by the nearest rank.
+func quantile(vals []float64, q float64) float64 {
+	if len(vals) == 0 {
+		return 0
+	}
+	s := slices.Clone(vals)
+	slices.Sort(s)
+	return s[int(q*float64(len(s)-1)+0.5)]
 }
 
 func lastLine(b []byte) string {
