@@ -28,10 +28,7 @@ func keysOf(names ...string) []storeKey {
 // waiters woken on release, any committed key making a delivery a
 // duplicate, and a release never dropping another delivery's claim.
 func TestMemoryStoreClaims(t *testing.T) {
-	s, err := newMemoryStore("test", 10, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newMemoryStore("test", 10, time.Hour)
 	ctx := context.Background()
 	first, _ := s.claim(ctx, keysOf("a", "b"))
 	if first.state != outcomeOwned {
@@ -74,7 +71,7 @@ func TestMemoryStoreTTLAndCapacity(t *testing.T) {
 	now = func() time.Time { return clock }
 	ctx := context.Background()
 
-	s, _ := newMemoryStore("test", 3, time.Minute)
+	s := newMemoryStore("test", 3, time.Minute)
 	for _, k := range []string{"k1", "k2", "k3", "k4", "k5"} {
 		r, _ := s.claim(ctx, keysOf(k))
 		_ = s.commit(ctx, r.claim)
@@ -534,7 +531,7 @@ func BenchmarkMemoryStoreBytesPerKey(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		s, _ := newMemoryStore("bench", n, time.Hour)
+		s := newMemoryStore("bench", n, time.Hour)
 		for i := range n {
 			r, _ := s.claim(ctx, keysOf("key-"+strconv.Itoa(i)))
 			_ = s.commit(ctx, r.claim)
@@ -554,7 +551,7 @@ func BenchmarkMemoryStoreBytesPerKey(b *testing.B) {
 func BenchmarkMemoryStore(b *testing.B) {
 	const n = 1_000_000
 	ctx := context.Background()
-	s, _ := newMemoryStore("bench", 2*n, time.Hour)
+	s := newMemoryStore("bench", 2*n, time.Hour)
 	keys := make([][]storeKey, n)
 	for i := range n {
 		keys[i] = keysOf("key-" + strconv.Itoa(i))

@@ -172,10 +172,7 @@ func TestLoadReloadMidway(t *testing.T) {
 // heap stays near what 10,000 keys need.
 func TestMemoryBoundedByCapacity(t *testing.T) {
 	const flood, capacity = 1_000_000, 10_000
-	s, err := newMemoryStore("flood", capacity, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := newMemoryStore("flood", capacity, time.Hour)
 	ctx := context.Background()
 	runtime.GC()
 	var before, after runtime.MemStats
@@ -192,7 +189,7 @@ func TestMemoryBoundedByCapacity(t *testing.T) {
 		t.Fatalf("entries %d evictions %d, want %d and %d", entries, evictions, capacity, flood-capacity)
 	}
 	grown := int64(after.HeapAlloc) - int64(before.HeapAlloc)
-	// 10,000 keys at about 136 bytes each, with generous slack for the
+	// 10,000 keys at about 77 bytes each, with generous slack for the
 	// runtime: a store that kept every key would hold over 100 MB.
 	if grown > 8<<20 {
 		t.Fatalf("heap grew by %d bytes for a store capped at %d keys", grown, capacity)

@@ -2,12 +2,11 @@ package webhookguard
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // stores keeps dedupe stores alive across config reloads: a reload
@@ -15,43 +14,41 @@ import (
 // reference count never drops to zero and the keys survive.
 var stores = caddy.NewUsagePool()
 
-// memoryStore keeps committed keys in a bounded LRU and claims in flight
-// in a separate map, so that an eviction can never drop a claim.
-//
-// The plain (non-expiring) LRU is used with the expiry stored as its
-// value: the expirable LRU starts a goroutine per instance that never
-// exits, and it has no atomic check-and-add anyway, so a mutex of our own
-// guards every compound operation.
+// memoryStore keeps committed keys in a bounded LRU table and claims in
+// flight in a separate map, so that an eviction can never drop a claim.
+// A mutex guards every compound operation (check, then claim).
 type memoryStore struct {
 	mu        sync.Mutex
-	committed *simplelru.LRU[storeKey, int64]
+	committed *keyTable
 	inflight  map[storeKey]*claim
 	ttl       time.Duration
 	evictions uint64
 	scope     string
-	purging   bool
+	// This scope's series, looked up once rather than per commit.
+	entriesGauge   prometheus.Gauge
+	evictionsCount prometheus.Counter
 }
 
-func newMemoryStore(scope string, capacity int, ttl time.Duration) (*memoryStore, error) {
+func newMemoryStore(scope string, capacity int, ttl time.Duration) *memoryStore {
 	initMetrics()
-	s := &memoryStore{inflight: make(map[storeKey]*claim), ttl: ttl, scope: scope}
-	lru, err := simplelru.NewLRU[storeKey, int64](capacity, func(storeKey, int64) {
-		if !s.purging {
-			s.evictions++
-			metrics.storeEvictions.WithLabelValues(scope).Inc()
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("creating LRU: %w", err)
+	s := &memoryStore{
+		inflight:       make(map[storeKey]*claim),
+		ttl:            ttl,
+		scope:          scope,
+		entriesGauge:   metrics.storeEntries.WithLabelValues(scope),
+		evictionsCount: metrics.storeEvictions.WithLabelValues(scope),
 	}
-	s.committed = lru
-	return s, nil
+	s.committed = newKeyTable(capacity, func() {
+		s.evictions++
+		s.evictionsCount.Inc()
+	})
+	return s
 }
 
 func (d *Dedupe) provisionMemory() error {
 	key := "memory:" + d.Scope
 	v, _, err := stores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newMemoryStore(d.Scope, d.Capacity, d.ttl)
+		return newMemoryStore(d.Scope, d.Capacity, d.ttl), nil
 	})
 	if err != nil {
 		return err
@@ -68,7 +65,7 @@ func (d *Dedupe) provisionMemory() error {
 func (s *memoryStore) configure(capacity int, ttl time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.committed.Resize(capacity)
+	s.committed.resize(capacity)
 	s.ttl = ttl
 }
 
@@ -77,11 +74,11 @@ func (s *memoryStore) claim(_ context.Context, keys []storeKey) (claimResult, er
 	defer s.mu.Unlock()
 	nowNano := now().UnixNano()
 	for _, k := range keys {
-		if exp, ok := s.committed.Get(k); ok {
+		if exp, ok := s.committed.get(k); ok {
 			if exp > nowNano {
 				return claimResult{state: outcomeDuplicate}, nil
 			}
-			s.committed.Remove(k)
+			s.committed.remove(k) // expired: not an eviction
 		}
 	}
 	for _, k := range keys {
@@ -101,9 +98,9 @@ func (s *memoryStore) commit(_ context.Context, c *claim) error {
 	defer s.mu.Unlock()
 	exp := now().Add(s.ttl).UnixNano()
 	for _, k := range c.keys {
-		s.committed.Add(k, exp)
+		s.committed.add(k, exp)
 	}
-	metrics.storeEntries.WithLabelValues(s.scope).Set(float64(s.committed.Len()))
+	s.entriesGauge.Set(float64(s.committed.len()))
 	s.dropClaim(c)
 	return nil
 }
@@ -134,16 +131,14 @@ func (s *memoryStore) dropClaim(c *claim) {
 func (s *memoryStore) stats() (entries int, evictions uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.committed.Len(), s.evictions
+	return s.committed.len(), s.evictions
 }
 
 // Destruct empties the store when the last config using it is unloaded.
 func (s *memoryStore) Destruct() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.purging = true
-	s.committed.Purge()
-	s.purging = false
-	metrics.storeEntries.WithLabelValues(s.scope).Set(0)
+	s.committed.purge()
+	s.entriesGauge.Set(0)
 	return nil
 }

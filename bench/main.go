@@ -16,7 +16,8 @@
 // Each case is reported as requests per second, p50 and p99 latency and its
 // throughput as a ratio to the baseline measured in the same run. When
 // Node is present it also times Kapso's normalizeWebhook() over the
-// conformance corpus and compares it with the Go benchmark.
+// conformance corpus against the Go normalizer, the two taking short
+// alternating turns on one CPU (-sdk-only runs that alone).
 package main
 
 import (
@@ -347,6 +348,12 @@ end
 
 var benchLine = regexp.MustCompile(`BENCH requests=(\d+) errors=(\d+) p50=(\d+) p99=(\d+) duration_us=(\d+)`)
 
+// wrkSeconds formats d for wrk, which takes whole seconds only ("1.5s"
+// is refused): rounded, and at least one.
+func wrkSeconds(d time.Duration) string {
+	return strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second))) + "s"
+}
+
 func drive(work string, c *benchCase, conns int, d time.Duration) (result, error) {
 	script := filepath.Join(work, c.name+".lua")
 	if err := os.WriteFile(script, []byte(luaScript(c, strconv.FormatInt(time.Now().UnixNano(), 36))), 0o600); err != nil {
@@ -358,7 +365,7 @@ func drive(work string, c *benchCase, conns int, d time.Duration) (result, error
 	_ = warm.Run()
 	t := min(*threads, conns)
 	cmd := exec.Command("wrk", "-t"+strconv.Itoa(t), "-c"+strconv.Itoa(conns),
-		"-d"+d.String(), "--timeout", "5s", "-s", script, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
+		"-d"+wrkSeconds(d), "--timeout", "5s", "-s", script, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk: %v\n%s", err, out)
@@ -504,11 +511,11 @@ func compareWithSDK(root string) string {
 	kinds := []turnKind{{goSide, ""}, {node, ""}, {node, "-str"}}
 	type series struct{ goNs, sdkNs, strNs, ratio, strRatio []float64 }
 	results := map[string]*series{"corpus": {}, "text": {}}
-	for pair := range *sdkRounds {
+	for round := range *sdkRounds {
 		for _, set := range []string{"corpus", "text"} {
 			var ns [3]float64
 			for k := range kinds {
-				i := (k + pair) % len(kinds)
+				i := (k + round) % len(kinds)
 				v, err := kinds[i].server.turn(set+kinds[i].set, *turnMs)
 				if err != nil {
 					return "SDK comparison skipped: " + err.Error()
