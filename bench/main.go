@@ -54,6 +54,9 @@ var (
 	outFile     = flag.String("json", "", "also write the results as JSON to this file")
 	sdkRounds   = flag.Int("sdk-rounds", 20, "rounds of alternating turns in the SDK comparison")
 	turnMs      = flag.Int("turn-ms", 200, "length of one timing turn in the SDK comparison, in ms")
+	pairs       = flag.Int("pairs", 0, "after the rounds, alternate the baseline and -pair-case in this many pairs of short windows")
+	pairCase    = flag.String("pair-case", "verify+dedupe", "the case -pairs compares with the baseline")
+	pairWindow  = flag.Duration("pair-window", time.Second, "length of one window in -pairs (whole seconds)")
 )
 
 const (
@@ -78,14 +81,20 @@ type result struct {
 	P50Micros float64 `json:"p50_us"`
 	P99Micros float64 `json:"p99_us"`
 	// Latency of single requests with one connection (no queueing).
-	IdleP50    float64 `json:"idle_p50_us"`
-	IdleP99    float64 `json:"idle_p99_us"`
-	Ratio      float64 `json:"throughput_ratio_to_baseline"`
-	Errors     int     `json:"non_2xx_or_errors"`
-	Requests   int     `json:"requests"`
-	DurationS  float64 `json:"duration_s"`
-	Connection int     `json:"connections"`
-	items      int
+	IdleP50 float64 `json:"idle_p50_us"`
+	IdleP99 float64 `json:"idle_p99_us"`
+	Ratio   float64 `json:"throughput_ratio_to_baseline"`
+	// CPU time the server side (Caddy and the upstream, not wrk) spent
+	// per request under load, and the throughput that implies against
+	// the baseline's (per item for unbatch): what a machine whose load
+	// generator has cores of its own would see.
+	ServerCPUMicros float64 `json:"server_cpu_us_per_request,omitempty"`
+	CPURatio        float64 `json:"cpu_throughput_ratio_to_baseline,omitempty"`
+	Errors          int     `json:"non_2xx_or_errors"`
+	Requests        int     `json:"requests"`
+	DurationS       float64 `json:"duration_s"`
+	Connection      int     `json:"connections"`
+	items           int
 }
 
 func main() {
@@ -132,7 +141,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	stop, err := startCaddy(caddyBin, work, cases)
+	stop, caddyPID, err := startCaddy(caddyBin, work, cases)
 	if err != nil {
 		return err
 	}
@@ -147,11 +156,11 @@ func run() error {
 			i := (k + round - 1) % len(cases)
 			c := cases[i]
 			fmt.Printf("== round %d/%d: %s\n", round, *rounds, c.name)
-			r, err := drive(work, c, *connections, *duration)
+			r, err := drive(work, c, caddyPID, *connections, *duration, true)
 			if err != nil {
 				return fmt.Errorf("%s: %w", c.name, err)
 			}
-			idle, err := drive(work, c, 1, *duration/2)
+			idle, err := drive(work, c, caddyPID, 1, *duration/2, true)
 			if err != nil {
 				return fmt.Errorf("%s (one connection): %w", c.name, err)
 			}
@@ -159,12 +168,23 @@ func run() error {
 			perCase[i] = append(perCase[i], r)
 		}
 	}
-	results := make([]result, len(cases))
-	for i := range cases {
-		results[i] = medianResult(perCase[i])
-		results[i].Ratio = medianRatio(perCase[i], perCase[0])
+	var results []result
+	if *rounds > 0 {
+		results = make([]result, len(cases))
+		for i := range cases {
+			results[i] = medianResult(perCase[i])
+			results[i].Ratio = medianRatio(perCase[i], perCase[0])
+			results[i].CPURatio = medianCPURatio(perCase[i], perCase[0])
+		}
+		printResults(results)
 	}
-	printResults(results)
+	var pairLine string
+	if *pairs > 0 {
+		if pairLine, err = comparePaired(work, cases, caddyPID); err != nil {
+			return err
+		}
+		fmt.Println(pairLine)
+	}
 
 	var nodeLine string
 	if !*skipNode {
@@ -174,7 +194,7 @@ func run() error {
 	fmt.Printf("\nmachine: %s/%s, %d CPUs, %s; wrk -t%d -c%d -d%s, medians of %d rounds\n",
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), *threads, *connections, *duration, *rounds)
 	if *outFile != "" {
-		b, _ := json.MarshalIndent(map[string]any{"results": results, "sdk": nodeLine}, "", "  ")
+		b, _ := json.MarshalIndent(map[string]any{"results": results, "paired": pairLine, "sdk": nodeLine}, "", "  ")
 		return os.WriteFile(*outFile, b, 0o644)
 	}
 	return nil
@@ -268,10 +288,12 @@ func makeCases(root, upstream string) ([]*benchCase, error) {
 	return cases, nil
 }
 
-func startCaddy(bin, work string, cases []*benchCase) (func(), error) {
+// startCaddy runs one Caddy process with a site per case and returns how
+// to stop it and its process id.
+func startCaddy(bin, work string, cases []*benchCase) (func(), int, error) {
 	admin, err := freePort()
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tauto_https off\n\tlog {\n\t\tlevel WARN\n\t}\n}\n", admin)
@@ -280,14 +302,14 @@ func startCaddy(bin, work string, cases []*benchCase) (func(), error) {
 	}
 	path := filepath.Join(work, "Caddyfile")
 	if err := os.WriteFile(path, []byte(cfg.String()), 0o600); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "HOME="+work, "XDG_CONFIG_HOME="+work, "XDG_DATA_HOME="+work)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	stop := func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }
 	deadline := time.Now().Add(30 * time.Second)
@@ -300,12 +322,12 @@ func startCaddy(bin, work string, cases []*benchCase) (func(), error) {
 			}
 			if time.Now().After(deadline) {
 				stop()
-				return nil, fmt.Errorf("caddy did not start:\n%s", logs.String())
+				return nil, 0, fmt.Errorf("caddy did not start:\n%s", logs.String())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	return stop, nil
+	return stop, cmd.Process.Pid, nil
 }
 
 // luaScript makes wrk send c's body and headers, with a fresh idempotency
@@ -354,22 +376,26 @@ func wrkSeconds(d time.Duration) string {
 	return strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second))) + "s"
 }
 
-func drive(work string, c *benchCase, conns int, d time.Duration) (result, error) {
+func drive(work string, c *benchCase, caddyPID, conns int, d time.Duration, warmUp bool) (result, error) {
 	script := filepath.Join(work, c.name+".lua")
 	if err := os.WriteFile(script, []byte(luaScript(c, strconv.FormatInt(time.Now().UnixNano(), 36))), 0o600); err != nil {
 		return result{}, err
 	}
-	// A short warm-up so that connection set-up and the first GC cycles
-	// are not measured.
-	warm := exec.Command("wrk", "-t1", "-c4", "-d1s", "-s", script, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
-	_ = warm.Run()
+	if warmUp {
+		// A short warm-up so that connection set-up and the first GC
+		// cycles are not measured.
+		warm := exec.Command("wrk", "-t1", "-c4", "-d1s", "-s", script, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
+		_ = warm.Run()
+	}
 	t := min(*threads, conns)
 	cmd := exec.Command("wrk", "-t"+strconv.Itoa(t), "-c"+strconv.Itoa(conns),
 		"-d"+wrkSeconds(d), "--timeout", "5s", "-s", script, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
+	cpuBefore, cpuOK := serverCPU(caddyPID)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return result{}, fmt.Errorf("wrk: %v\n%s", err, out)
 	}
+	cpuAfter, cpuOK2 := serverCPU(caddyPID)
 	m := benchLine.FindSubmatch(out)
 	if m == nil {
 		return result{}, fmt.Errorf("no summary in wrk output:\n%s", out)
@@ -382,10 +408,59 @@ func drive(work string, c *benchCase, conns int, d time.Duration) (result, error
 		r.ItemsPerS = r.RPS * float64(c.items)
 		r.items = c.items
 	}
+	if cpuOK && cpuOK2 && r.Requests > 0 {
+		r.ServerCPUMicros = float64((cpuAfter - cpuBefore).Microseconds()) / float64(r.Requests)
+	}
 	if r.Errors > 0 {
 		fmt.Printf("   warning: %d requests failed or answered non-2xx\n", r.Errors)
 	}
 	return r, nil
+}
+
+// comparePaired alternates the baseline and -pair-case in short windows,
+// each pair starting with the other one than the last, and reports the
+// median and quartiles of the per-pair throughput ratios: this VM's speed
+// changes from one second to the next, and windows minutes apart (the
+// rounds) measure that as much as the gateway.
+func comparePaired(work string, cases []*benchCase, caddyPID int) (string, error) {
+	base := cases[0]
+	i := slices.IndexFunc(cases, func(c *benchCase) bool { return c.name == *pairCase })
+	if i <= 0 {
+		return "", fmt.Errorf("-pair-case %q: no such case besides the baseline", *pairCase)
+	}
+	other := cases[i]
+	fmt.Printf("== %d pairs of %s windows: baseline and %s\n", *pairs, wrkSeconds(*pairWindow), other.name)
+	for _, c := range []*benchCase{base, other} { // warm both once
+		if _, err := drive(work, c, caddyPID, *connections, time.Second, true); err != nil {
+			return "", fmt.Errorf("%s: %w", c.name, err)
+		}
+	}
+	var ratios, cpuRatios []float64
+	for p := range *pairs {
+		first, second := base, other
+		if p%2 == 1 {
+			first, second = other, base
+		}
+		a, err := drive(work, first, caddyPID, *connections, *pairWindow, false)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", first.name, err)
+		}
+		b, err := drive(work, second, caddyPID, *connections, *pairWindow, false)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", second.name, err)
+		}
+		if first != base {
+			a, b = b, a
+		}
+		ratios = append(ratios, b.RPS/a.RPS)
+		if a.ServerCPUMicros > 0 && b.ServerCPUMicros > 0 {
+			cpuRatios = append(cpuRatios, a.ServerCPUMicros/b.ServerCPUMicros)
+		}
+	}
+	return fmt.Sprintf("%s vs baseline, %d alternating pairs of %s windows: throughput %.2fx (quartiles %.2f-%.2fx); "+
+		"from server CPU per request %.2fx (quartiles %.2f-%.2fx)",
+		other.name, *pairs, wrkSeconds(*pairWindow), median(ratios), quantile(ratios, 0.25), quantile(ratios, 0.75),
+		median(cpuRatios), quantile(cpuRatios, 0.25), quantile(cpuRatios, 0.75)), nil
 }
 
 // medianResult takes the median of each figure over the rounds.
@@ -404,6 +479,7 @@ func medianResult(rs []result) result {
 	out.P99Micros = pick(func(r result) float64 { return r.P99Micros })
 	out.IdleP50 = pick(func(r result) float64 { return r.IdleP50 })
 	out.IdleP99 = pick(func(r result) float64 { return r.IdleP99 })
+	out.ServerCPUMicros = pick(func(r result) float64 { return r.ServerCPUMicros })
 	out.Errors = 0
 	out.Requests = 0
 	for _, r := range rs {
@@ -428,6 +504,24 @@ func medianRatio(rs, base []result) float64 {
 	return median(ratios)
 }
 
+// medianCPURatio is medianRatio for the throughput implied by CPU per
+// request: the baseline's CPU per request over the case's, per item for
+// unbatch. It is 0 when CPU could not be read.
+func medianCPURatio(rs, base []result) float64 {
+	ratios := make([]float64, 0, len(rs))
+	for i, r := range rs {
+		if r.ServerCPUMicros <= 0 || base[i].ServerCPUMicros <= 0 {
+			return 0
+		}
+		perUnit := r.ServerCPUMicros
+		if r.items > 0 {
+			perUnit /= float64(r.items)
+		}
+		ratios = append(ratios, base[i].ServerCPUMicros/perUnit)
+	}
+	return median(ratios)
+}
+
 func median(vals []float64) float64 {
 	if len(vals) == 0 {
 		return 0
@@ -438,9 +532,10 @@ func median(vals []float64) float64 {
 }
 
 func printResults(rs []result) {
-	fmt.Printf("\nthroughput with %d connections; latency of single requests with 1 connection\n", *connections)
-	fmt.Printf("%-14s %10s %10s %9s %11s %11s %11s %11s\n", "case", "req/s", "items/s", "vs base",
-		"loaded p50", "loaded p99", "1-conn p50", "1-conn p99")
+	fmt.Printf("\nthroughput with %d connections; latency of single requests with 1 connection; CPU/request is the\n"+
+		"server side's (Caddy and the upstream, not wrk) under load, and CPU vs base the throughput it implies\n", *connections)
+	fmt.Printf("%-14s %10s %10s %9s %11s %11s %11s %11s %12s %9s\n", "case", "req/s", "items/s", "vs base",
+		"loaded p50", "loaded p99", "1-conn p50", "1-conn p99", "CPU/request", "CPU vs base")
 	var base result
 	for _, r := range rs {
 		if r.Name == "baseline" {
@@ -450,8 +545,15 @@ func printResults(rs []result) {
 		if r.ItemsPerS > 0 {
 			items = fmt.Sprintf("%.0f", r.ItemsPerS)
 		}
-		fmt.Printf("%-14s %10.0f %10s %8.2fx %9.0fµs %9.0fµs %9.0fµs %9.0fµs\n", r.Name, r.RPS, items, r.Ratio,
-			r.P50Micros, r.P99Micros, r.IdleP50, r.IdleP99)
+		cpu, cpuRatio := "-", "-"
+		if r.ServerCPUMicros > 0 {
+			cpu = fmt.Sprintf("%.1fµs", r.ServerCPUMicros)
+		}
+		if r.CPURatio > 0 {
+			cpuRatio = fmt.Sprintf("%.2fx", r.CPURatio)
+		}
+		fmt.Printf("%-14s %10.0f %10s %8.2fx %9.0fµs %9.0fµs %9.0fµs %9.0fµs %12s %9s\n", r.Name, r.RPS, items, r.Ratio,
+			r.P50Micros, r.P99Micros, r.IdleP50, r.IdleP99, cpu, cpuRatio)
 	}
 	for _, r := range rs {
 		if r.Name != "baseline" && r.items == 0 {
