@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"time"
@@ -88,10 +89,14 @@ type Dedupe struct {
 
 	store   store
 	poolKey string
-	ttl     time.Duration
-	wait    time.Duration
-	lease   time.Duration
-	logger  *zap.Logger
+	// keyHeader is the canonical name of the request header Key is, when
+	// Key is exactly one {http.request.header.*} placeholder (the usual
+	// case, and the default); empty otherwise.
+	keyHeader string
+	ttl       time.Duration
+	wait      time.Duration
+	lease     time.Duration
+	logger    *zap.Logger
 }
 
 // store is where claims and committed keys live.
@@ -142,6 +147,7 @@ func (d *Dedupe) provision(ctx caddy.Context, logger *zap.Logger) error {
 	if d.Key == "" {
 		d.Key = defaultKey
 	}
+	d.keyHeader = headerOfPlaceholder(d.Key)
 	if d.Capacity <= 0 {
 		d.Capacity = defaultCapacity
 	}
@@ -221,7 +227,7 @@ func (d *Dedupe) deliveryKeys(r *http.Request, repl *caddy.Replacer, scheme, eve
 // retries keep it, and a replayed capture carries it), anything else by
 // the SHA-256 of its body (raw Meta deliveries carry no key header).
 func (d *Dedupe) primaryKey(r *http.Request, repl *caddy.Replacer, scheme string, body []byte) string {
-	if k := repl.ReplaceAll(d.Key, ""); k != "" {
+	if k := d.configuredKey(r, repl); k != "" {
 		return k
 	}
 	if scheme == schemeStandard {
@@ -231,6 +237,32 @@ func (d *Dedupe) primaryKey(r *http.Request, repl *caddy.Replacer, scheme string
 	}
 	sum := sha256.Sum256(body)
 	return "sha256:" + encodeHex(sum[:])
+}
+
+// configuredKey evaluates Key. A key that is one request header is read
+// from the header map directly, as the replacer would give it (repeated
+// values joined with commas): parsing the placeholder on every delivery
+// cost more than the rest of working out its keys.
+func (d *Dedupe) configuredKey(r *http.Request, repl *caddy.Replacer) string {
+	if d.keyHeader != "" {
+		return strings.Join(r.Header[d.keyHeader], ",")
+	}
+	return repl.ReplaceAll(d.Key, "")
+}
+
+// headerOfPlaceholder returns the canonical header name when key is
+// exactly "{http.request.header.NAME}", else "".
+func headerOfPlaceholder(key string) string {
+	const open, end = "{http.request.header.", "}"
+	name, ok := strings.CutPrefix(key, open)
+	if !ok {
+		return ""
+	}
+	name, ok = strings.CutSuffix(name, end)
+	if !ok || name == "" || strings.ContainsAny(name, "{}") {
+		return ""
+	}
+	return textproto.CanonicalMIMEHeaderKey(name)
 }
 
 // contentKey is "<event>:<message.id>" for a Kapso message event. Status

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strconv"
 	"strings"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -579,4 +582,51 @@ func BenchmarkMemoryStore(b *testing.B) {
 			_ = s.commit(ctx, r.claim)
 		}
 	})
+}
+
+// TestConfiguredKeyMatchesReplacer guards the header fast path of the
+// dedupe key: for every shape of key and of request, it must give exactly
+// what Caddy's replacer gives for the same placeholder (repeated headers
+// joined with commas, a missing one empty, a name in any case), or a
+// delivery would be known by another key than before and a retry
+// forwarded twice. Keys that are not a single header placeholder must
+// still go through the replacer.
+func TestConfiguredKeyMatchesReplacer(t *testing.T) {
+	headers := []http.Header{
+		{},
+		{"X-Idempotency-Key": {"abc-123"}},
+		{"X-Idempotency-Key": {"first", "second"}},
+		{"X-Idempotency-Key": {""}},
+		{"X-Delivery": {"d-9"}, "X-Idempotency-Key": {"k"}},
+	}
+	for _, tc := range []struct {
+		key      string
+		fastPath bool
+	}{
+		{defaultKey, true},
+		{"{http.request.header.x-idempotency-key}", true},
+		{"{http.request.header.X-Delivery}", true},
+		{"{http.request.header.X-Delivery}-{http.request.header.X-Idempotency-Key}", false},
+		{"prefix-{http.request.header.X-Idempotency-Key}", false},
+		{"{http.request.header.}", false},
+		{"{http.request.uri}", false},
+		{"constant", false},
+	} {
+		t.Run(tc.key, func(t *testing.T) {
+			d := &Dedupe{Key: tc.key}
+			d.keyHeader = headerOfPlaceholder(d.Key)
+			if (d.keyHeader != "") != tc.fastPath {
+				t.Fatalf("header fast path %q, want it %v", d.keyHeader, tc.fastPath)
+			}
+			for i, h := range headers {
+				r := httptest.NewRequest(http.MethodPost, "/hook?x=1", nil)
+				r.Header = h.Clone()
+				repl := caddy.NewReplacer()
+				r = caddyhttp.PrepareRequest(r, repl, httptest.NewRecorder(), nil)
+				if got, want := d.configuredKey(r, repl), repl.ReplaceAll(tc.key, ""); got != want {
+					t.Errorf("headers %d: key %q, the replacer gives %q", i, got, want)
+				}
+			}
+		})
+	}
 }
