@@ -201,7 +201,7 @@ func (d *delivery) serveBatch() error {
 	d.batchKey, d.key = batchKey, batchKey
 	d.repl.Set("http.webhook.idempotency_key", batchKey)
 	d.repl.Set("http.webhook.duplicate", "false")
-	batchClaim, out := dd.acquire(d.r.Context(), []string{"id:" + batchKey})
+	batchClaim, out := dd.acquire(d.r.Context(), []storeKey{storeKeyOf("id", batchKey)})
 	useStore := true
 	switch out {
 	case outcomeDuplicate:
@@ -227,7 +227,7 @@ func (d *delivery) serveBatch() error {
 		}
 		var itemClaim *claim
 		if useStore {
-			c, o := dd.acquire(ctx, []string{"content:" + key})
+			c, o := dd.acquire(ctx, []storeKey{storeKeyOf("content", key)})
 			switch o {
 			case outcomeDuplicate:
 				res.Duplicates++

@@ -210,11 +210,30 @@ type deliveryKeyset struct {
 	content string
 }
 
-func (k deliveryKeyset) all() []string {
-	if k.content == "" {
-		return []string{"id:" + k.primary}
+// storeKeys digests the keys for the store.
+func (k deliveryKeyset) storeKeys() []storeKey {
+	keys := make([]storeKey, 1, 2)
+	keys[0] = storeKeyOf("id", k.primary)
+	if k.content != "" {
+		keys = append(keys, storeKeyOf("content", k.content))
 	}
-	return []string{"id:" + k.primary, "content:" + k.content}
+	return keys
+}
+
+// storeKeyOf is newStoreKey(kind + ":" + key), without building that
+// string for the usual short key: every delivery works its keys out.
+func storeKeyOf(kind, key string) storeKey {
+	var buf [128]byte
+	n := len(kind) + 1 + len(key)
+	if n > len(buf) {
+		return newStoreKey(kind + ":" + key)
+	}
+	copy(buf[copy(buf[:], kind)+1:], key)
+	buf[len(kind)] = ':'
+	sum := sha256.Sum256(buf[:n])
+	var k storeKey
+	copy(k[:], sum[:])
+	return k
 }
 
 // deliveryKeys works out the keys of a single (non-batched) delivery.
@@ -285,12 +304,8 @@ func contentKey(event string, item []byte) string {
 
 // acquire claims keys for one delivery, waiting while another delivery
 // with a shared key is in flight.
-func (d *Dedupe) acquire(ctx context.Context, names []string) (*claim, outcome) {
-	keys := make([]storeKey, len(names))
-	for i, n := range names {
-		keys[i] = newStoreKey(n)
-	}
-	deadline := time.Now().Add(d.wait)
+func (d *Dedupe) acquire(ctx context.Context, keys []storeKey) (*claim, outcome) {
+	var deadline time.Time // set when first busy
 	poll := 20 * time.Millisecond
 	for {
 		res, err := d.store.claim(ctx, keys)
@@ -302,6 +317,9 @@ func (d *Dedupe) acquire(ctx context.Context, names []string) (*claim, outcome) 
 		}
 		if res.state != outcomeBusy {
 			return res.claim, res.state
+		}
+		if deadline.IsZero() {
+			deadline = time.Now().Add(d.wait)
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {

@@ -630,3 +630,21 @@ func TestConfiguredKeyMatchesReplacer(t *testing.T) {
 		})
 	}
 }
+
+// TestStoreKeyOf guards the digests of a delivery's keys: built without
+// concatenating, they must stay those of "kind:key", for short keys and
+// for keys too long for the stack buffer alike. Redis holds keys across
+// versions, and a digest that changed would let a retry through.
+func TestStoreKeyOf(t *testing.T) {
+	for _, key := range []string{"", "a", "2f1c9a1e-6f0a-4c0e-9d8b-3a7e5b2c1d00", strings.Repeat("k", 122),
+		strings.Repeat("k", 123), strings.Repeat("é", 200)} {
+		for _, kind := range []string{"id", "content"} {
+			if got, want := storeKeyOf(kind, key), newStoreKey(kind+":"+key); got != want {
+				t.Errorf("storeKeyOf(%q, %d-byte key) = %x, want %x", kind, len(key), got, want)
+			}
+		}
+	}
+	if storeKeyOf("id", "x") == storeKeyOf("content", "x") {
+		t.Error("the kinds of key share a digest")
+	}
+}

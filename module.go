@@ -300,7 +300,7 @@ func (d *delivery) serveSingle() error {
 	d.repl.Set("http.webhook.idempotency_key", keys.primary)
 	d.repl.Set("http.webhook.duplicate", "false")
 
-	claim, outcome := d.h.Dedupe.acquire(d.r.Context(), keys.all())
+	claim, outcome := d.h.Dedupe.acquire(d.r.Context(), keys.storeKeys())
 	switch outcome {
 	case outcomeDuplicate:
 		return d.answerDuplicate()
