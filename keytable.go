@@ -87,12 +87,34 @@ func (t *keyTable) remove(k storeKey) {
 }
 
 // resize changes the capacity, forgetting the least recently used keys
-// beyond it.
+// beyond it. A table shrunk well below its size is rebuilt, since
+// neither the slots nor a Go map give memory back on their own.
 func (t *keyTable) resize(capacity int) {
 	t.capacity = clampCapacity(capacity)
 	for len(t.index) > t.capacity {
 		t.evictOldest()
 	}
+	if len(t.slots) > 2*t.capacity {
+		t.compact()
+	}
+}
+
+// compact rebuilds the slots and the index with just the keys held, in
+// the same recency order.
+func (t *keyTable) compact() {
+	slots := make([]keySlot, 0, len(t.index))
+	index := make(map[storeKey]int32, len(t.index))
+	for s := t.head; s != noSlot; s = t.slots[s].next {
+		n := int32(len(slots))
+		slots = append(slots, keySlot{key: t.slots[s].key, exp: t.slots[s].exp, prev: n - 1, next: n + 1})
+		index[t.slots[s].key] = n
+	}
+	t.head, t.tail, t.free = noSlot, noSlot, noSlot
+	if n := int32(len(slots)); n > 0 {
+		slots[n-1].next = noSlot
+		t.head, t.tail = 0, n-1
+	}
+	t.slots, t.index = slots, index
 }
 
 // purge forgets every key and releases the memory they took.

@@ -131,6 +131,9 @@ func TestKeyTableMatchesModel(t *testing.T) {
 						c := 1 + rng.IntN(2*tc.capacity)
 						table.resize(c)
 						model.resize(c)
+						if len(table.slots) > 2*c {
+							t.Fatalf("op %d: %d slots kept after shrinking to %d keys", op, len(table.slots), c)
+						}
 					}
 				}
 				if table.len() != len(model.keys) || evictions != model.evictions {
