@@ -67,7 +67,8 @@ func TestMemoryStoreClaims(t *testing.T) {
 }
 
 // TestMemoryStoreTTLAndCapacity guards expiry (a key is forgotten after
-// its TTL) and the capacity bound (the least recently used go first).
+// its TTL, and not counted as evicted) and the capacity bound (the least
+// recently used go first).
 func TestMemoryStoreTTLAndCapacity(t *testing.T) {
 	defer func(f func() time.Time) { now = f }(now)
 	clock := time.Unix(1_000_000, 0)
@@ -97,6 +98,11 @@ func TestMemoryStoreTTLAndCapacity(t *testing.T) {
 	clock = clock.Add(2 * time.Second)
 	if r, _ := s.claim(ctx, keysOf("k5")); r.state != outcomeOwned {
 		t.Fatalf("key remembered after its TTL: %v", r.state)
+	}
+	// An expired key is dropped, not evicted: the evictions metric counts
+	// only keys forgotten to stay within capacity.
+	if entries, evictions := s.stats(); entries != 2 || evictions != 2 {
+		t.Fatalf("after expiry: entries %d evictions %d, want 2 and 2", entries, evictions)
 	}
 }
 
