@@ -376,16 +376,30 @@ func wrkSeconds(d time.Duration) string {
 	return strconv.Itoa(max(1, int(d.Round(time.Second)/time.Second))) + "s"
 }
 
+// writeScript writes c's wrk script with idempotency keys no other run
+// uses, and returns its path.
+func writeScript(work string, c *benchCase, tag string) (string, error) {
+	script := filepath.Join(work, c.name+"-"+tag+".lua")
+	runID := tag + strconv.FormatInt(time.Now().UnixNano(), 36)
+	return script, os.WriteFile(script, []byte(luaScript(c, runID)), 0o600)
+}
+
 func drive(work string, c *benchCase, caddyPID, conns int, d time.Duration, warmUp bool) (result, error) {
-	script := filepath.Join(work, c.name+".lua")
-	if err := os.WriteFile(script, []byte(luaScript(c, strconv.FormatInt(time.Now().UnixNano(), 36))), 0o600); err != nil {
-		return result{}, err
-	}
 	if warmUp {
 		// A short warm-up so that connection set-up and the first GC
-		// cycles are not measured.
-		warm := exec.Command("wrk", "-t1", "-c4", "-d1s", "-s", script, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
+		// cycles are not measured. Its script has keys of its own: sharing
+		// the measured run's would make part of that run duplicates,
+		// which the dedupe case answers without the upstream.
+		warmScript, err := writeScript(work, c, "warm")
+		if err != nil {
+			return result{}, err
+		}
+		warm := exec.Command("wrk", "-t1", "-c4", "-d1s", "-s", warmScript, "http://127.0.0.1:"+strconv.Itoa(c.port)+"/")
 		_ = warm.Run()
+	}
+	script, err := writeScript(work, c, "run")
+	if err != nil {
+		return result{}, err
 	}
 	t := min(*threads, conns)
 	cmd := exec.Command("wrk", "-t"+strconv.Itoa(t), "-c"+strconv.Itoa(conns),
@@ -493,43 +507,40 @@ func medianResult(rs []result) result {
 // per second for unbatch) against the baseline's in the same round: the
 // rounds are minutes apart, and the machine's speed can change in between.
 func medianRatio(rs, base []result) float64 {
-	ratios := make([]float64, len(rs))
-	for i, r := range rs {
-		tput := r.RPS
+	return medianOfRounds(rs, base, func(r, b result) float64 {
 		if r.ItemsPerS > 0 {
-			tput = r.ItemsPerS
+			return r.ItemsPerS / b.RPS
 		}
-		ratios[i] = tput / base[i].RPS
-	}
-	return median(ratios)
+		return r.RPS / b.RPS
+	})
 }
 
 // medianCPURatio is medianRatio for the throughput implied by CPU per
 // request: the baseline's CPU per request over the case's, per item for
 // unbatch. It is 0 when CPU could not be read.
 func medianCPURatio(rs, base []result) float64 {
-	ratios := make([]float64, 0, len(rs))
-	for i, r := range rs {
-		if r.ServerCPUMicros <= 0 || base[i].ServerCPUMicros <= 0 {
+	return medianOfRounds(rs, base, func(r, b result) float64 {
+		if r.ServerCPUMicros <= 0 || b.ServerCPUMicros <= 0 {
 			return 0
 		}
-		perUnit := r.ServerCPUMicros
-		if r.items > 0 {
-			perUnit /= float64(r.items)
+		return b.ServerCPUMicros / (r.ServerCPUMicros / float64(max(1, r.items)))
+	})
+}
+
+// medianOfRounds is the median of ratio(case, baseline) taken round by
+// round, or 0 when any round's ratio is 0 (not measured).
+func medianOfRounds(rs, base []result, ratio func(r, b result) float64) float64 {
+	ratios := make([]float64, len(rs))
+	for i, r := range rs {
+		if ratios[i] = ratio(r, base[i]); ratios[i] == 0 {
+			return 0
 		}
-		ratios = append(ratios, base[i].ServerCPUMicros/perUnit)
 	}
 	return median(ratios)
 }
 
-func median(vals []float64) float64 {
-	if len(vals) == 0 {
-		return 0
-	}
-	s := slices.Clone(vals)
-	slices.Sort(s)
-	return s[len(s)/2]
-}
+// median is the upper median.
+func median(vals []float64) float64 { return quantile(vals, 0.5) }
 
 func printResults(rs []result) {
 	fmt.Printf("\nthroughput with %d connections; latency of single requests with 1 connection; CPU/request is the\n"+
