@@ -467,20 +467,3 @@ func skipOwnString(b []byte, i int) int {
 		}
 	}
 }
-
-// eachOwnMember calls fn with each key (quoted) of the object at b[i] in
-// our own JSON and the span of its value.
-func eachOwnMember(b []byte, i int, fn func(key []byte, v span)) {
-	if b[i] != '{' || b[i+1] == '}' {
-		return
-	}
-	for p := i + 1; ; {
-		ke := skipOwnString(b, p)
-		end := skipOwn(b, ke+1)
-		fn(b[p:ke], span{ke + 1, end})
-		if end >= len(b) || b[end] != ',' {
-			return
-		}
-		p = end + 1
-	}
-}

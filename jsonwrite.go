@@ -22,13 +22,7 @@ type jsWriter struct {
 	members []memberRange
 	order   []int
 	keyBuf  []byte // an escaped key, decoded and camelCased
-	// sink, when set, receives where the members of the next object
-	// written are (a message's, for the SDK's edits).
-	sink    *[]ownMember
 	scratch []byte
-	// rearranged is set by each object as it finishes: whether it had to
-	// be rewritten in JavaScript's key order (which moves its members).
-	rearranged bool
 	// wtf8 lets strings carry surrogate code points encoded as WTF-8: the
 	// text of a Flow response comes from a decoded JSON string, where a
 	// lone surrogate is legal, and must be written back as \udxxx.
@@ -38,7 +32,6 @@ type jsWriter struct {
 type memberRange struct {
 	keyStart, keyEnd, valStart, valEnd int
 	index                              int64 // the key's value when it is an array index, else -1
-	movedTo                            int   // where the value starts once rearranged
 }
 
 type keyMode int
@@ -154,14 +147,11 @@ func (w *jsWriter) object(b []byte, i int, mode keyMode, depth int) (int, error)
 // either writes the value itself and returns its end, or returns 0 to
 // have it copied.
 func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(key []byte, v int) (int, error)) (int, error) {
-	sink := w.sink // this object's, not its children's
-	w.sink = nil
 	start := len(w.out)
 	w.out = append(w.out, '{')
 	i = skipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		w.out = append(w.out, '}')
-		w.rearranged = false
 		return i + 1, nil
 	}
 	rearrange := false
@@ -203,7 +193,6 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			}
 		}
 		w.out = append(w.out, ':')
-		vs := len(w.out)
 		i = 0
 		if fn != nil {
 			if i, err = fn(w.out[ks:ke], v); err != nil {
@@ -219,9 +208,6 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			if err != nil {
 				return 0, err
 			}
-		}
-		if sink != nil {
-			*sink = append(*sink, ownMember{span{ks, ke}, span{vs, len(w.out)}})
 		}
 		if i+1 < len(b) && b[i] == ',' && b[i+1] == '"' {
 			w.out = append(w.out, ',')
@@ -240,7 +226,6 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 		if rearrange {
 			w.rearrange(start)
 		}
-		w.rearranged = rearrange
 		return i, nil
 	}
 }
@@ -320,7 +305,6 @@ func (w *jsWriter) rearrange(start int) {
 		m := &ms[j]
 		w.scratch = append(w.scratch, w.out[m.keyStart:m.keyEnd]...)
 		w.scratch = append(w.scratch, ':')
-		m.movedTo = start + len(w.scratch)
 		w.scratch = append(w.scratch, w.out[m.valStart:m.valEnd]...)
 	}
 	w.scratch = append(w.scratch, '}')

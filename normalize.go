@@ -18,11 +18,13 @@ import (
 // JSON.stringify would. The behaviour follows meta-webhooks.md §11 and is
 // checked against the SDK's own output on the corpus in testdata/normalize.
 //
-// It streams: one walk down the payload writes each change's value into
-// raw, camelCased, and notes where its items landed; then the output is
-// written section by section, copying those items out of raw. Only the
-// messages and calls the SDK edits are taken apart, member by member, from
-// their copy in raw.
+// One walk down the payload writes each change's value into raw (the
+// output's "raw" section), camelCased, and notes where the items of its
+// contacts, messages, echoes, statuses and calls are in the body. Then the
+// output is written section by section, each item rendered from the body:
+// contacts and statuses camelCased as they are, messages and calls taken
+// apart member by member for the SDK's edits. There is one way to render
+// an item, so a change to match the SDK is made in one place.
 
 var (
 	// errNotNormalizable: the body is not a JSON object; it is forwarded
@@ -40,17 +42,9 @@ var normalizerPool = sync.Pool{New: func() any { return new(normalizer) }}
 
 // normalizeMeta appends the normalized form of body to dst.
 func normalizeMeta(dst, body []byte) ([]byte, error) {
-	return normalizeMetaWith(dst, body, false)
-}
-
-// normalizeMetaWith is normalizeMeta; with reference set it renders every
-// item from the body instead of copying it from raw, the plain way the
-// copying paths must agree with (a test compares the two).
-func normalizeMetaWith(dst, body []byte, reference bool) ([]byte, error) {
 	n := normalizerPool.Get().(*normalizer)
 	defer normalizerPool.Put(n)
 	n.reset(dst, body)
-	n.reference = reference
 	err := n.run()
 	out := n.w.out
 	n.w.out = nil // the caller owns the output
@@ -63,20 +57,14 @@ func normalizeMetaWith(dst, body []byte, reference bool) ([]byte, error) {
 // normalizer holds one normalization's state; its slabs are reused from
 // one payload to the next.
 type normalizer struct {
-	w          jsWriter
-	raw        jsWriter // raw's values, written during the walk
-	b          []byte
-	changes    []metaChange
-	items      []span        // item spans of every change's arrays, in the body
-	itemOut    []span        // the same items as written into raw
-	msgInfo    []messageInfo // for message items: what the fast path needs
-	msgMembers []ownMember   // members of the messages written into raw
-	digits     []byte        // digits of business numbers
-	objs       []*objModel
-	nobj       int
-	src        source // what the edited item being written is read from
-	// reference turns the copying paths off: see normalizeMetaWith.
-	reference bool
+	w       jsWriter
+	raw     jsWriter // raw's values, written during the walk
+	b       []byte
+	changes []metaChange
+	items   []span // item spans of every change's arrays, in the body
+	digits  []byte // digits of business numbers
+	objs    []*objModel
+	nobj    int
 	// A Flow reply's decoded response_json, its rendering and the fields
 	// it gives kapso, reused from one message to the next.
 	flowText     []byte
@@ -93,9 +81,6 @@ func (n *normalizer) reset(dst, body []byte) {
 	n.b = body
 	n.changes = n.changes[:0]
 	n.items = n.items[:0]
-	n.itemOut = n.itemOut[:0]
-	n.msgInfo = n.msgInfo[:0]
-	n.msgMembers = n.msgMembers[:0]
 	n.digits = n.digits[:0]
 	n.fieldBuf = n.fieldBuf[:0]
 	n.nobj = 0
@@ -108,7 +93,6 @@ type itemList struct{ lo, hi int }
 type metaChange struct {
 	field      []byte // raw's key as written (quoted JSON), nil when the change has no usable field
 	rawOut     span   // the camelCased value, in normalizer.raw
-	rawMoved   bool   // the value was reordered after its items were written
 	hasValue   bool
 	business   businessNumbers
 	hasBiz     bool
@@ -241,20 +225,9 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 			if b[mv] != '[' {
 				return 0, nil
 			}
-			isMessages := list == &ch.messages || list == &ch.echoes
 			e, err := n.raw.arrayWith(b, mv, keysCamel, 2, func(iv int) (int, error) {
-				outStart := len(n.raw.out)
-				var ie int
-				var err error
-				var info messageInfo
-				if isMessages && b[iv] == '{' {
-					ie, err = n.writeMessageRaw(iv, outStart, &info)
-				} else {
-					ie, err = n.raw.value(b, iv, keysCamel, 2)
-				}
+				ie, err := n.raw.value(b, iv, keysCamel, 2)
 				n.items = append(n.items, span{iv, ie})
-				n.itemOut = append(n.itemOut, span{outStart, len(n.raw.out)})
-				n.msgInfo = append(n.msgInfo, info)
 				return ie, err
 			})
 			list.hi = len(n.items)
@@ -264,43 +237,8 @@ func (n *normalizer) walkValue(ch *metaChange, v int) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	// Reordering the value object moves the items written inside it, so
-	// their recorded places would be wrong: use the slow path for them.
-	if b[v] == '{' && n.raw.rearranged {
-		ch.rawMoved = !n.relocateItems(ch)
-	}
-	if n.reference {
-		ch.rawMoved = true
-	}
 	ch.rawOut, ch.hasValue = span{start, len(n.raw.out)}, true
 	return end, nil
-}
-
-// relocateItems follows the change's items to where reordering the value
-// object moved them in raw (each member's value moves as a block), so that
-// they can still be copied from there. It reports false when an item is
-// not inside any member that was kept, which cannot happen for the items
-// the change's lists refer to; the caller then re-renders them instead.
-func (n *normalizer) relocateItems(ch *metaChange) bool {
-	members := n.raw.members // the value object's, rearranged last
-	for _, list := range [...]itemList{ch.contacts, ch.messages, ch.echoes, ch.statuses, ch.calls} {
-		for k := list.lo; k < list.hi; k++ {
-			o := n.itemOut[k]
-			i := slices.IndexFunc(members, func(m memberRange) bool { return m.valStart <= o.start && o.end <= m.valEnd })
-			if i < 0 {
-				return false
-			}
-			d := members[i].movedTo - members[i].valStart
-			n.itemOut[k] = span{o.start + d, o.end + d}
-			info := &n.msgInfo[k]
-			for j := info.members.lo; j < info.members.hi; j++ {
-				m := &n.msgMembers[j]
-				m.key = span{m.key.start + d, m.key.end + d}
-				m.val = span{m.val.start + d, m.val.end + d}
-			}
-		}
-	}
-	return true
 }
 
 // writeMetadata writes the value's metadata into raw, noting where the
@@ -518,7 +456,7 @@ func (n *normalizer) write(object span, objectIsString bool) error {
 	w.out = append(w.out, `"contacts":[`...)
 	first := true
 	for i := range n.changes {
-		if err := n.copyItems(&n.changes[i], n.changes[i].contacts, &first); err != nil {
+		if err := n.copyItems(n.changes[i].contacts, &first); err != nil {
 			return err
 		}
 	}
@@ -536,7 +474,7 @@ func (n *normalizer) write(object span, objectIsString bool) error {
 	w.out = append(w.out, `],"statuses":[`...)
 	first = true
 	for i := range n.changes {
-		if err := n.copyItems(&n.changes[i], n.changes[i].statuses, &first); err != nil {
+		if err := n.copyItems(n.changes[i].statuses, &first); err != nil {
 			return err
 		}
 	}
@@ -574,16 +512,10 @@ func (n *normalizer) sep(first *bool) {
 	*first = false
 }
 
-// copyItems appends every item of a list, camelCased: the bytes raw
-// already holds for it, when they stayed where they were written.
-func (n *normalizer) copyItems(ch *metaChange, list itemList, first *bool) error {
+// copyItems appends every item of a list, camelCased.
+func (n *normalizer) copyItems(list itemList, first *bool) error {
 	for k := list.lo; k < list.hi; k++ {
 		n.sep(first)
-		if !ch.rawMoved {
-			o := n.itemOut[k]
-			n.w.out = append(n.w.out, n.raw.out[o.start:o.end]...)
-			continue
-		}
 		if _, err := n.w.value(n.b, n.items[k].start, keysCamel, 0); err != nil {
 			return errNotNormalizable
 		}

@@ -38,84 +38,35 @@ func (n *normalizer) newObj() *objModel {
 	return o
 }
 
-// source is the document an edited item is read from: the received body,
-// whose keys still need camelCasing and whose values still need
-// rendering, or raw's copy of the item, which is already final.
-type source struct {
-	doc   []byte
-	final bool
-}
-
-// itemSource returns where item k of a change can be read from: raw's
-// copy, unless reordering the change's value moved it.
-func (n *normalizer) itemSource(ch *metaChange, k int) (span, source) {
-	if ch.rawMoved {
-		return n.items[k], source{doc: n.b}
-	}
-	return n.itemOut[k], source{doc: n.raw.out, final: true}
-}
-
-// writeValue writes the value at v as output JSON.
-func (s source) writeValue(w *jsWriter, v span) error {
-	if s.final {
-		w.out = append(w.out, s.doc[v.start:v.end]...)
-		return nil
-	}
-	_, err := w.value(s.doc, v.start, keysCamel, 0)
+// writeValue writes the body's value at v as output JSON, camelCased.
+func (n *normalizer) writeValue(v span) error {
+	_, err := n.w.value(n.b, v.start, keysCamel, 0)
 	return err
 }
 
-// render returns the value at v as output JSON.
-func (s source) render(v span) ([]byte, error) {
-	if s.final {
-		return s.doc[v.start:v.end:v.end], nil
-	}
+// render returns the body's value at v as output JSON, camelCased, in
+// memory of its own.
+func (n *normalizer) render(v span) ([]byte, error) {
 	var w jsWriter
-	if _, err := w.value(s.doc, v.start, keysCamel, 0); err != nil {
+	if _, err := w.value(n.b, v.start, keysCamel, 0); err != nil {
 		return nil, err
 	}
 	return w.out, nil
 }
 
-// loadObject reads the members of the object at v in the current source:
-// keys are camelCased when it is the body, taken as written from raw.
+// loadObject reads the members of the body's object at v, their keys
+// camelCased.
 func (n *normalizer) loadObject(v span) (*objModel, error) {
-	src := n.src
 	o := n.newObj()
-	if src.final {
-		eachOwnMember(src.doc, v.start, func(key []byte, val span) {
-			o.set(member{key: o.decodedKeyBytes(key), val: val})
-		})
-		return o, nil
-	}
-	_, err := eachMember(src.doc, v.start, func(key []byte, mv int) (int, error) {
-		end, err := skipValueDepth(src.doc, mv, 1)
+	_, err := eachMember(n.b, v.start, func(key []byte, mv int) (int, error) {
+		end, err := skipValueDepth(n.b, mv, 1)
 		if err != nil {
 			return 0, err
 		}
-		k := o.decodedKeyBytes(key)
-		if !src.final {
-			k = o.camelKeyBytes(key)
-		}
-		o.set(member{key: k, val: span{mv, end}})
+		o.set(member{key: o.camelKeyBytes(key), val: span{mv, end}})
 		return end, nil
 	})
 	return o, err
-}
-
-// decodedKeyBytes decodes a key that is already camelCased.
-func (o *objModel) decodedKeyBytes(raw []byte) []byte {
-	inner := raw[1 : len(raw)-1]
-	if !containsByte(inner, '\\') {
-		return inner
-	}
-	start := len(o.keyBuf)
-	dec, err := decodeString(o.keyBuf, raw, 0, true)
-	if err != nil {
-		return nil
-	}
-	o.keyBuf = dec
-	return o.keyBuf[start:len(o.keyBuf):len(o.keyBuf)]
 }
 
 // camelKeyBytes converts a raw key, referring to the body when the key
@@ -173,7 +124,7 @@ func (o *objModel) del(key string) {
 
 // write emits the object with integer-like keys first, as JavaScript
 // enumerates them.
-func (o *objModel) write(w *jsWriter, src source) error {
+func (o *objModel) write(w *jsWriter, body []byte) error {
 	ms := o.members
 	if slices.ContainsFunc(ms, func(m member) bool { return isIndexKey(m.key) }) {
 		ms = slices.Clone(ms)
@@ -186,7 +137,7 @@ func (o *objModel) write(w *jsWriter, src source) error {
 		}
 		w.out = appendJSString(w.out, ms[i].key, true)
 		w.out = append(w.out, ':')
-		if err := ms[i].writeValue(w, src); err != nil {
+		if err := ms[i].writeValue(w, body); err != nil {
 			return err
 		}
 	}
@@ -194,15 +145,16 @@ func (o *objModel) write(w *jsWriter, src source) error {
 	return nil
 }
 
-func (m *member) writeValue(w *jsWriter, src source) error {
+func (m *member) writeValue(w *jsWriter, body []byte) error {
 	switch {
 	case m.obj != nil:
-		return m.obj.write(w, src)
+		return m.obj.write(w, body)
 	case m.rendered != nil:
 		w.out = append(w.out, m.rendered...)
 		return nil
 	}
-	return src.writeValue(w, m.val)
+	_, err := w.value(body, m.val.start, keysCamel, 0)
+	return err
 }
 
 // kapsoState models message.kapso through the SDK's steps, including what
@@ -226,7 +178,7 @@ const (
 )
 
 func (n *normalizer) loadKapso(msg *objModel) (kapsoState, error) {
-	b := n.src.doc
+	b := n.b
 	m, ok := msg.get("kapso")
 	if !ok {
 		return kapsoState{kind: kapsoAbsent}, nil
@@ -304,321 +256,11 @@ func (k *kapsoState) removable() bool {
 func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, first *bool) error {
 	for k := list.lo; k < list.hi; k++ {
 		n.sep(first)
-		if !ch.rawMoved && n.messageFromRaw(ch, k, echo) {
-			continue
-		}
-		var it span
-		it, n.src = n.itemSource(ch, k)
-		if err := n.message(ch, k, it, echo); err != nil {
+		if err := n.message(ch, n.items[k], echo); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// messageFromRaw handles the common message, one the SDK changes only by
-// adding a kapso object at its end (kapso.direction, and kapso.source for
-// an echo, led by order.text and by the fields of a Flow reply when there
-// are any) and by moving order.text. It has no kapso member and kept its
-// member order. Its camelCased form is already in raw, so it is copied
-// from there, edited on the way. It reports false, writing nothing, for
-// any other message.
-func (n *normalizer) messageFromRaw(ch *metaChange, k int, echo bool) bool {
-	info := &n.msgInfo[k]
-	if !info.simple {
-		return false
-	}
-	o := n.itemOut[k]
-	out := n.raw.out[o.start:o.end] // the spans in info are relative to it
-	var fields []member
-	if info.flow.isFlow {
-		fields, _ = n.flowReplyFields(source{doc: out, final: true}, info.flow.responseJSON, info.flow.name)
-	}
-	dir := renderedOutbound
-	if !echo {
-		dir = n.directionOf(ch, out, info.id)
-	}
-	var orderText []byte
-	if info.order.hasText {
-		orderText = out[info.order.textVal.start:info.order.textVal.end]
-	}
-	w := &n.w
-	w.writeMembersOf(out, info.order)
-	if dir != nil || len(fields) > 0 || orderText != nil {
-		if len(out) > 2 {
-			w.out = append(w.out, ',')
-		}
-		w.writeKapso(orderText, fields, dir, echo)
-	}
-	w.out = append(w.out, '}')
-	return true
-}
-
-// writeMembersOf writes a message from raw without its closing brace,
-// with order.text moved when the order has one.
-func (w *jsWriter) writeMembersOf(msg []byte, order orderSpans) {
-	if !order.hasText {
-		w.out = append(w.out, msg[:len(msg)-1]...)
-		return
-	}
-	v := order.value
-	w.out = append(w.out, msg[:v.start]...)
-	w.writeOrderMoved(msg[v.start:v.end], span{order.text.start - v.start, order.text.end - v.start},
-		span{order.textVal.start - v.start, order.textVal.end - v.start})
-	w.out = append(w.out, msg[v.end:len(msg)-1]...)
-}
-
-// writeKapso writes the kapso member the SDK adds, its keys in the order
-// the SDK sets them: orderText, a Flow reply's fields, direction, source.
-func (w *jsWriter) writeKapso(orderText []byte, fields []member, dir []byte, echo bool) {
-	w.out = append(w.out, `"kapso":{`...)
-	more := false
-	if orderText != nil {
-		w.out = append(w.out, `"orderText":`...)
-		w.out = append(w.out, orderText...)
-		more = true
-	}
-	for _, f := range fields {
-		if more {
-			w.out = append(w.out, ',')
-		}
-		w.out = append(w.out, '"')
-		w.out = append(w.out, f.key...)
-		w.out = append(w.out, `":`...)
-		w.out = append(w.out, f.rendered...)
-		more = true
-	}
-	if dir != nil {
-		if more {
-			w.out = append(w.out, ',')
-		}
-		w.out = append(w.out, `"direction":`...)
-		w.out = append(w.out, dir...)
-		if echo {
-			w.out = append(w.out, `,"source":"smb_message_echo"`...)
-		}
-	}
-	w.out = append(w.out, '}')
-}
-
-// messageInfo is what writing a message into raw noted about it.
-type messageInfo struct {
-	members itemList // its members, in normalizer.msgMembers, when it kept its order
-	// simple: an object with no kapso member, not reordered, whose order
-	// and interactive members are absent, left alone by the SDK, or noted
-	// (see orderSpans and flowSpans).
-	simple bool
-	id     identity
-	flow   flowSpans
-	order  orderSpans
-}
-
-// orderSpans is where an order object and its text member are in a
-// message written into raw, relative to the message's first byte, when
-// it has one: the SDK moves order.text to the end of order, as orderText,
-// and copies it to kapso.orderText.
-type orderSpans struct {
-	hasText bool
-	value   span // the order object
-	text    span // its text member, key and value
-	textVal span // the text member's value
-}
-
-// writeOrderRaw writes a message's order object into raw, noting where it
-// and its text are. An order that had to be reordered, or that already
-// has an orderText (which the SDK would overwrite in place), is left to
-// the general path.
-func (n *normalizer) writeOrderRaw(v, outStart int, info *messageInfo) (int, error) {
-	b := n.b
-	start := len(n.raw.out)
-	o := orderSpans{}
-	hasOrderText := false
-	end, err := n.raw.objectWith(b, v, keysCamel, 4, func(key []byte, tv int) (int, error) {
-		switch string(key) {
-		case `"text"`:
-			vs := len(n.raw.out)
-			e, err := n.raw.value(b, tv, keysCamel, 4)
-			ks := vs - 1 - len(key) // the key, then ':'
-			o.hasText = true
-			o.text = span{ks - outStart, len(n.raw.out) - outStart}
-			o.textVal = span{vs - outStart, len(n.raw.out) - outStart}
-			return e, err
-		case `"orderText"`:
-			hasOrderText = true
-		}
-		return 0, nil
-	})
-	o.value = span{start - outStart, len(n.raw.out) - outStart}
-	if o.hasText && (hasOrderText || n.raw.rearranged) {
-		info.simple = false
-	}
-	info.order = o
-	return end, err
-}
-
-// writeOrderMoved writes order (our own JSON) with its text member moved
-// to the end as orderText: text and textVal are relative to order.
-func (w *jsWriter) writeOrderMoved(order []byte, text, textVal span) {
-	before, after := order[:text.start], order[text.end:len(order)-1]
-	if len(before) > 1 {
-		before = before[:len(before)-1] // the comma before text
-	} else if len(after) > 0 {
-		after = after[1:] // text came first: the comma after it
-	}
-	w.out = append(w.out, before...)
-	w.out = append(w.out, after...)
-	if len(before) > 1 || len(after) > 0 {
-		w.out = append(w.out, ',')
-	}
-	w.out = append(w.out, `"orderText":`...)
-	w.out = append(w.out, order[textVal.start:textVal.end]...)
-	w.out = append(w.out, '}')
-}
-
-// flowSpans is where a Flow reply's fields are in a message written into
-// raw, relative to the message's first byte: interactive.nfmReply's
-// responseJson (a string) and name (when a string). They are used only
-// when neither object was reordered, so that each was read once; a reply
-// that is not an object, or has no string responseJson, gives the SDK no
-// fields, and the message only its direction.
-type flowSpans struct {
-	isFlow             bool
-	responseJSON, name span
-	hasResponse        bool
-	reordered          bool
-}
-
-// writeMessageRaw writes a message object into raw, noting where its
-// identity members are (relative to the message's first byte) and
-// whether the SDK would do more to it than add kapso.direction.
-func (n *normalizer) writeMessageRaw(v, outStart int, info *messageInfo) (int, error) {
-	info.simple = true
-	info.members = itemList{len(n.msgMembers), len(n.msgMembers)}
-	// Where each member lands in raw, should the SDK's edits need it.
-	n.raw.sink = &n.msgMembers
-	end, err := n.raw.objectWith(n.b, v, keysCamel, 3, func(key []byte, mv int) (int, error) {
-		var sp *span
-		var has *bool
-		switch string(key[1 : len(key)-1]) {
-		case "kapso":
-			info.simple = false
-			return 0, nil
-		case "order":
-			info.order = orderSpans{}
-			if n.b[mv] != '{' {
-				return 0, nil // the SDK only edits an order object
-			}
-			return n.writeOrderRaw(mv, outStart, info)
-		case "interactive":
-			return n.writeInteractiveRaw(mv, outStart, info)
-		case "from":
-			sp, has = &info.id.from, &info.id.hasFrom
-		case "to":
-			sp, has = &info.id.to, &info.id.hasTo
-		case "context":
-			sp, has = &info.id.context, &info.id.hasContext
-		case "fromUserId":
-			sp, has = &info.id.fromUserID, &info.id.hasFromUserID
-		default:
-			return 0, nil
-		}
-		start := len(n.raw.out)
-		e, err := n.raw.value(n.b, mv, keysCamel, 3)
-		*sp, *has = span{start - outStart, len(n.raw.out) - outStart}, true
-		return e, err
-	})
-	info.members.hi = len(n.msgMembers)
-	if n.raw.rearranged {
-		// Members moved: the noted places are stale.
-		info.simple, info.members = false, itemList{}
-	}
-	return end, err
-}
-
-// ownMember is where an object member's key and value are in raw.
-type ownMember struct{ key, val span }
-
-// loadMessage is loadObject for message item k, from the members noted
-// while it was written into raw when it is read from there.
-func (n *normalizer) loadMessage(k int, it span) (*objModel, error) {
-	info := n.msgInfo[k]
-	if !n.src.final || info.members.hi == info.members.lo {
-		return n.loadObject(it)
-	}
-	o := n.newObj()
-	for _, m := range n.msgMembers[info.members.lo:info.members.hi] {
-		o.members = append(o.members, member{key: o.decodedKeyBytes(n.raw.out[m.key.start:m.key.end]), val: m.val})
-	}
-	return o, nil
-}
-
-// writeInteractiveRaw writes a message's interactive member into raw. Only
-// a Flow reply (type nfm_reply) is edited by the SDK; a button or list
-// reply keeps the message simple, and so does a Flow reply whose fields
-// are noted (see flowSpans). A type written with escapes, and any other
-// shape of Flow reply, is left to the general path.
-func (n *normalizer) writeInteractiveRaw(v, outStart int, info *messageInfo) (int, error) {
-	b := n.b
-	if b[v] != '{' {
-		return 0, nil // not an object: the SDK finds no Flow reply in it
-	}
-	flow, escaped := false, false
-	var reply flowSpans
-	end, err := n.raw.objectWith(b, v, keysCamel, 4, func(key []byte, tv int) (int, error) {
-		switch string(key) {
-		case `"type"`:
-			e, err := n.raw.value(b, tv, keysCamel, 4)
-			if err == nil {
-				t := b[tv:e]
-				flow = string(t) == `"nfm_reply"`
-				escaped = t[0] == '"' && containsByte(t, '\\')
-			}
-			return e, err
-		case `"nfmReply"`:
-			reply = flowSpans{}
-			if b[tv] != '{' {
-				return 0, nil
-			}
-			return n.writeFlowReplyRaw(tv, outStart, &reply)
-		}
-		return 0, nil
-	})
-	switch {
-	case escaped:
-		info.simple = false
-	case flow && (n.raw.rearranged || reply.reordered):
-		info.simple = false
-	case flow:
-		info.flow = reply // without isFlow, a reply that gives kapso nothing
-	}
-	return end, err
-}
-
-// writeFlowReplyRaw writes interactive.nfm_reply into raw, noting where
-// its response_json and name are. It sets reply.isFlow only when the reply
-// kept its member order and response_json is a string, and notes in
-// reply.reordered when it did not keep its order.
-func (n *normalizer) writeFlowReplyRaw(v, outStart int, reply *flowSpans) (int, error) {
-	b := n.b
-	end, err := n.raw.objectWith(b, v, keysCamel, 5, func(key []byte, fv int) (int, error) {
-		var sp *span
-		switch string(key) {
-		case `"responseJson"`:
-			sp = &reply.responseJSON
-			reply.hasResponse = b[fv] == '"'
-		case `"name"`:
-			sp = &reply.name
-		default:
-			return 0, nil
-		}
-		start := len(n.raw.out)
-		e, err := n.raw.value(b, fv, keysCamel, 5)
-		*sp = span{start - outStart, len(n.raw.out) - outStart}
-		return e, err
-	})
-	reply.reordered = n.raw.rearranged
-	reply.isFlow = err == nil && reply.hasResponse && !reply.reordered
-	return end, err
 }
 
 // identity holds where a message's from, to, context and fromUserId are.
@@ -645,20 +287,20 @@ var (
 	renderedEchoSrc  = []byte(`"smb_message_echo"`)
 )
 
-func (n *normalizer) message(ch *metaChange, k int, it span, echo bool) error {
+func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
 	w := &n.w
-	switch c := n.src.doc[it.start]; {
+	switch c := n.b[it.start]; {
 	case c == 'n':
 		return errSDKThrows // reading a property of null
 	case c == '[':
-		return n.src.writeValue(w, it)
+		return n.writeValue(it)
 	case c != '{':
 		if echo {
 			return errSDKThrows // setting kapso on a primitive
 		}
-		return n.src.writeValue(w, it)
+		return n.writeValue(it)
 	}
-	msg, err := n.loadMessage(k, it)
+	msg, err := n.loadObject(it)
 	if err != nil {
 		return errNotNormalizable
 	}
@@ -695,7 +337,7 @@ func (n *normalizer) message(ch *metaChange, k int, it span, echo bool) error {
 			msg.set(member{key: keyKapso, obj: kapso.obj})
 		}
 	}
-	if err := msg.write(w, n.src); err != nil {
+	if err := msg.write(w, n.b); err != nil {
 		return errNotNormalizable
 	}
 	return nil
@@ -703,7 +345,7 @@ func (n *normalizer) message(ch *metaChange, k int, it span, echo bool) error {
 
 // applyOrderText moves order.text to order.orderText and kapso.orderText.
 func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
-	b := n.src.doc
+	b := n.b
 	om, ok := msg.get("order")
 	if !ok || b[om.val.start] != '{' {
 		return nil
@@ -716,7 +358,7 @@ func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
 	if !ok {
 		return nil
 	}
-	value, err := n.src.render(text.val)
+	value, err := n.render(text.val)
 	if err != nil {
 		return errNotNormalizable
 	}
@@ -730,7 +372,7 @@ func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
 // flowFields parses a Flow reply's response_json into kapso's
 // flowResponse, flowToken and flowName, as the SDK does.
 func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
-	b := n.src.doc
+	b := n.b
 	im, ok := msg.get("interactive")
 	if !ok || b[im.val.start] != '{' {
 		return nil, false
@@ -758,7 +400,7 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 	if m, ok := reply.get("name"); ok {
 		name = m.val
 	}
-	return n.flowReplyFields(n.src, rj.val, name)
+	return n.flowReplyFields(rj.val, name)
 }
 
 // flowReplyFields is what a Flow reply gives kapso, read from src:
@@ -766,8 +408,8 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 // parsed and camelCased; flowToken, when that is an object with a string
 // flowToken; flowName, when name (zero when absent) is a string. It
 // reports false when response_json is blank or not JSON.
-func (n *normalizer) flowReplyFields(src source, responseJSON, name span) ([]member, bool) {
-	b := src.doc
+func (n *normalizer) flowReplyFields(responseJSON, name span) ([]member, bool) {
+	b := n.b
 	text, err := decodeString(n.flowText[:0], b, responseJSON.start, false)
 	if err != nil || len(jsTrim(text)) == 0 {
 		return nil, false
@@ -790,7 +432,7 @@ func (n *normalizer) flowReplyFields(src source, responseJSON, name span) ([]mem
 		}
 	}
 	if name.end != 0 && b[name.start] == '"' {
-		if rendered, err := src.render(name); err == nil {
+		if rendered, err := n.render(name); err == nil {
 			fields = append(fields, member{key: keyFlowName, rendered: rendered})
 		}
 	}
@@ -843,7 +485,7 @@ func (n *normalizer) direction(ch *metaChange, msg *objModel, echo bool) []byte 
 			*f.sp, *f.has = m.val, true
 		}
 	}
-	return n.directionOf(ch, n.src.doc, id)
+	return n.directionOf(ch, n.b, id)
 }
 
 // directionOf applies the rules to values found in doc: the body, or the
@@ -902,25 +544,16 @@ func (n *normalizer) callItems(ch *metaChange, list itemList, first *bool) error
 	w := &n.w
 	for k := list.lo; k < list.hi; k++ {
 		n.sep(first)
-		var it span
-		it, n.src = n.itemSource(ch, k)
-		b := n.src.doc
+		it, b := n.items[k], n.b
 		switch b[it.start] {
 		case 'n':
 			return errSDKThrows
 		case '{':
 		default:
-			if err := n.src.writeValue(w, it); err != nil {
+			if err := n.writeValue(it); err != nil {
 				return errNotNormalizable
 			}
 			continue
-		}
-		if n.src.final {
-			// The copy in raw is final unless the call has a wacid to move.
-			if _, hasWacid, _ := objectField(b, it.start, "wacid"); !hasWacid {
-				w.out = append(w.out, b[it.start:it.end]...)
-				continue
-			}
 		}
 		call, err := n.loadObject(it)
 		if err != nil {
@@ -931,7 +564,7 @@ func (n *normalizer) callItems(ch *metaChange, list itemList, first *bool) error
 			call.del("wacid")
 			call.set(member{key: keyCallID, val: id})
 		}
-		if err := call.write(w, n.src); err != nil {
+		if err := call.write(w, n.b); err != nil {
 			return errNotNormalizable
 		}
 	}

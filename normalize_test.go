@@ -346,39 +346,6 @@ func TestNormalizeThroughCaddy(t *testing.T) {
 	}
 }
 
-// TestNormalizeCopyPathsMatchReference guards the shortcuts that copy items
-// out of raw (plain messages, contacts, statuses, calls, edited messages
-// rebuilt from their noted members, items followed through a reordered
-// value): on every corpus payload they must give exactly what rendering
-// each item from the body gives.
-func TestNormalizeCopyPathsMatchReference(t *testing.T) {
-	for _, tc := range loadCorpus(t) {
-		t.Run(tc.name, func(t *testing.T) {
-			checkAgainstReference(t, tc.input)
-		})
-	}
-}
-
-// FuzzNormalizeCopyPaths is TestNormalizeCopyPathsMatchReference on
-// arbitrary input.
-func FuzzNormalizeCopyPaths(f *testing.F) {
-	for _, tc := range loadCorpus(f) {
-		f.Add(tc.input)
-	}
-	f.Fuzz(checkAgainstReference)
-}
-
-func checkAgainstReference(t *testing.T, body []byte) {
-	got, err := normalizeMeta(nil, body)
-	want, refErr := normalizeMetaWith(nil, body, true)
-	switch {
-	case (err == nil) != (refErr == nil):
-		t.Fatalf("copying paths: %v, reference: %v", err, refErr)
-	case err == nil && !bytes.Equal(got, want):
-		t.Fatalf("copying paths differ from the reference:\n got %s\nwant %s", got, want)
-	}
-}
-
 // TestKnownKeys guards the table of Meta's keys: every listed key is found
 // and written camelCased, and keys that differ from a listed one in any
 // single byte, or in length, are not taken for it.
