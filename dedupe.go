@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"encoding/hex"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -255,7 +256,7 @@ func (d *Dedupe) primaryKey(r *http.Request, repl *caddy.Replacer, scheme string
 		}
 	}
 	sum := sha256.Sum256(body)
-	return "sha256:" + encodeHex(sum[:])
+	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
 // configuredKey evaluates Key. A key that is one request header is read

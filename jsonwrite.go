@@ -814,3 +814,16 @@ func appendJSFloat(dst []byte, f float64) []byte {
 	}
 	return dst
 }
+
+// fromHexChar is the value of one hex digit of a \u escape.
+func fromHexChar(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	case 'A' <= c && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}

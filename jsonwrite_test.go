@@ -51,36 +51,6 @@ func TestWordScanners(t *testing.T) {
 	}
 }
 
-// TestIsDigits guards the word-at-a-time digit check that decides whether
-// a phone number is compared in place: every byte value at every position
-// of strings from 0 to 19 bytes (short, one word, overlapping words) must
-// give the bytewise answer, or a number with a stray byte would be taken
-// for the business's own and flip a message's direction.
-func TestIsDigits(t *testing.T) {
-	want := func(b []byte) bool {
-		for _, c := range b {
-			if c < '0' || c > '9' {
-				return false
-			}
-		}
-		return true
-	}
-	for n := range 20 {
-		for pos := range n {
-			for c := range 256 {
-				b := []byte("0123456789012345678")[:n]
-				b[pos] = byte(c)
-				if got := isDigits(b); got != want(b) {
-					t.Fatalf("isDigits(%q) = %v", b, got)
-				}
-			}
-		}
-		if !isDigits([]byte("9876543210987654321")[:n]) {
-			t.Fatalf("isDigits refuses %d digits", n)
-		}
-	}
-}
-
 // TestShortDecimal guards the float shortcut of appendJSNumber: for every
 // decimal it takes, it must print what the float conversion prints, and it
 // must leave exponents, long fractions and tiny values to the conversion.

@@ -2,7 +2,6 @@ package webhookguard
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"slices"
 	"strconv"
@@ -362,32 +361,14 @@ func (n *normalizer) digitsOf(doc []byte, v span) []byte {
 	return n.digits[start:len(n.digits):len(n.digits)]
 }
 
-// isDigits reports whether s is all ASCII digits. Phone numbers are
-// checked several times per message, so they are read a word at a time,
-// the last word overlapping the one before.
+// isDigits reports whether s is all ASCII digits.
 func isDigits(s []byte) bool {
-	if len(s) < 8 {
-		for _, c := range s {
-			if c-'0' > 9 {
-				return false
-			}
-		}
-		return true
-	}
-	for i := 0; i < len(s); i += 8 {
-		if !digitWord(binary.LittleEndian.Uint64(s[min(i, len(s)-8):])) {
+	for _, c := range s {
+		if c < '0' || c > '9' {
 			return false
 		}
 	}
 	return true
-}
-
-// digitWord reports whether the eight bytes of x are all ASCII digits:
-// each has the high nibble 3, and a low nibble that adding 6 does not
-// carry out of (0x30-0x39 stay below 0x40, 0x3a-0x3f do not).
-func digitWord(x uint64) bool {
-	const highNibbles, threes, sixes = 0xf0f0f0f0f0f0f0f0, 0x3030303030303030, 0x0606060606060606
-	return x&highNibbles == threes && (x+sixes)&highNibbles == threes
 }
 
 // appendStringDigits appends the ASCII digits of the JSON string at v.

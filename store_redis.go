@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"encoding/hex"
 	"context"
 	"crypto/rand"
 	"fmt"
@@ -98,7 +99,7 @@ func (d *Dedupe) provisionRedis(_ caddy.Context) error {
 func (s *redisStore) names(keys []storeKey) []string {
 	out := make([]string, len(keys))
 	for i, k := range keys {
-		out[i] = s.prefix + encodeHex(k[:])
+		out[i] = s.prefix + hex.EncodeToString(k[:])
 	}
 	return out
 }

@@ -6,7 +6,7 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/base64"
-	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
@@ -95,11 +95,38 @@ const (
 )
 
 // verifyError says why a request was refused. message goes to the sender;
-// reason goes to the log. Neither may carry a secret or a signature.
+// reason goes to the log, kind to the metrics. None may carry a secret or
+// a signature.
 type verifyError struct {
-	missing bool
+	kind    failureKind
 	message string
 	reason  string
+}
+
+// failureKind is why a verifier refused a request, as the metrics label it.
+type failureKind int
+
+const (
+	failMissing failureKind = iota
+	failMismatch
+	failMalformed
+	failRepeated
+	failTimestamp
+)
+
+// String is the kind's metric label.
+func (k failureKind) String() string {
+	switch k {
+	case failMissing:
+		return "missing"
+	case failMismatch:
+		return "mismatch"
+	case failRepeated:
+		return "repeated"
+	case failTimestamp:
+		return "timestamp"
+	}
+	return "malformed"
 }
 
 func (v *Verifier) provision(repl *caddy.Replacer) error {
@@ -204,8 +231,8 @@ func (h *Handler) verify(r *http.Request, body []byte) (*Verifier, *verifyError)
 		if err == nil {
 			return v, nil
 		}
-		metrics.verifyFailures.WithLabelValues(h.name, v.Scheme, err.label()).Inc()
-		if !err.missing {
+		metrics.verifyFailures.WithLabelValues(h.name, v.Scheme, err.kind.String()).Inc()
+		if err.kind != failMissing {
 			allMissing = false
 			if first == nil {
 				first = err
@@ -213,7 +240,7 @@ func (h *Handler) verify(r *http.Request, body []byte) (*Verifier, *verifyError)
 		}
 	}
 	if allMissing {
-		return nil, &verifyError{missing: true, reason: "missing signature header",
+		return nil, &verifyError{kind: failMissing, reason: "missing signature header",
 			message: "missing signature header: expected " + h.expectedHeaders()}
 	}
 	return nil, first
@@ -246,13 +273,13 @@ func (v *Verifier) check(r *http.Request, body []byte) *verifyError {
 	case kindMeta:
 		rest, found := strings.CutPrefix(value, "sha256=")
 		if !found {
-			return mismatch(v.header, "signature must start with sha256=")
+			return refused(failMalformed, v.header, "signature must start with sha256=")
 		}
 		sig, ok = decodeHexInto(buf[:], rest)
 	case kindHMAC:
 		rest, found := strings.CutPrefix(value, v.Prefix)
 		if !found {
-			return mismatch(v.header, "signature lacks the configured prefix")
+			return refused(failMalformed, v.header, "signature lacks the configured prefix")
 		}
 		if strings.EqualFold(v.Encoding, "base64") {
 			sig, ok = decodeBase64Signature(rest)
@@ -261,14 +288,14 @@ func (v *Verifier) check(r *http.Request, body []byte) *verifyError {
 		}
 	}
 	if !ok {
-		return mismatch(v.header, "signature is not well formed")
+		return refused(failMalformed, v.header, "signature is not well formed")
 	}
 	for _, k := range v.keys {
 		if k.matches(sig, body) {
 			return nil
 		}
 	}
-	return mismatch(v.header, "signature does not match")
+	return refused(failMismatch, v.header, "signature does not match")
 }
 
 // singleHeader returns the one value of a signature header. A repeated
@@ -284,31 +311,18 @@ func singleHeaderCanonical(r *http.Request, name string) (string, *verifyError) 
 	values := r.Header[name]
 	switch {
 	case len(values) == 0 || (len(values) == 1 && values[0] == ""):
-		return "", &verifyError{missing: true}
+		return "", &verifyError{kind: failMissing}
 	case len(values) > 1:
-		return "", &verifyError{reason: "repeated signature header",
+		return "", &verifyError{kind: failRepeated, reason: "repeated signature header",
 			message: name + " was sent more than once"}
 	}
 	return values[0], nil
 }
 
-// label is the low-cardinality reason used in metrics.
-func (e *verifyError) label() string {
-	switch {
-	case e.missing:
-		return "missing"
-	case strings.Contains(e.reason, "repeated"):
-		return "repeated"
-	case strings.Contains(e.reason, "timestamp"):
-		return "timestamp"
-	case strings.Contains(e.reason, "match"):
-		return "mismatch"
-	}
-	return "malformed"
-}
-
-func mismatch(header, reason string) *verifyError {
-	return &verifyError{reason: reason, message: header + ": signature does not match the request body"}
+// refused is a refusal of a signature that was there: the sender is told
+// only that it does not match, the log gets the reason.
+func refused(kind failureKind, header, reason string) *verifyError {
+	return &verifyError{kind: kind, reason: reason, message: header + ": signature does not match the request body"}
 }
 
 // checkStandard implements the Standard Webhooks scheme: the signed content
@@ -333,11 +347,11 @@ func (v *Verifier) checkStandard(r *http.Request, body []byte) *verifyError {
 	}
 	sec, perr := strconv.ParseInt(ts, 10, 64)
 	if perr != nil {
-		return &verifyError{reason: "timestamp not an integer", message: prefix + "timestamp is not a Unix time in seconds"}
+		return &verifyError{kind: failTimestamp, reason: "timestamp not an integer", message: prefix + "timestamp is not a Unix time in seconds"}
 	}
 	skew := now().Sub(time.Unix(sec, 0))
 	if skew > v.tolerance || skew < -v.tolerance {
-		return &verifyError{reason: "timestamp outside tolerance",
+		return &verifyError{kind: failTimestamp, reason: "timestamp outside tolerance",
 			message: prefix + "timestamp is outside the allowed tolerance"}
 	}
 	for _, k := range v.keys {
@@ -353,7 +367,7 @@ func (v *Verifier) checkStandard(r *http.Request, body []byte) *verifyError {
 			}
 		}
 	}
-	return mismatch(prefix+"Signature", "no v1 signature matches")
+	return refused(failMismatch, prefix+"Signature", "no v1 signature matches")
 }
 
 // standardID is the webhook-id (or svix-id) of a Standard Webhooks
@@ -442,28 +456,9 @@ func (k *macKey) matches(sig, body []byte) bool {
 	st.mac.Reset()
 	st.mac.Write(body)
 	st.sum = st.mac.Sum(st.sum[:0])
-	ok := equalMAC(sig, st.sum)
+	ok := hmac.Equal(sig, st.sum)
 	k.put(st)
 	return ok
-}
-
-// equalMAC reports whether two MACs are equal, in time that depends only
-// on their lengths. It does what hmac.Equal does, a word at a time rather
-// than a byte at a time, which at small bodies is a measurable part of a
-// verification.
-func equalMAC(a, b []byte) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	var diff uint64
-	i := 0
-	for ; i+8 <= len(a); i += 8 {
-		diff |= binary.LittleEndian.Uint64(a[i:]) ^ binary.LittleEndian.Uint64(b[i:])
-	}
-	for ; i < len(a); i++ {
-		diff |= uint64(a[i] ^ b[i])
-	}
-	return diff == 0
 }
 
 // sign returns hex(HMAC(body)) for re-signing forwarded bodies.
@@ -473,7 +468,7 @@ func (k *macKey) sign(body []byte) string {
 	st.mac.Reset()
 	st.mac.Write(body)
 	st.sum = st.mac.Sum(st.sum[:0])
-	return encodeHex(st.sum)
+	return hex.EncodeToString(st.sum)
 }
 
 func (k *macKey) sumStandard(id, ts string, body []byte) []byte {
@@ -496,102 +491,12 @@ func decodeHexInto(dst []byte, s string) ([]byte, bool) {
 	if len(s) == 0 || len(s)%2 != 0 || len(s) > 2*sha512.Size {
 		return nil, false
 	}
-	out := dst[:len(s)/2]
-	if len(s)%8 == 0 {
-		return out, decodeHexWords(out, s)
+	var src [2 * sha512.Size]byte // a copy on the stack: the header needs no allocation
+	n, err := hex.Decode(dst, src[:copy(src[:], s)])
+	if err != nil {
+		return nil, false
 	}
-	return out, decodeHexBytes(out, s)
-}
-
-func decodeHexBytes(out []byte, s string) bool {
-	var bad byte
-	for i := 0; i+1 < len(s); i += 2 {
-		hi, lo := hexValue[s[i]], hexValue[s[i+1]]
-		bad |= hi | lo
-		out[i>>1] = hi<<4 | lo&0x0f
-	}
-	return bad&0x80 == 0
-}
-
-// decodeHexWords decodes s, a multiple of eight characters long, eight
-// characters at a time: a signature is decoded on every request, and at
-// small bodies decoding it byte by byte cost a twentieth of the HMAC.
-//
-// Eight characters, packed little-endian in x, are classified without a
-// branch: for bytes below 0x80, adding 0x80-lo sets a byte's high bit
-// exactly when the byte is at least lo, without carrying into the next
-// byte. Bytes at or above 0x80 are refused outright and cleared first, so
-// that the sums cannot carry. Upper-case letters are folded onto
-// lower-case ones (| 0x20) for the letter test only; no other byte folds
-// into 'a'-'f'. A digit's value is its low nibble, a letter's its low
-// nibble + 9. The loop body is written out rather than calling a helper:
-// a call per word was a third of the decoding's instructions.
-func decodeHexWords(out []byte, s string) bool {
-	var bad uint64
-	for len(s) >= 8 && len(out) >= 4 {
-		x := load8(s)
-		bad |= x & byteHighs
-		x &^= byteHighs
-		digit := (x + byteOnes*(0x80-'0')) &^ (x + byteOnes*(0x80-'9'-1))
-		y := x | byteOnes*0x20
-		letter := ((y + byteOnes*(0x80-'a')) &^ (y + byteOnes*(0x80-'f'-1))) & byteHighs
-		bad |= ^(digit | letter) & byteHighs
-		n := x&(byteOnes*0x0f) + (letter>>7)*9
-		// Pair the nibbles (byte 2j becomes n[2j]<<4 | n[2j+1]), then
-		// gather the even bytes.
-		t := (n<<4 | n>>8) & 0x00ff00ff00ff00ff
-		t = (t | t>>8) & 0x0000ffff0000ffff
-		binary.LittleEndian.PutUint32(out, uint32(t|t>>16))
-		s, out = s[8:], out[4:]
-	}
-	return bad == 0
-}
-
-const (
-	byteOnes  = 0x0101010101010101
-	byteHighs = 0x8080808080808080
-)
-
-// load8 reads eight bytes of s, little-endian.
-func load8(s string) uint64 {
-	_ = s[7]
-	return uint64(s[0]) | uint64(s[1])<<8 | uint64(s[2])<<16 | uint64(s[3])<<24 |
-		uint64(s[4])<<32 | uint64(s[5])<<40 | uint64(s[6])<<48 | uint64(s[7])<<56
-}
-
-// hexValue maps a hex digit to its value and anything else to 0xff.
-var hexValue = func() (t [256]byte) {
-	for c := range 256 {
-		v, ok := fromHexChar(byte(c))
-		t[c] = v
-		if !ok {
-			t[c] = 0xff
-		}
-	}
-	return t
-}()
-
-func fromHexChar(c byte) (byte, bool) {
-	switch {
-	case '0' <= c && c <= '9':
-		return c - '0', true
-	case 'a' <= c && c <= 'f':
-		return c - 'a' + 10, true
-	case 'A' <= c && c <= 'F':
-		return c - 'A' + 10, true
-	}
-	return 0, false
-}
-
-const hexDigits = "0123456789abcdef"
-
-func encodeHex(b []byte) string {
-	out := make([]byte, 2*len(b))
-	for i, c := range b {
-		out[2*i] = hexDigits[c>>4]
-		out[2*i+1] = hexDigits[c&0x0f]
-	}
-	return string(out)
+	return dst[:n], true
 }
 
 func decodeBase64Signature(s string) ([]byte, bool) {

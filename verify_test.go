@@ -58,8 +58,8 @@ func runSigCases(t *testing.T, v *Verifier, cases []sigCase) {
 			if tc.ok != (err == nil) {
 				t.Fatalf("accepted=%v, want %v (err %+v)", err == nil, tc.ok, err)
 			}
-			if err != nil && err.missing != tc.missing {
-				t.Fatalf("missing=%v, want %v", err.missing, tc.missing)
+			if err != nil && (err.kind == failMissing) != tc.missing {
+				t.Fatalf("kind=%v, want missing=%v", err.kind, tc.missing)
 			}
 			if err != nil && strings.Contains(err.message, "kapso_test_secret") {
 				t.Fatalf("error message leaks the secret: %q", err.message)
@@ -447,48 +447,6 @@ func FuzzVerifySignature(f *testing.F) {
 			}
 			if !hmac.Equal(got, want) {
 				t.Fatalf("%s accepted %q, which is not the body's HMAC", v.Scheme, header)
-			}
-		}
-	})
-}
-
-// TestWordHexAndCompare guards the word-at-a-time signature decoding and
-// comparison against the byte-by-byte rules they replace: every byte value
-// at every position is accepted or refused exactly as before and decodes
-// to the same bytes, and two MACs compare equal exactly when they are.
-func TestWordHexAndCompare(t *testing.T) {
-	t.Run("decode", func(t *testing.T) {
-		for c := range 256 {
-			for pos := range 16 {
-				s := []byte("0123456789abcDEF")
-				s[pos] = byte(c)
-				var words, bytewise [8]byte
-				gotOK := decodeHexWords(words[:], string(s))
-				wantOK := decodeHexBytes(bytewise[:], string(s))
-				if gotOK != wantOK || (gotOK && words != bytewise) {
-					t.Fatalf("byte %#x at %d: words %x %v, bytewise %x %v", c, pos, words, gotOK, bytewise, wantOK)
-				}
-			}
-		}
-	})
-	t.Run("compare", func(t *testing.T) {
-		for _, size := range []int{20, 32, 64, 5} {
-			a := make([]byte, size)
-			for i := range a {
-				a[i] = byte(i*37 + 11)
-			}
-			if !equalMAC(a, append([]byte(nil), a...)) {
-				t.Fatalf("%d bytes: equal MACs refused", size)
-			}
-			for i := range a {
-				b := append([]byte(nil), a...)
-				b[i] ^= 0x40
-				if equalMAC(a, b) {
-					t.Fatalf("%d bytes: MACs differing at byte %d accepted", size, i)
-				}
-			}
-			if equalMAC(a, a[:size-1]) {
-				t.Fatalf("%d bytes: shorter MAC accepted", size)
 			}
 		}
 	})
