@@ -180,11 +180,11 @@ type batchResult struct {
 func (d *delivery) serveBatch() error {
 	env, bad := parseBatch(d.body.bytes(), d.h.Unbatch.maxItems)
 	if bad != nil {
-		outcome := outcomeBadRequest
+		refusal := outcomeBadRequest
 		if bad.status == http.StatusRequestEntityTooLarge {
-			outcome = outcomeTooLarge
+			refusal = outcomeTooLarge
 		}
-		d.h.logRejection(d.r, d.event, outcome, bad.message)
+		d.h.logRejection(d.r, d.event, refusal, bad.message)
 		return writeJSONError(d.w, bad.status, bad.code, bad.message)
 	}
 	if size := d.r.Header.Get(headerBatchSize); size != "" && size != strconv.Itoa(len(env.items)) {
@@ -201,19 +201,11 @@ func (d *delivery) serveBatch() error {
 	d.batchKey, d.key = batchKey, batchKey
 	d.repl.Set("http.webhook.idempotency_key", batchKey)
 	d.repl.Set("http.webhook.duplicate", "false")
-	batchClaim, out := dd.acquire(d.r.Context(), []storeKey{storeKeyOf("id", batchKey)})
-	useStore := true
-	switch out {
-	case outcomeDuplicate:
-		return d.answerDuplicate()
-	case outcomeBusy:
-		return d.answerBusy()
-	case outcomeStoreDown:
-		if dd.rejectOnStoreError() {
-			return d.answerStoreDown()
-		}
-		useStore = false
+	batchClaim, proceed, err := d.claimOrAnswer([]storeKey{storeKeyOf("id", batchKey)})
+	if !proceed {
+		return err
 	}
+	useStore := batchClaim != nil
 
 	// Items run to completion even if the sender hangs up: stopping
 	// between a forward and its commit would deliver that item twice.
@@ -229,16 +221,16 @@ func (d *delivery) serveBatch() error {
 		if useStore {
 			c, o := dd.acquire(ctx, []storeKey{storeKeyOf("content", key)})
 			switch o {
-			case outcomeDuplicate:
+			case claimDuplicate:
 				res.Duplicates++
-				d.h.countBatchItem(outcomeDuplicateLabel)
-				d.h.logDelivery(env.event, key, d.scheme, outcomeDuplicateLabel, http.StatusOK, 0,
+				d.h.countBatchItem(outcomeDuplicate)
+				d.h.logDelivery(env.event, key, d.scheme, outcomeDuplicate, http.StatusOK, 0,
 					zap.Int("batch_index", i), zap.Int("batch_count", len(env.items)))
 				continue
-			case outcomeBusy:
+			case claimBusy:
 				dd.release(batchClaim)
 				return d.answerPartial(res, i, http.StatusConflict, "item still in flight")
-			case outcomeStoreDown:
+			case claimStoreDown:
 				if dd.rejectOnStoreError() {
 					dd.release(batchClaim)
 					return d.answerPartial(res, i, http.StatusServiceUnavailable, "dedupe store unreachable")
@@ -253,7 +245,7 @@ func (d *delivery) serveBatch() error {
 		ok := err == nil && isSuccess(status)
 		itemOutcome := outcomeForwarded
 		if !ok {
-			itemOutcome = "failed"
+			itemOutcome = outcomeFailed
 		}
 		d.h.countBatchItem(itemOutcome)
 		d.h.logDelivery(env.event, key, d.scheme, itemOutcome, status, took,

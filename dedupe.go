@@ -1,9 +1,9 @@
 package webhookguard
 
 import (
-	"encoding/hex"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -97,6 +97,7 @@ type Dedupe struct {
 	ttl       time.Duration
 	wait      time.Duration
 	lease     time.Duration
+	now       func() time.Time
 	logger    *zap.Logger
 }
 
@@ -121,8 +122,9 @@ func newStoreKey(s string) storeKey {
 	return k
 }
 
+// claimResult is what a store answered a claim.
 type claimResult struct {
-	state outcome
+	state claimState
 	claim *claim
 	wait  <-chan struct{}
 }
@@ -134,17 +136,18 @@ type claim struct {
 	done  chan struct{}
 }
 
-type outcome int
+// claimState is what became of a claim on a delivery's keys.
+type claimState int
 
 const (
-	outcomeOwned outcome = iota
-	outcomeDuplicate
-	outcomeBusy
-	outcomeStoreDown
+	claimOwned     claimState = iota // the keys are this delivery's until it commits or releases them
+	claimDuplicate                   // a key is committed: the event was delivered
+	claimBusy                        // a key is claimed by a delivery still in flight
+	claimStoreDown                   // the store could not be asked
 )
 
-func (d *Dedupe) provision(ctx caddy.Context, logger *zap.Logger) error {
-	d.logger = logger
+func (d *Dedupe) provision(ctx caddy.Context, logger *zap.Logger, handler string, now func() time.Time) error {
+	d.logger, d.now = logger, now
 	if d.Key == "" {
 		d.Key = defaultKey
 	}
@@ -167,7 +170,7 @@ func (d *Dedupe) provision(ctx caddy.Context, logger *zap.Logger) error {
 	if d.Redis != "" {
 		return d.provisionRedis(ctx)
 	}
-	return d.provisionMemory()
+	return d.provisionMemory(ctx, handler)
 }
 
 func durationOr(v caddy.Duration, def time.Duration) time.Duration {
@@ -305,7 +308,7 @@ func contentKey(event string, item []byte) string {
 
 // acquire claims keys for one delivery, waiting while another delivery
 // with a shared key is in flight.
-func (d *Dedupe) acquire(ctx context.Context, keys []storeKey) (*claim, outcome) {
+func (d *Dedupe) acquire(ctx context.Context, keys []storeKey) (*claim, claimState) {
 	var deadline time.Time // set when first busy
 	poll := 20 * time.Millisecond
 	for {
@@ -314,9 +317,9 @@ func (d *Dedupe) acquire(ctx context.Context, keys []storeKey) (*claim, outcome)
 			metrics.storeErrors.WithLabelValues(d.Scope).Inc()
 			d.logger.Warn("dedupe store unreachable", zap.String("scope", d.Scope),
 				zap.String("on_store_error", d.OnStoreError), zap.Error(err))
-			return nil, outcomeStoreDown
+			return nil, claimStoreDown
 		}
-		if res.state != outcomeBusy {
+		if res.state != claimBusy {
 			return res.claim, res.state
 		}
 		if deadline.IsZero() {
@@ -324,10 +327,10 @@ func (d *Dedupe) acquire(ctx context.Context, keys []storeKey) (*claim, outcome)
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
-			return nil, outcomeBusy
+			return nil, claimBusy
 		}
 		if !waitForRelease(ctx, res.wait, min(remaining, poll)) {
-			return nil, outcomeBusy
+			return nil, claimBusy
 		}
 		poll = min(poll*2, 250*time.Millisecond)
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,14 +32,14 @@ func keysOf(names ...string) []storeKey {
 // waiters woken on release, any committed key making a delivery a
 // duplicate, and a release never dropping another delivery's claim.
 func TestMemoryStoreClaims(t *testing.T) {
-	s := newMemoryStore("test", 10, time.Hour)
+	s := newMemoryStore("test", 10, time.Hour, time.Now)
 	ctx := context.Background()
 	first, _ := s.claim(ctx, keysOf("a", "b"))
-	if first.state != outcomeOwned {
+	if first.state != claimOwned {
 		t.Fatalf("first claim: %v", first.state)
 	}
 	second, _ := s.claim(ctx, keysOf("b"))
-	if second.state != outcomeBusy || second.wait == nil {
+	if second.state != claimBusy || second.wait == nil {
 		t.Fatalf("claim of a key in flight: %v", second.state)
 	}
 	_ = s.release(ctx, first.claim)
@@ -48,20 +49,20 @@ func TestMemoryStoreClaims(t *testing.T) {
 		t.Fatal("release did not wake the waiter")
 	}
 	third, _ := s.claim(ctx, keysOf("b", "c"))
-	if third.state != outcomeOwned {
+	if third.state != claimOwned {
 		t.Fatalf("claim after release: %v", third.state)
 	}
 	_ = s.release(ctx, first.claim) // stale release: must not drop third's claim
-	if again, _ := s.claim(ctx, keysOf("c")); again.state != outcomeBusy {
+	if again, _ := s.claim(ctx, keysOf("c")); again.state != claimBusy {
 		t.Fatalf("a stale release dropped another claim: %v", again.state)
 	}
 	_ = s.commit(ctx, third.claim)
 	for _, k := range []string{"b", "c"} {
-		if r, _ := s.claim(ctx, keysOf("zzz", k)); r.state != outcomeDuplicate {
+		if r, _ := s.claim(ctx, keysOf("zzz", k)); r.state != claimDuplicate {
 			t.Fatalf("key %s committed but claim says %v", k, r.state)
 		}
 	}
-	if r, _ := s.claim(ctx, keysOf("a")); r.state != outcomeOwned {
+	if r, _ := s.claim(ctx, keysOf("a")); r.state != claimOwned {
 		t.Fatalf("released key a: %v", r.state)
 	}
 }
@@ -70,12 +71,11 @@ func TestMemoryStoreClaims(t *testing.T) {
 // its TTL, and not counted as evicted) and the capacity bound (the least
 // recently used go first).
 func TestMemoryStoreTTLAndCapacity(t *testing.T) {
-	defer func(f func() time.Time) { now = f }(now)
+	t.Parallel()
 	clock := time.Unix(1_000_000, 0)
-	now = func() time.Time { return clock }
 	ctx := context.Background()
 
-	s := newMemoryStore("test", 3, time.Minute)
+	s := newMemoryStore("test", 3, time.Minute, func() time.Time { return clock })
 	for _, k := range []string{"k1", "k2", "k3", "k4", "k5"} {
 		r, _ := s.claim(ctx, keysOf(k))
 		_ = s.commit(ctx, r.claim)
@@ -83,20 +83,20 @@ func TestMemoryStoreTTLAndCapacity(t *testing.T) {
 	if entries, evictions := s.stats(); entries != 3 || evictions != 2 {
 		t.Fatalf("entries %d evictions %d, want 3 and 2", entries, evictions)
 	}
-	if r, _ := s.claim(ctx, keysOf("k1")); r.state != outcomeOwned {
+	if r, _ := s.claim(ctx, keysOf("k1")); r.state != claimOwned {
 		t.Fatalf("evicted key still known: %v", r.state)
 	} else {
 		_ = s.release(ctx, r.claim)
 	}
-	if r, _ := s.claim(ctx, keysOf("k5")); r.state != outcomeDuplicate {
+	if r, _ := s.claim(ctx, keysOf("k5")); r.state != claimDuplicate {
 		t.Fatalf("recent key forgotten: %v", r.state)
 	}
 	clock = clock.Add(time.Minute - time.Second)
-	if r, _ := s.claim(ctx, keysOf("k5")); r.state != outcomeDuplicate {
+	if r, _ := s.claim(ctx, keysOf("k5")); r.state != claimDuplicate {
 		t.Fatalf("key forgotten before its TTL: %v", r.state)
 	}
 	clock = clock.Add(2 * time.Second)
-	if r, _ := s.claim(ctx, keysOf("k5")); r.state != outcomeOwned {
+	if r, _ := s.claim(ctx, keysOf("k5")); r.state != claimOwned {
 		t.Fatalf("key remembered after its TTL: %v", r.state)
 	}
 	// An expired key is dropped, not evicted: the evictions metric counts
@@ -508,25 +508,25 @@ func TestRedisReleaseIsCompareAndDelete(t *testing.T) {
 	s := &redisStore{client: client, prefix: "t:", ttl: time.Hour, lease: 100 * time.Millisecond}
 	ctx := context.Background()
 	slow, err := s.claim(ctx, keysOf("k"))
-	if err != nil || slow.state != outcomeOwned {
+	if err != nil || slow.state != claimOwned {
 		t.Fatalf("claim: %v %v", slow.state, err)
 	}
-	if busy, _ := s.claim(ctx, keysOf("k")); busy.state != outcomeBusy {
+	if busy, _ := s.claim(ctx, keysOf("k")); busy.state != claimBusy {
 		t.Fatalf("second claim during lease: %v", busy.state)
 	}
 	time.Sleep(200 * time.Millisecond)
 	other, _ := s.claim(ctx, keysOf("k"))
-	if other.state != outcomeOwned {
+	if other.state != claimOwned {
 		t.Fatalf("claim after the lease ran out: %v", other.state)
 	}
 	if err := s.release(ctx, slow.claim); err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := s.claim(ctx, keysOf("k")); again.state != outcomeBusy {
+	if again, _ := s.claim(ctx, keysOf("k")); again.state != claimBusy {
 		t.Fatalf("the slow instance's release deleted another's claim: %v", again.state)
 	}
 	_ = s.commit(ctx, other.claim)
-	if dup, _ := s.claim(ctx, keysOf("x", "k")); dup.state != outcomeDuplicate {
+	if dup, _ := s.claim(ctx, keysOf("x", "k")); dup.state != claimDuplicate {
 		t.Fatalf("committed key: %v", dup.state)
 	}
 }
@@ -540,7 +540,7 @@ func BenchmarkMemoryStoreBytesPerKey(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		s := newMemoryStore("bench", n, time.Hour)
+		s := newMemoryStore("bench", n, time.Hour, time.Now)
 		for i := range n {
 			r, _ := s.claim(ctx, keysOf("key-"+strconv.Itoa(i)))
 			_ = s.commit(ctx, r.claim)
@@ -551,6 +551,16 @@ func BenchmarkMemoryStoreBytesPerKey(b *testing.B) {
 			b.Fatalf("entries %d", entries)
 		}
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
+		// What the keys cost every garbage collection: a full cycle's
+		// time with them live, the median of three.
+		var gc [3]time.Duration
+		for i := range gc {
+			start := time.Now()
+			runtime.GC()
+			gc[i] = time.Since(start)
+		}
+		slices.Sort(gc[:])
+		b.ReportMetric(float64(gc[1].Microseconds())/1000, "gc-ms")
 		runtime.KeepAlive(s)
 	}
 }
@@ -560,7 +570,7 @@ func BenchmarkMemoryStoreBytesPerKey(b *testing.B) {
 func BenchmarkMemoryStore(b *testing.B) {
 	const n = 1_000_000
 	ctx := context.Background()
-	s := newMemoryStore("bench", 2*n, time.Hour)
+	s := newMemoryStore("bench", 2*n, time.Hour, time.Now)
 	keys := make([][]storeKey, n)
 	for i := range n {
 		keys[i] = keysOf("key-" + strconv.Itoa(i))
@@ -571,7 +581,7 @@ func BenchmarkMemoryStore(b *testing.B) {
 		b.ReportAllocs()
 		i := 0
 		for b.Loop() {
-			if r, _ := s.claim(ctx, keys[i%n]); r.state != outcomeDuplicate {
+			if r, _ := s.claim(ctx, keys[i%n]); r.state != claimDuplicate {
 				b.Fatal("miss")
 			}
 			i++
@@ -582,7 +592,7 @@ func BenchmarkMemoryStore(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
 			r, _ := s.claim(ctx, keysOf("new-"+strconv.FormatInt(seq.Add(1), 10)))
-			if r.state != outcomeOwned {
+			if r.state != claimOwned {
 				b.Fatalf("a new key was not owned: %v", r.state)
 			}
 			_ = s.commit(ctx, r.claim)
@@ -652,5 +662,55 @@ func TestStoreKeyOf(t *testing.T) {
 	}
 	if storeKeyOf("id", "x") == storeKeyOf("content", "x") {
 		t.Error("the kinds of key share a digest")
+	}
+}
+
+// TestSharedScopeSettingsWarn guards against the last handler silently
+// winning: two handlers of one config that share a dedupe scope but ask
+// for different capacities get a warning naming both, and two that agree
+// (or a reload that changes the settings) get none.
+func TestSharedScopeSettingsWarn(t *testing.T) {
+	t.Parallel()
+	up := newUpstream(t)
+	site := func(capA, capB int) string {
+		return fmt.Sprintf(`
+	handle /a {
+		webhook_guard {
+			name orders
+			verify kapso %[1]s
+			dedupe {
+				scope shared
+				capacity %[2]d
+			}
+		}
+		reverse_proxy %[4]s
+	}
+	handle /b {
+		webhook_guard {
+			name billing
+			verify kapso %[1]s
+			dedupe {
+				scope shared
+				capacity %[3]d
+			}
+		}
+		reverse_proxy %[4]s
+	}`, kapsoSecret, capA, capB, up.Addr())
+	}
+	const warning = "handlers share a dedupe scope with different capacity or ttl"
+	c := startCaddy(t, site(100, 100))
+	c.reload(site(200, 200)) // a reload that changes both is not a conflict
+	if strings.Contains(c.Logs(), warning) {
+		t.Fatalf("warned about agreeing handlers:\n%s", c.Logs())
+	}
+	c.reload(site(100, 5000))
+	waitFor(t, func() bool { return strings.Contains(c.Logs(), warning) })
+	for _, line := range strings.Split(c.Logs(), "\n") {
+		if strings.Contains(line, warning) {
+			if !strings.Contains(line, `"orders"`) || !strings.Contains(line, `"billing"`) {
+				t.Fatalf("the warning does not name both handlers: %s", line)
+			}
+			return
+		}
 	}
 }

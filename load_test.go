@@ -172,7 +172,7 @@ func TestLoadReloadMidway(t *testing.T) {
 // heap stays near what 10,000 keys need.
 func TestMemoryBoundedByCapacity(t *testing.T) {
 	const flood, capacity = 1_000_000, 10_000
-	s := newMemoryStore("flood", capacity, time.Hour)
+	s := newMemoryStore("flood", capacity, time.Hour, time.Now)
 	ctx := context.Background()
 	runtime.GC()
 	var before, after runtime.MemStats

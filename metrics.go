@@ -10,19 +10,21 @@ import (
 	"go.uber.org/zap"
 )
 
-// Request outcomes, used as metric labels and in the delivery log.
+// outcome is what became of a request or a batch item: the outcome label
+// of the metrics and the delivery log.
+type outcome string
+
 const (
-	outcomeForwarded        = "forwarded"
-	outcomeDuplicateLabel   = "duplicate"
-	outcomeInvalidSignature = "invalid_signature"
-	outcomeTooLarge         = "too_large"
-	outcomeBadRequest       = "bad_request"
-	outcomeUpstreamError    = "upstream_error"
-	outcomeHandshake        = "handshake"
-	outcomeInFlight         = "in_flight"
-	outcomeStoreUnavailable = "store_unavailable"
-	outcomeBatch            = "batch"
-	outcomePartial          = "partial"
+	outcomeForwarded        outcome = "forwarded"
+	outcomeDuplicate        outcome = "duplicate"
+	outcomeFailed           outcome = "failed" // a batch item the upstream did not take
+	outcomeInvalidSignature outcome = "invalid_signature"
+	outcomeTooLarge         outcome = "too_large"
+	outcomeBadRequest       outcome = "bad_request"
+	outcomeUpstreamError    outcome = "upstream_error"
+	outcomeHandshake        outcome = "handshake"
+	outcomeInFlight         outcome = "in_flight"
+	outcomeStoreUnavailable outcome = "store_unavailable"
 )
 
 // metrics are created once per process and registered into each config's
@@ -95,16 +97,16 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
 	}
 }
 
-func (h *Handler) countRequest(outcome string) {
-	if c, ok := h.metrics.requests[outcome]; ok {
+func (h *Handler) countRequest(result outcome) {
+	if c, ok := h.metrics.requests[result]; ok {
 		c.Inc()
 		return
 	}
-	metrics.requests.WithLabelValues(h.name, outcome).Inc()
+	metrics.requests.WithLabelValues(h.name, string(result)).Inc()
 }
 
-func (h *Handler) countBatchItem(outcome string) {
-	metrics.batchItems.WithLabelValues(h.name, outcome).Inc()
+func (h *Handler) countBatchItem(result outcome) {
+	metrics.batchItems.WithLabelValues(h.name, string(result)).Inc()
 }
 
 func (h *Handler) observeUpstream(took time.Duration) {
@@ -116,16 +118,16 @@ func (h *Handler) observeUpstream(took time.Duration) {
 // more than verifying a small body's signature.
 type handlerMetrics struct {
 	upstream prometheus.Observer
-	requests map[string]prometheus.Counter // read-only once built
+	requests map[outcome]prometheus.Counter // read-only once built
 }
 
 func newHandlerMetrics(name string) handlerMetrics {
 	m := handlerMetrics{
 		upstream: metrics.upstream.WithLabelValues(name),
-		requests: map[string]prometheus.Counter{},
+		requests: map[outcome]prometheus.Counter{},
 	}
-	for _, outcome := range []string{outcomeForwarded, outcomeDuplicateLabel, outcomeUpstreamError} {
-		m.requests[outcome] = metrics.requests.WithLabelValues(name, outcome)
+	for _, result := range []outcome{outcomeForwarded, outcomeDuplicate, outcomeUpstreamError} {
+		m.requests[result] = metrics.requests.WithLabelValues(name, string(result))
 	}
 	return m
 }

@@ -138,6 +138,9 @@ type Handler struct {
 	name         string
 	metrics      handlerMetrics
 	logger       *zap.Logger
+	// now is the clock of the Standard Webhooks tolerance and of dedupe
+	// expiry; tests set their own before provisioning.
+	now func() time.Time
 }
 
 // CaddyModule returns the Caddy module information.
@@ -151,6 +154,9 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves secrets, sets defaults and attaches the dedupe store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if h.now == nil {
+		h.now = time.Now
+	}
 	h.name = h.Name
 	if h.name == "" {
 		h.name = h.defaultName()
@@ -166,7 +172,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if v == nil {
 			return fmt.Errorf("verify[%d]: empty verifier", i)
 		}
-		if err := v.provision(repl); err != nil {
+		if err := v.provision(repl, h.now); err != nil {
 			return fmt.Errorf("verify[%d] (%s): %w", i, v.Scheme, err)
 		}
 	}
@@ -192,7 +198,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	if h.Dedupe != nil {
-		if err := h.Dedupe.provision(ctx, h.logger); err != nil {
+		if err := h.Dedupe.provision(ctx, h.logger, h.name, h.now); err != nil {
 			return fmt.Errorf("dedupe: %w", err)
 		}
 	}
@@ -300,16 +306,11 @@ func (d *delivery) serveSingle() error {
 	d.repl.Set("http.webhook.idempotency_key", keys.primary)
 	d.repl.Set("http.webhook.duplicate", "false")
 
-	claim, outcome := d.h.Dedupe.acquire(d.r.Context(), keys.storeKeys())
-	switch outcome {
-	case outcomeDuplicate:
-		return d.answerDuplicate()
-	case outcomeBusy:
-		return d.answerBusy()
-	case outcomeStoreDown:
-		if d.h.Dedupe.rejectOnStoreError() {
-			return d.answerStoreDown()
-		}
+	claim, proceed, err := d.claimOrAnswer(keys.storeKeys())
+	if !proceed {
+		return err
+	}
+	if claim == nil { // the store is down and on_store_error is pass
 		_, err := d.forward()
 		return err
 	}
@@ -404,12 +405,12 @@ func (d *delivery) forwardTo(rec *statusRecorder) (bool, error) {
 		status = http.StatusOK
 	}
 	ok := err == nil && isSuccess(status)
-	outcome := outcomeForwarded
+	result := outcomeForwarded
 	if !ok {
-		outcome = outcomeUpstreamError
+		result = outcomeUpstreamError
 	}
-	d.h.countRequest(outcome)
-	d.h.logDelivery(d.event, d.key, d.scheme, outcome, status, took)
+	d.h.countRequest(result)
+	d.h.logDelivery(d.event, d.key, d.scheme, result, status, took)
 	return ok, err
 }
 
@@ -421,6 +422,27 @@ func errorStatus(err error) int {
 	return http.StatusInternalServerError
 }
 
+// claimOrAnswer claims a delivery's keys. When the delivery is not to be
+// forwarded (a duplicate, one still in flight elsewhere, or the store
+// down under on_store_error reject) it answers the sender and reports
+// proceed false, with the answer's error. A nil claim with proceed true
+// means the store is down and the delivery goes on without it.
+func (d *delivery) claimOrAnswer(keys []storeKey) (c *claim, proceed bool, err error) {
+	c, state := d.h.Dedupe.acquire(d.r.Context(), keys)
+	switch state {
+	case claimDuplicate:
+		return nil, false, d.answerDuplicate()
+	case claimBusy:
+		return nil, false, d.answerBusy()
+	case claimStoreDown:
+		if d.h.Dedupe.rejectOnStoreError() {
+			return nil, false, d.answerStoreDown()
+		}
+		return nil, true, nil
+	}
+	return c, true, nil
+}
+
 func (d *delivery) answerStoreDown() error {
 	d.h.logRejection(d.r, d.event, outcomeStoreUnavailable, "dedupe store unreachable and on_store_error is reject")
 	return writeJSONError(d.w, http.StatusServiceUnavailable, "store_unavailable",
@@ -428,8 +450,8 @@ func (d *delivery) answerStoreDown() error {
 }
 
 func (d *delivery) answerDuplicate() error {
-	d.h.countRequest(outcomeDuplicateLabel)
-	d.h.logDelivery(d.event, d.key, d.scheme, outcomeDuplicateLabel, http.StatusOK, 0)
+	d.h.countRequest(outcomeDuplicate)
+	d.h.logDelivery(d.event, d.key, d.scheme, outcomeDuplicate, http.StatusOK, 0)
 	d.repl.Set("http.webhook.duplicate", "true")
 	d.w.Header().Set(headerDuplicate, "true")
 	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "duplicate"})
@@ -465,11 +487,11 @@ func (h *Handler) rejectBody(w http.ResponseWriter, r *http.Request, event strin
 // logRejection records why a request was refused. Only the reason, the
 // remote address, the path and the (truncated) event name are logged:
 // never a body, a query string, a signature or a secret.
-func (h *Handler) logRejection(r *http.Request, event, outcome, reason string) {
-	h.countRequest(outcome)
+func (h *Handler) logRejection(r *http.Request, event string, result outcome, reason string) {
+	h.countRequest(result)
 	if c := h.logger.Check(zap.InfoLevel, "webhook rejected"); c != nil {
 		c.Write(
-			zap.String("outcome", outcome),
+			zap.String("outcome", string(result)),
 			zap.String("reason", reason),
 			zap.String("remote_addr", r.RemoteAddr),
 			zap.String("event", truncate(event, 128)),
@@ -483,14 +505,14 @@ func (h *Handler) logRejection(r *http.Request, event, outcome, reason string) {
 // logDelivery writes the one line each delivery (or batch item) gets:
 // what it was, what became of it and how long the upstream took. Keys and
 // event names are logged; bodies and signatures never are.
-func (h *Handler) logDelivery(event, key, scheme, outcome string, status int, took time.Duration, extra ...zap.Field) {
+func (h *Handler) logDelivery(event, key, scheme string, result outcome, status int, took time.Duration, extra ...zap.Field) {
 	if c := h.logger.Check(zap.InfoLevel, "webhook delivery"); c != nil {
 		fields := append([]zap.Field{
 			zap.String("handler", h.name),
 			zap.String("event", truncate(event, 128)),
 			zap.String("idempotency_key", truncate(key, 256)),
 			zap.String("scheme", scheme),
-			zap.String("outcome", outcome),
+			zap.String("outcome", string(result)),
 			zap.Int("upstream_status", status),
 			zap.Duration("duration", took),
 		}, extra...)

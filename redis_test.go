@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -11,10 +12,15 @@ import (
 	"time"
 )
 
+// requireRedisEnv, set to 1, turns a missing redis-server into a test
+// failure. scripts/test.sh (and so CI) sets it and installs redis-server:
+// a Redis feature that was never run against Redis is not tested. Without
+// it, a contributor's plain "go test ./..." skips the Redis tests and says
+// how to run them.
+const requireRedisEnv = "WEBHOOKGUARD_REQUIRE_REDIS"
+
 // redisServer is a real redis-server on a free loopback port, started for
-// one test. It is not skipped when the binary is missing: scripts/test.sh
-// installs it, and a dedupe feature that was never run against Redis is
-// not tested.
+// one test.
 type redisServer struct {
 	t    *testing.T
 	port int
@@ -25,7 +31,10 @@ type redisServer struct {
 func startRedis(t *testing.T) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
-		t.Fatalf("redis-server is not installed (scripts/test.sh installs it): %v", err)
+		if os.Getenv(requireRedisEnv) == "1" {
+			t.Fatalf("redis-server is not installed and %s=1: %v", requireRedisEnv, err)
+		}
+		t.Skipf("redis-server is not installed: install it (apt-get install redis-server) or run scripts/test.sh, which does, to run this test")
 	}
 	s := &redisServer{t: t, port: freePort(t)}
 	s.start()

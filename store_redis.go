@@ -1,9 +1,9 @@
 package webhookguard
 
 import (
-	"encoding/hex"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -112,11 +112,11 @@ func (s *redisStore) claim(ctx context.Context, keys []storeKey) (claimResult, e
 	}
 	switch n {
 	case 1:
-		return claimResult{state: outcomeDuplicate}, nil
+		return claimResult{state: claimDuplicate}, nil
 	case 2:
-		return claimResult{state: outcomeBusy}, nil
+		return claimResult{state: claimBusy}, nil
 	}
-	return claimResult{state: outcomeOwned, claim: &claim{keys: keys, token: token}}, nil
+	return claimResult{state: claimOwned, claim: &claim{keys: keys, token: token}}, nil
 }
 
 func (s *redisStore) commit(ctx context.Context, c *claim) error {

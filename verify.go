@@ -30,9 +30,6 @@ const (
 
 const defaultTolerance = 5 * time.Minute
 
-// now is swapped by tests that need a fixed clock.
-var now = time.Now
-
 // Verifier checks one signature scheme against one or more secrets.
 //
 // Schemes:
@@ -79,6 +76,7 @@ type Verifier struct {
 	header    string
 	kind      schemeKind
 	tolerance time.Duration
+	now       func() time.Time // the handler's clock
 	// schemeValue is Scheme boxed once, for the placeholder that carries
 	// it on every verified request.
 	schemeValue any
@@ -129,7 +127,8 @@ func (k failureKind) String() string {
 	return "malformed"
 }
 
-func (v *Verifier) provision(repl *caddy.Replacer) error {
+func (v *Verifier) provision(repl *caddy.Replacer, now func() time.Time) error {
+	v.now = now
 	v.Scheme = strings.ToLower(strings.TrimSpace(v.Scheme))
 	v.schemeValue = v.Scheme
 	v.keys = v.keys[:0]
@@ -349,7 +348,7 @@ func (v *Verifier) checkStandard(r *http.Request, body []byte) *verifyError {
 	if perr != nil {
 		return &verifyError{kind: failTimestamp, reason: "timestamp not an integer", message: prefix + "timestamp is not a Unix time in seconds"}
 	}
-	skew := now().Sub(time.Unix(sec, 0))
+	skew := v.now().Sub(time.Unix(sec, 0))
 	if skew > v.tolerance || skew < -v.tolerance {
 		return &verifyError{kind: failTimestamp, reason: "timestamp outside tolerance",
 			message: prefix + "timestamp is outside the allowed tolerance"}

@@ -21,7 +21,7 @@ import (
 
 func provisionedVerifier(t *testing.T, v *Verifier) *Verifier {
 	t.Helper()
-	if err := v.provision(caddy.NewReplacer()); err != nil {
+	if err := v.provision(caddy.NewReplacer(), time.Now); err != nil {
 		t.Fatalf("provision: %v", err)
 	}
 	if err := v.validate(); err != nil {
@@ -184,8 +184,7 @@ func TestStandardScheme(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
 	fixed := time.Unix(1_750_000_000, 0)
-	defer func(f func() time.Time) { now = f }(now)
-	now = func() time.Time { return fixed }
+	clock := func() time.Time { return fixed }
 
 	body := `{"type":"invoice.paid"}`
 	sign := func(k []byte, id string, ts int64) string {
@@ -200,6 +199,7 @@ func TestStandardScheme(t *testing.T) {
 		}
 	}
 	v := provisionedVerifier(t, &Verifier{Scheme: "standard", Secrets: []string{secret}})
+	v.now = clock
 	tol := int64(defaultTolerance / time.Second)
 	runSigCases(t, v, []sigCase{
 		{name: "valid", headers: hdr("Webhook-", "msg_1", ts, sign(key, "msg_1", ts)), body: body, ok: true},
@@ -218,6 +218,7 @@ func TestStandardScheme(t *testing.T) {
 	})
 
 	short := provisionedVerifier(t, &Verifier{Scheme: "standard", Secrets: []string{secret}, Tolerance: caddy.Duration(10 * time.Second)})
+	short.now = clock
 	runSigCases(t, short, []sigCase{
 		{name: "custom tolerance exceeded", headers: hdr("Webhook-", "m", ts-11, sign(key, "m", ts-11)), body: body},
 		{name: "custom tolerance kept", headers: hdr("Webhook-", "m", ts-10, sign(key, "m", ts-10)), body: body, ok: true},
@@ -248,7 +249,7 @@ func TestVerifierConfigErrors(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			v := tc.v
-			err := v.provision(caddy.NewReplacer())
+			err := v.provision(caddy.NewReplacer(), time.Now)
 			if err == nil {
 				err = v.validate()
 			}
@@ -320,7 +321,7 @@ func BenchmarkVerify(b *testing.B) {
 				map[string]string{"Webhook-Id": "msg_1", "Webhook-Timestamp": "1750000000", "Webhook-Signature": stdSig}},
 		}
 		for _, sc := range schemes {
-			if err := sc.v.provision(caddy.NewReplacer()); err != nil {
+			if err := sc.v.provision(caddy.NewReplacer(), time.Now); err != nil {
 				b.Fatal(err)
 			}
 			r := httptest.NewRequest("POST", "/", nil)
@@ -332,8 +333,7 @@ func BenchmarkVerify(b *testing.B) {
 				label = "hmac-sha512-base64"
 			}
 			b.Run(label+"/"+name, func(b *testing.B) {
-				defer func(f func() time.Time) { now = f }(now)
-				now = func() time.Time { return time.Unix(1750000000, 0) }
+				sc.v.now = func() time.Time { return time.Unix(1750000000, 0) }
 				b.ReportAllocs()
 				b.SetBytes(int64(size))
 				for b.Loop() {
@@ -363,7 +363,7 @@ func BenchmarkVerifyOverFloor(b *testing.B) {
 		{"meta", "X-Hub-Signature-256", "sha256=" + sig},
 	} {
 		v := &Verifier{Scheme: sc.scheme, Secrets: []string{"bench-secret"}}
-		if err := v.provision(caddy.NewReplacer()); err != nil {
+		if err := v.provision(caddy.NewReplacer(), time.Now); err != nil {
 			b.Fatal(err)
 		}
 		r := httptest.NewRequest("POST", "/", nil)
@@ -424,7 +424,7 @@ func FuzzVerifySignature(f *testing.F) {
 	meta := &Verifier{Scheme: "meta", Secrets: []string{"fuzz-secret"}}
 	b64 := &Verifier{Scheme: "hmac", Header: "X-Sig", Encoding: "base64", Secrets: []string{"fuzz-secret"}}
 	for _, v := range []*Verifier{kapso, meta, b64} {
-		if err := v.provision(caddy.NewReplacer()); err != nil {
+		if err := v.provision(caddy.NewReplacer(), time.Now); err != nil {
 			f.Fatal(err)
 		}
 	}
