@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/webhookguard/webhookguard/internal/jsonscan"
 	"go.uber.org/zap"
 )
 
@@ -53,12 +54,12 @@ func isBatch(r *http.Request, body []byte) bool {
 		return true
 	}
 	flag, hasData := false, false
-	_ = eachField(body, 0, func(key []byte, v span) error {
+	_ = jsonscan.EachField(body, 0, func(key []byte, v jsonscan.Span) error {
 		switch {
-		case keyEquals(key, "batch"):
-			flag = string(body[v.start:v.end]) == "true"
-		case keyEquals(key, "data"):
-			hasData = body[v.start] == '['
+		case jsonscan.KeyEquals(key, "batch"):
+			flag = string(body[v.Start:v.End]) == "true"
+		case jsonscan.KeyEquals(key, "data"):
+			hasData = body[v.Start] == '['
 		}
 		return nil
 	})
@@ -69,7 +70,7 @@ func isBatch(r *http.Request, body []byte) bool {
 // and the fields that become per-item headers.
 type batchEnvelope struct {
 	event          string
-	items          []span
+	items          []jsonscan.Span
 	conversationID string
 	firstSequence  string
 }
@@ -97,29 +98,29 @@ func parseBatch(body []byte, maxItems int) (*batchEnvelope, *inputError) {
 		return nil, badRequest("batch body is not valid JSON")
 	}
 	env := &batchEnvelope{}
-	var data, info span
+	var data, info jsonscan.Span
 	hasData, hasInfo := false, false
-	err := eachField(body, 0, func(key []byte, v span) error {
+	err := jsonscan.EachField(body, 0, func(key []byte, v jsonscan.Span) error {
 		switch {
-		case keyEquals(key, "type"):
-			env.event, _ = stringValue(body, v)
-		case keyEquals(key, "data"):
+		case jsonscan.KeyEquals(key, "type"):
+			env.event, _ = jsonscan.StringValue(body, v)
+		case jsonscan.KeyEquals(key, "data"):
 			data, hasData = v, true
-		case keyEquals(key, "batch_info"):
+		case jsonscan.KeyEquals(key, "batch_info"):
 			info, hasInfo = v, true
 		}
 		return nil
 	})
-	if errors.Is(err, errNotObject) {
+	if errors.Is(err, jsonscan.ErrNotObject) {
 		return nil, badRequest("batch body must be a JSON object")
 	}
 	if err != nil {
-		return nil, badRequest("batch body is not valid JSON or is nested more than %d levels deep", maxDepth)
+		return nil, badRequest("batch body is not valid JSON or is nested more than %d levels deep", jsonscan.MaxDepth)
 	}
 	if !hasData {
 		return nil, badRequest("batch has no data array")
 	}
-	items, err := arrayItems(body, data.start)
+	items, err := jsonscan.ArrayItems(body, data.Start)
 	if err != nil {
 		return nil, badRequest("batch data must be an array")
 	}
@@ -131,7 +132,7 @@ func parseBatch(body []byte, maxItems int) (*batchEnvelope, *inputError) {
 			message: fmt.Sprintf("batch has %d items, more than the limit of %d", len(items), maxItems)}
 	}
 	for i, it := range items {
-		if body[it.start] != '{' {
+		if body[it.Start] != '{' {
 			return nil, badRequest("batch item %d is not a JSON object", i)
 		}
 	}
@@ -142,13 +143,13 @@ func parseBatch(body []byte, maxItems int) (*batchEnvelope, *inputError) {
 	return env, nil
 }
 
-func (env *batchEnvelope) readInfo(body []byte, info span) {
-	_ = eachField(body, info.start, func(key []byte, v span) error {
+func (env *batchEnvelope) readInfo(body []byte, info jsonscan.Span) {
+	_ = jsonscan.EachField(body, info.Start, func(key []byte, v jsonscan.Span) error {
 		switch {
-		case keyEquals(key, "conversation_id"):
-			env.conversationID, _ = stringValue(body, v)
-		case keyEquals(key, "first_sequence"):
-			raw := string(body[v.start:v.end])
+		case jsonscan.KeyEquals(key, "conversation_id"):
+			env.conversationID, _ = jsonscan.StringValue(body, v)
+		case jsonscan.KeyEquals(key, "first_sequence"):
+			raw := string(body[v.Start:v.End])
 			if _, err := strconv.ParseInt(raw, 10, 64); err == nil {
 				env.firstSequence = raw
 			}
@@ -212,7 +213,7 @@ func (d *delivery) serveBatch() error {
 	ctx := context.WithoutCancel(d.r.Context())
 	res := batchResult{Status: "ok", Items: len(env.items)}
 	for i, it := range env.items {
-		item := d.body.bytes()[it.start:it.end]
+		item := d.body.bytes()[it.Start:it.End]
 		key := contentKey(env.event, item)
 		if key == "" {
 			key = batchKey + "#" + strconv.Itoa(i)

@@ -332,7 +332,7 @@ func TestParseBatchScanner(t *testing.T) {
 				t.Fatalf("%d items, want %d", len(env.items), len(want))
 			}
 			for j, it := range env.items {
-				if got := b[it.start:it.end]; got != string(want[j]) {
+				if got := b[it.Start:it.End]; got != string(want[j]) {
 					t.Errorf("item %d = %q, want %q", j, got, want[j])
 				}
 			}
@@ -383,7 +383,7 @@ func FuzzParseBatch(f *testing.F) {
 			t.Fatalf("%d items, encoding/json sees %d", len(env.items), len(items))
 		}
 		for i, it := range env.items {
-			got := body[it.start:it.end]
+			got := body[it.Start:it.End]
 			if !bytes.Equal(got, items[i]) || got[0] != '{' {
 				t.Fatalf("item %d = %q, encoding/json sees %q", i, got, items[i])
 			}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/webhookguard/webhookguard/internal/jsonscan"
 	"go.uber.org/zap"
 )
 
@@ -295,11 +296,11 @@ func contentKey(event string, item []byte) string {
 	if !strings.HasPrefix(event, "whatsapp.message.") {
 		return ""
 	}
-	v, ok := fieldPath(item, "message", "id")
+	v, ok := jsonscan.FieldPath(item, "message", "id")
 	if !ok {
 		return ""
 	}
-	id, ok := stringValue(item, v)
+	id, ok := jsonscan.StringValue(item, v)
 	if !ok || id == "" {
 		return ""
 	}

@@ -36,13 +36,6 @@ func TestMain(m *testing.M) {
 		caddycmd.Main()
 		return
 	}
-	if os.Getenv(normalizeTurnsEnv) == "1" {
-		if err := serveNormalizeTurns(os.Stdin, os.Stdout); err != nil {
-			fmt.Fprintln(os.Stderr, "normalize turns:", err)
-			os.Exit(1)
-		}
-		return
-	}
 	os.Exit(m.Run())
 }
 

@@ -99,6 +99,14 @@ type result struct {
 
 func main() {
 	flag.Parse()
+	if dir := os.Getenv(normalizeTurnsEnv); dir != "" {
+		// The Go side of compareWithSDK: this program, started again.
+		if err := serveNormalizeTurns(dir, os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench: normalize turns:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
@@ -261,7 +269,7 @@ func batchBody(n int) []byte {
 }
 
 func makeCases(root, upstream string) ([]*benchCase, error) {
-	meta, err := os.ReadFile(filepath.Join(root, "testdata/normalize/corpus/in_text.json"))
+	meta, err := os.ReadFile(filepath.Join(root, metanormTestdata, "corpus/in_text.json"))
 	if err != nil {
 		return nil, err
 	}
@@ -579,7 +587,7 @@ func compareWithSDK(root string) string {
 	if _, err := exec.LookPath("node"); err != nil {
 		return "SDK comparison skipped: node is not installed"
 	}
-	gen := filepath.Join(root, "testdata/normalize/generate")
+	gen := filepath.Join(root, metanormTestdata, "generate")
 	if _, err := os.Stat(filepath.Join(gen, "node_modules/@kapso/whatsapp-cloud-api")); err != nil {
 		install := exec.Command("npm", "install", "--no-audit", "--no-fund")
 		install.Dir = gen
@@ -587,13 +595,10 @@ func compareWithSDK(root string) string {
 			return "SDK comparison skipped: npm install failed: " + lastLine(out)
 		}
 	}
-	testBin := filepath.Join(os.TempDir(), "webhookguard-normalize.test")
-	build := exec.Command("go", "test", "-c", "-o", testBin, ".")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return "SDK comparison skipped: building the Go benchmark failed: " + lastLine(out)
+	self, err := os.Executable()
+	if err != nil {
+		return "SDK comparison skipped: " + err.Error()
 	}
-	defer os.Remove(testBin)
 
 	// Both sides stay running and take turns a fraction of a second long,
 	// on the same CPU, and each ratio is taken between two neighbouring
@@ -604,7 +609,7 @@ func compareWithSDK(root string) string {
 		return "SDK comparison skipped: " + err.Error()
 	}
 	defer node.stop()
-	goSide, err := startTurns(root, []string{normalizeTurnsEnv + "=1"}, testBin)
+	goSide, err := startTurns(root, []string{normalizeTurnsEnv + "=" + filepath.Join(root, metanormTestdata)}, self)
 	if err != nil {
 		return "SDK comparison skipped: " + err.Error()
 	}
@@ -656,9 +661,13 @@ func compareWithSDK(root string) string {
 	return line
 }
 
-// normalizeTurnsEnv makes the package's test binary serve timing turns
-// (normalize_test.go) instead of running tests.
+// normalizeTurnsEnv, set to the corpus directory, makes this program
+// serve timing turns of the Go normalizer (turns.go) instead of running.
 const normalizeTurnsEnv = "WEBHOOKGUARD_NORMALIZE_TURNS"
+
+// metanormTestdata holds the normalizer's corpus, goldens and the SDK
+// generator, relative to the repository root.
+const metanormTestdata = "internal/metanorm/testdata"
 
 // turnServer is a running timing process: it reads "SET MS" lines and
 // answers each with the mean time per payload in ns.

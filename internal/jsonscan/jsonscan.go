@@ -1,23 +1,24 @@
-package webhookguard
-
-import (
-	"encoding/binary"
-	"encoding/json"
-	"errors"
-	"math/bits"
-)
-
-// A small JSON scanner that finds values inside a body without decoding it.
+// Package jsonscan finds values inside a JSON body without decoding it.
 // Batch items must be forwarded as the exact bytes that were signed, and
 // the dedupe key of a delivery needs one string out of a document that may
 // be megabytes long; decoding into maps would cost both copies and time.
 // Every function takes the position of the first byte to look at and
 // returns positions into the same slice. Malformed input yields
-// errMalformedJSON, never a panic.
+// ErrMalformed, never a panic.
+package jsonscan
 
-var errMalformedJSON = errors.New("malformed JSON")
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+)
 
-func skipSpace(b []byte, i int) int {
+// ErrMalformed is returned for anything that is not valid JSON.
+var ErrMalformed = errors.New("malformed JSON")
+
+// SkipSpace returns the position of the first byte at or after i that is
+// not JSON white space.
+func SkipSpace(b []byte, i int) int {
 	for i < len(b) {
 		switch b[i] {
 		case ' ', '\t', '\n', '\r':
@@ -29,47 +30,47 @@ func skipSpace(b []byte, i int) int {
 	return i
 }
 
-// skipValue returns the position just after the value that starts at i
+// SkipValue returns the position just after the value that starts at i
 // (after optional white space).
-func skipValue(b []byte, i int) (int, error) {
-	return skipValueDepth(b, skipSpace(b, i), 0)
+func SkipValue(b []byte, i int) (int, error) {
+	return SkipValueDepth(b, SkipSpace(b, i), 0)
 }
 
-// maxDepth bounds nesting so that a hostile body cannot exhaust the stack.
-const maxDepth = 512
+// MaxDepth bounds nesting so that a hostile body cannot exhaust the stack.
+const MaxDepth = 512
 
-func skipValueDepth(b []byte, i, depth int) (int, error) {
+func SkipValueDepth(b []byte, i, depth int) (int, error) {
 	if i >= len(b) {
-		return 0, errMalformedJSON
+		return 0, ErrMalformed
 	}
 	switch c := b[i]; {
 	case c == '"':
-		return skipString(b, i)
+		return SkipString(b, i)
 	case c == '{' || c == '[':
-		if depth >= maxDepth {
-			return 0, errMalformedJSON
+		if depth >= MaxDepth {
+			return 0, ErrMalformed
 		}
 		return skipContainer(b, i, depth)
 	case c == 't':
-		return skipLiteral(b, i, "true")
+		return SkipLiteral(b, i, "true")
 	case c == 'f':
-		return skipLiteral(b, i, "false")
+		return SkipLiteral(b, i, "false")
 	case c == 'n':
-		return skipLiteral(b, i, "null")
+		return SkipLiteral(b, i, "null")
 	case c == '-' || ('0' <= c && c <= '9'):
-		return skipNumber(b, i)
+		return SkipNumber(b, i)
 	}
-	return 0, errMalformedJSON
+	return 0, ErrMalformed
 }
 
-func skipLiteral(b []byte, i int, lit string) (int, error) {
+func SkipLiteral(b []byte, i int, lit string) (int, error) {
 	if len(b)-i < len(lit) || string(b[i:i+len(lit)]) != lit {
-		return 0, errMalformedJSON
+		return 0, ErrMalformed
 	}
 	return i + len(lit), nil
 }
 
-func skipNumber(b []byte, i int) (int, error) {
+func SkipNumber(b []byte, i int) (int, error) {
 	start := i
 	for i < len(b) {
 		switch c := b[i]; {
@@ -97,7 +98,7 @@ func checkNumber(n []byte) error {
 			i++
 		}
 	default:
-		return errMalformedJSON
+		return ErrMalformed
 	}
 	if i < len(n) && n[i] == '.' {
 		i++
@@ -106,7 +107,7 @@ func checkNumber(n []byte) error {
 			i++
 		}
 		if i == start {
-			return errMalformedJSON
+			return ErrMalformed
 		}
 	}
 	if i < len(n) && (n[i] == 'e' || n[i] == 'E') {
@@ -119,11 +120,11 @@ func checkNumber(n []byte) error {
 			i++
 		}
 		if i == start {
-			return errMalformedJSON
+			return ErrMalformed
 		}
 	}
 	if i != len(n) {
-		return errMalformedJSON
+		return ErrMalformed
 	}
 	return nil
 }
@@ -137,41 +138,22 @@ var strSpecial = func() (t [256]bool) {
 	return t
 }()
 
-// strEndMask8 marks, with the high bit of each byte, the bytes of x that
-// stop skipString: a control character, '"' or '\\'. A byte above a
-// marked one may be marked too (a borrow), but the lowest mark is exact,
-// so it tells where the first such byte is.
-func strEndMask8(x uint64) uint64 {
-	const ones, highs = 0x0101010101010101, 0x8080808080808080
-	lt20 := (x - ones*0x20) &^ x
-	q := x ^ ones*'"'
-	quote := (q - ones) &^ q
-	s := x ^ ones*'\\'
-	slash := (s - ones) &^ s
-	return (lt20 | quote | slash) & highs
-}
-
 // strEnd returns the position of the first byte at or after j that stops
-// skipString, or len(b), eight bytes at a time.
+// SkipString, or len(b).
 func strEnd(b []byte, j int) int {
-	for ; j+8 <= len(b); j += 8 {
-		if m := strEndMask8(binary.LittleEndian.Uint64(b[j:])); m != 0 {
-			return j + bits.TrailingZeros64(m)>>3
-		}
-	}
 	for j < len(b) && !strSpecial[b[j]] {
 		j++
 	}
 	return j
 }
 
-// skipString returns the position after the closing quote of the string
+// SkipString returns the position after the closing quote of the string
 // starting at b[i] == '"'.
-func skipString(b []byte, i int) (int, error) {
+func SkipString(b []byte, i int) (int, error) {
 	j := i + 1
 	for {
 		if j = strEnd(b, j); j >= len(b) {
-			return 0, errMalformedJSON
+			return 0, ErrMalformed
 		}
 		switch b[j] {
 		case '"':
@@ -179,21 +161,21 @@ func skipString(b []byte, i int) (int, error) {
 		case '\\':
 			j += 2
 		default:
-			return 0, errMalformedJSON
+			return 0, ErrMalformed
 		}
 	}
 }
 
-// eachMember walks the object at i. fn gets each raw key and the position
+// EachMember walks the object at i. fn gets each raw key and the position
 // of its value, and returns the end of the value when it parsed it, or 0
 // to have it skipped. Walking once, descending where needed, visits each
 // byte once instead of once per level.
-func eachMember(b []byte, i int, fn func(key []byte, v int) (int, error)) (int, error) {
-	i = skipSpace(b, i)
+func EachMember(b []byte, i int, fn func(key []byte, v int) (int, error)) (int, error) {
+	i = SkipSpace(b, i)
 	if i >= len(b) || b[i] != '{' {
-		return 0, errNotObject
+		return 0, ErrNotObject
 	}
-	i = skipSpace(b, i+1)
+	i = SkipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		return i + 1, nil
 	}
@@ -218,26 +200,26 @@ func eachMember(b []byte, i int, fn func(key []byte, v int) (int, error)) (int, 
 // as afterValue does.
 func nextAfter(b []byte, v, end int, closing byte) (next int, more bool, err error) {
 	if end == 0 {
-		if end, err = skipValueDepth(b, v, 1); err != nil {
+		if end, err = SkipValueDepth(b, v, 1); err != nil {
 			return 0, false, err
 		}
 	}
-	return afterValue(b, end, closing)
+	return AfterValue(b, end, closing)
 }
 
-// eachItem walks the array at i like eachMember.
-func eachItem(b []byte, i int, fn func(v int) (int, error)) (int, error) {
-	i = skipSpace(b, i)
+// EachItem walks the array at i like eachMember.
+func EachItem(b []byte, i int, fn func(v int) (int, error)) (int, error) {
+	i = SkipSpace(b, i)
 	if i >= len(b) || b[i] != '[' {
-		return 0, errNotArray
+		return 0, ErrNotArray
 	}
-	i = skipSpace(b, i+1)
+	i = SkipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
 		return i + 1, nil
 	}
 	for {
 		if i >= len(b) {
-			return 0, errMalformedJSON // callbacks may read b[i]
+			return 0, ErrMalformed // callbacks may read b[i]
 		}
 		end, err := fn(i)
 		if err != nil {
@@ -255,7 +237,7 @@ func skipContainer(b []byte, i, depth int) (int, error) {
 	if b[i] == '[' {
 		closing = ']'
 	}
-	i = skipSpace(b, i+1)
+	i = SkipSpace(b, i+1)
 	if i < len(b) && b[i] == closing {
 		return i + 1, nil
 	}
@@ -266,12 +248,12 @@ func skipContainer(b []byte, i, depth int) (int, error) {
 				return 0, err
 			}
 		}
-		end, err := skipValueDepth(b, i, depth+1)
+		end, err := SkipValueDepth(b, i, depth+1)
 		if err != nil {
 			return 0, err
 		}
 		var more bool
-		if i, more, err = afterValue(b, end, closing); err != nil || !more {
+		if i, more, err = AfterValue(b, end, closing); err != nil || !more {
 			return i, err
 		}
 	}
@@ -281,48 +263,48 @@ func skipContainer(b []byte, i, depth int) (int, error) {
 // it, returning the end of the key and the position of the value.
 func memberKey(b []byte, i int) (keyEnd, v int, err error) {
 	if i >= len(b) || b[i] != '"' {
-		return 0, 0, errMalformedJSON
+		return 0, 0, ErrMalformed
 	}
-	if keyEnd, err = skipString(b, i); err != nil {
+	if keyEnd, err = SkipString(b, i); err != nil {
 		return 0, 0, err
 	}
-	i = skipSpace(b, keyEnd)
+	i = SkipSpace(b, keyEnd)
 	if i >= len(b) || b[i] != ':' {
-		return 0, 0, errMalformedJSON
+		return 0, 0, ErrMalformed
 	}
-	if v = skipSpace(b, i+1); v >= len(b) {
-		return 0, 0, errMalformedJSON // callers may read b[v]
+	if v = SkipSpace(b, i+1); v >= len(b) {
+		return 0, 0, ErrMalformed // callers may read b[v]
 	}
 	return keyEnd, v, nil
 }
 
-// afterValue reads what follows a value that ends at end inside an object
+// AfterValue reads what follows a value that ends at end inside an object
 // or array: a comma, after which more follows at next, or the closing
 // byte, just past which next is.
-func afterValue(b []byte, end int, closing byte) (next int, more bool, err error) {
-	i := skipSpace(b, end)
+func AfterValue(b []byte, end int, closing byte) (next int, more bool, err error) {
+	i := SkipSpace(b, end)
 	switch {
 	case i >= len(b):
-		return 0, false, errMalformedJSON
+		return 0, false, ErrMalformed
 	case b[i] == ',':
-		return skipSpace(b, i+1), true, nil
+		return SkipSpace(b, i+1), true, nil
 	case b[i] == closing:
 		return i + 1, false, nil
 	}
-	return 0, false, errMalformedJSON
+	return 0, false, ErrMalformed
 }
 
-// span is a [start,end) range of a value inside a body.
-type span struct{ start, end int }
+// Span is a [start,end) range of a value inside a body.
+type Span struct{ Start, End int }
 
-// objectField finds the value of key in the object that starts at i. Keys
+// ObjectField finds the value of key in the object that starts at i. Keys
 // are compared after unescaping, so "\u0064ata" finds "data". When a key
 // repeats, the last occurrence wins, as it does for JSON.parse.
-func objectField(b []byte, i int, key string) (span, bool, error) {
-	var found span
+func ObjectField(b []byte, i int, key string) (Span, bool, error) {
+	var found Span
 	ok := false
-	err := eachField(b, i, func(k []byte, v span) error {
-		if keyEquals(k, key) {
+	err := EachField(b, i, func(k []byte, v Span) error {
+		if KeyEquals(k, key) {
 			found, ok = v, true
 		}
 		return nil
@@ -330,31 +312,31 @@ func objectField(b []byte, i int, key string) (span, bool, error) {
 	return found, ok, err
 }
 
-// eachField calls fn with the raw (quoted) key and the value span of every
+// EachField calls fn with the raw (quoted) key and the value span of every
 // member of the object starting at i.
-func eachField(b []byte, i int, fn func(key []byte, v span) error) error {
-	_, err := eachMember(b, i, func(key []byte, v int) (int, error) {
-		end, err := skipValueDepth(b, v, 1)
+func EachField(b []byte, i int, fn func(key []byte, v Span) error) error {
+	_, err := EachMember(b, i, func(key []byte, v int) (int, error) {
+		end, err := SkipValueDepth(b, v, 1)
 		if err != nil {
 			return 0, err
 		}
-		return end, fn(key, span{v, end})
+		return end, fn(key, Span{v, end})
 	})
 	return err
 }
 
 var (
-	errNotObject = errors.New("not a JSON object")
-	errNotArray  = errors.New("not a JSON array")
+	ErrNotObject = errors.New("not a JSON object")
+	ErrNotArray  = errors.New("not a JSON array")
 )
 
-// arrayItems returns the span of every element of the array starting at i.
-func arrayItems(b []byte, i int) ([]span, error) {
-	var items []span
-	_, err := eachItem(b, i, func(v int) (int, error) {
-		end, err := skipValueDepth(b, v, 1)
+// ArrayItems returns the span of every element of the array starting at i.
+func ArrayItems(b []byte, i int) ([]Span, error) {
+	var items []Span
+	_, err := EachItem(b, i, func(v int) (int, error) {
+		end, err := SkipValueDepth(b, v, 1)
 		if err == nil {
-			items = append(items, span{v, end})
+			items = append(items, Span{v, end})
 		}
 		return end, err
 	})
@@ -364,38 +346,29 @@ func arrayItems(b []byte, i int) ([]span, error) {
 	return items, nil
 }
 
-// keyEquals compares a raw quoted key with an unescaped name.
-func keyEquals(raw []byte, name string) bool {
+// KeyEquals compares a raw quoted key with an unescaped name.
+func KeyEquals(raw []byte, name string) bool {
 	inner := raw[1 : len(raw)-1]
 	if string(inner) == name {
 		return true
 	}
 	// The decoded key is at most as long as the raw one.
-	if len(inner) < len(name) || !containsByte(inner, '\\') {
+	if len(inner) < len(name) || bytes.IndexByte(inner, '\\') < 0 {
 		return false // a key without escapes is its own text
 	}
 	var s string
 	return json.Unmarshal(raw, &s) == nil && s == name
 }
 
-func containsByte(b []byte, c byte) bool {
-	for _, x := range b {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
-
-// stringValue decodes the JSON string in v, reporting false when v is not
+// StringValue decodes the JSON string in v, reporting false when v is not
 // a string.
-func stringValue(b []byte, v span) (string, bool) {
-	raw := b[v.start:v.end]
+func StringValue(b []byte, v Span) (string, bool) {
+	raw := b[v.Start:v.End]
 	if len(raw) < 2 || raw[0] != '"' {
 		return "", false
 	}
 	inner := raw[1 : len(raw)-1]
-	if !containsByte(inner, '\\') {
+	if bytes.IndexByte(inner, '\\') < 0 {
 		return string(inner), true
 	}
 	var s string
@@ -405,13 +378,13 @@ func stringValue(b []byte, v span) (string, bool) {
 	return s, true
 }
 
-// fieldPath follows object keys from the top-level value of b.
-func fieldPath(b []byte, path ...string) (span, bool) {
-	cur := span{skipSpace(b, 0), len(b)}
+// FieldPath follows object keys from the top-level value of b.
+func FieldPath(b []byte, path ...string) (Span, bool) {
+	cur := Span{SkipSpace(b, 0), len(b)}
 	for _, key := range path {
-		v, ok, err := objectField(b, cur.start, key)
+		v, ok, err := ObjectField(b, cur.Start, key)
 		if err != nil || !ok {
-			return span{}, false
+			return Span{}, false
 		}
 		cur = v
 	}
@@ -424,17 +397,17 @@ func fieldPath(b []byte, path ...string) (span, bool) {
 // reading an edited message back from raw costs, instead of a validating
 // scan.
 
-// skipOwn returns the position after the value at b[i] in our own JSON.
-func skipOwn(b []byte, i int) int {
+// SkipOwn returns the position after the value at b[i] in our own JSON.
+func SkipOwn(b []byte, i int) int {
 	switch b[i] {
 	case '"':
-		return skipOwnString(b, i)
+		return SkipOwnString(b, i)
 	case '{', '[':
 		depth := 0
 		for j := i; j < len(b); j++ {
 			switch b[j] {
 			case '"':
-				j = skipOwnString(b, j) - 1
+				j = SkipOwnString(b, j) - 1
 			case '{', '[':
 				depth++
 			case '}', ']':
@@ -452,8 +425,8 @@ func skipOwn(b []byte, i int) int {
 	return j
 }
 
-// skipOwnString returns the position after the string at b[i] == '"'.
-func skipOwnString(b []byte, i int) int {
+// SkipOwnString returns the position after the string at b[i] == '"'.
+func SkipOwnString(b []byte, i int) int {
 	j := i + 1
 	for {
 		j = strEnd(b, j) // our own strings hold no control characters

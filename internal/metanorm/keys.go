@@ -1,4 +1,4 @@
-package webhookguard
+package metanorm
 
 import (
 	"encoding/binary"

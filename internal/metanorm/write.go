@@ -1,12 +1,12 @@
-package webhookguard
+package metanorm
 
 import (
-	"encoding/binary"
 	"math"
-	"math/bits"
 	"slices"
 	"strconv"
 	"unicode/utf8"
+
+	"github.com/webhookguard/webhookguard/internal/jsonscan"
 )
 
 // jsWriter copies JSON to JSON the way JSON.stringify(JSON.parse(text))
@@ -50,21 +50,21 @@ func (w *jsWriter) reset() {
 // value writes the value starting at b[i] (after optional white space)
 // and returns the position after it.
 func (w *jsWriter) value(b []byte, i int, mode keyMode, depth int) (int, error) {
-	i = skipSpace(b, i)
+	i = jsonscan.SkipSpace(b, i)
 	if i >= len(b) {
-		return 0, errMalformedJSON
+		return 0, jsonscan.ErrMalformed
 	}
 	switch c := b[i]; {
 	case c == '"':
 		return w.str(b, i)
 	case c == '{':
-		if depth >= maxDepth {
-			return 0, errMalformedJSON
+		if depth >= jsonscan.MaxDepth {
+			return 0, jsonscan.ErrMalformed
 		}
 		return w.object(b, i, mode, depth+1)
 	case c == '[':
-		if depth >= maxDepth {
-			return 0, errMalformedJSON
+		if depth >= jsonscan.MaxDepth {
+			return 0, jsonscan.ErrMalformed
 		}
 		return w.array(b, i, mode, depth+1)
 	case c == 't':
@@ -74,18 +74,18 @@ func (w *jsWriter) value(b []byte, i int, mode keyMode, depth int) (int, error) 
 	case c == 'n':
 		return w.literal(b, i, "null")
 	case c == '-' || ('0' <= c && c <= '9'):
-		end, err := skipNumber(b, i)
+		end, err := jsonscan.SkipNumber(b, i)
 		if err != nil {
 			return 0, err
 		}
 		w.out = appendJSNumber(w.out, b[i:end])
 		return end, nil
 	}
-	return 0, errMalformedJSON
+	return 0, jsonscan.ErrMalformed
 }
 
 func (w *jsWriter) literal(b []byte, i int, lit string) (int, error) {
-	end, err := skipLiteral(b, i, lit)
+	end, err := jsonscan.SkipLiteral(b, i, lit)
 	if err != nil {
 		return 0, err
 	}
@@ -101,14 +101,14 @@ func (w *jsWriter) array(b []byte, i int, mode keyMode, depth int) (int, error) 
 // element's position and returns its end) when fn is not nil.
 func (w *jsWriter) arrayWith(b []byte, i int, mode keyMode, depth int, fn func(v int) (int, error)) (int, error) {
 	w.out = append(w.out, '[')
-	i = skipSpace(b, i+1)
+	i = jsonscan.SkipSpace(b, i+1)
 	if i < len(b) && b[i] == ']' {
 		w.out = append(w.out, ']')
 		return i + 1, nil
 	}
 	for {
 		if i >= len(b) {
-			return 0, errMalformedJSON
+			return 0, jsonscan.ErrMalformed
 		}
 		var end int
 		var err error
@@ -127,7 +127,7 @@ func (w *jsWriter) arrayWith(b []byte, i int, mode keyMode, depth int, fn func(v
 			continue
 		}
 		var more bool
-		if i, more, err = afterValue(b, end, ']'); err != nil {
+		if i, more, err = jsonscan.AfterValue(b, end, ']'); err != nil {
 			return 0, err
 		}
 		if !more {
@@ -149,7 +149,7 @@ func (w *jsWriter) object(b []byte, i int, mode keyMode, depth int) (int, error)
 func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(key []byte, v int) (int, error)) (int, error) {
 	start := len(w.out)
 	w.out = append(w.out, '{')
-	i = skipSpace(b, i+1)
+	i = jsonscan.SkipSpace(b, i+1)
 	if i < len(b) && b[i] == '}' {
 		w.out = append(w.out, '}')
 		return i + 1, nil
@@ -161,7 +161,7 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 	var keysSeen uint64
 	for {
 		if i >= len(b) || b[i] != '"' {
-			return 0, errMalformedJSON
+			return 0, jsonscan.ErrMalformed
 		}
 		ks := len(w.out)
 		end, err := w.key(b, i, mode)
@@ -184,12 +184,12 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 		if end+1 < len(b) && b[end] == ':' && b[end+1] > ' ' {
 			v = end + 1
 		} else {
-			i = skipSpace(b, end)
+			i = jsonscan.SkipSpace(b, end)
 			if i >= len(b) || b[i] != ':' {
-				return 0, errMalformedJSON
+				return 0, jsonscan.ErrMalformed
 			}
-			if v = skipSpace(b, i+1); v >= len(b) {
-				return 0, errMalformedJSON
+			if v = jsonscan.SkipSpace(b, i+1); v >= len(b) {
+				return 0, jsonscan.ErrMalformed
 			}
 		}
 		w.out = append(w.out, ':')
@@ -215,7 +215,7 @@ func (w *jsWriter) objectWith(b []byte, i int, mode keyMode, depth int, fn func(
 			continue
 		}
 		var more bool
-		if i, more, err = afterValue(b, i, '}'); err != nil {
+		if i, more, err = jsonscan.AfterValue(b, i, '}'); err != nil {
 			return 0, err
 		}
 		if more {
@@ -246,13 +246,13 @@ func keyHash(k []byte) uint {
 // which is compact JSON of our own making.
 func (w *jsWriter) hasKey(start, ks int) bool {
 	out := w.out
-	key := out[ks:skipOwnString(out, ks)]
+	key := out[ks:jsonscan.SkipOwnString(out, ks)]
 	for p := start + 1; p < ks; {
-		e := skipOwnString(out, p)
+		e := jsonscan.SkipOwnString(out, p)
 		if string(out[p:e]) == string(key) {
 			return true
 		}
-		p = skipOwn(out, e+1) + 1 // past the comma
+		p = jsonscan.SkipOwn(out, e+1) + 1 // past the comma
 	}
 	return false
 }
@@ -264,8 +264,8 @@ func (w *jsWriter) rearrange(start int) {
 	// The members as written: each one's key, and its value up to valEnd.
 	ms := w.members[:0]
 	for p := start + 1; p < len(w.out)-1; {
-		ke := skipOwnString(w.out, p)
-		ve := skipOwn(w.out, ke+1)
+		ke := jsonscan.SkipOwnString(w.out, p)
+		ve := jsonscan.SkipOwn(w.out, ke+1)
 		key := w.out[p:ke]
 		// A repeated key keeps the first one's place and takes this value.
 		replaced := false
@@ -366,7 +366,7 @@ func (w *jsWriter) key(b []byte, i int, mode keyMode) (int, error) {
 		}
 		return j + 1, nil
 	}
-	end, err := skipString(b, i)
+	end, err := jsonscan.SkipString(b, i)
 	if err != nil {
 		return 0, err
 	}
@@ -491,14 +491,7 @@ func (w *jsWriter) str(b []byte, i int) (int, error) {
 	w.out = append(w.out, b[i:j]...)
 	for j < len(b) {
 		// Copy the run that needs no change in one go.
-		run := j
-		for run+4 <= len(b) && !strCopySpecial[b[run]] && !strCopySpecial[b[run+1]] &&
-			!strCopySpecial[b[run+2]] && !strCopySpecial[b[run+3]] {
-			run += 4
-		}
-		for run < len(b) && !strCopySpecial[b[run]] {
-			run++
-		}
+		run := strCopyEnd(b, j)
 		w.out = append(w.out, b[j:run]...)
 		j = run
 		if j >= len(b) {
@@ -516,28 +509,20 @@ func (w *jsWriter) str(b []byte, i int) (int, error) {
 			w.out = appendJSRune(w.out, r)
 			j += n
 		case c < 0x20:
-			return 0, errMalformedJSON
+			return 0, jsonscan.ErrMalformed
 		default:
 			r, n := decodeRuneWTF8(b[j:], w.wtf8)
 			w.out = appendJSRune(w.out, r)
 			j += n
 		}
 	}
-	return 0, errMalformedJSON
+	return 0, jsonscan.ErrMalformed
 }
 
 // strCopyEnd returns the position of the first byte at or after j that
-// str cannot copy verbatim, or len(b): a control character, '"', '\\' or
-// a byte of a multi-byte sequence (which is checked for valid UTF-8). A
-// byte's own high bit marks it exactly, so the lowest mark is still the
-// first such byte.
+// str cannot copy verbatim, or len(b): a control character, '"', '\' or
+// a byte of a multi-byte sequence (which is checked for valid UTF-8).
 func strCopyEnd(b []byte, j int) int {
-	for ; j+8 <= len(b); j += 8 {
-		x := binary.LittleEndian.Uint64(b[j:])
-		if m := strEndMask8(x) | x&0x8080808080808080; m != 0 {
-			return j + bits.TrailingZeros64(m)>>3
-		}
-	}
 	for j < len(b) && !strCopySpecial[b[j]] {
 		j++
 	}
@@ -556,7 +541,7 @@ var strCopySpecial = func() (t [256]bool) {
 // A lone surrogate is returned as its code point.
 func decodeEscape(b []byte, j int) (rune, int, error) {
 	if j+1 >= len(b) {
-		return 0, 0, errMalformedJSON
+		return 0, 0, jsonscan.ErrMalformed
 	}
 	switch b[j+1] {
 	case '"':
@@ -578,7 +563,7 @@ func decodeEscape(b []byte, j int) (rune, int, error) {
 	case 'u':
 		r, ok := hex4(b, j+2)
 		if !ok {
-			return 0, 0, errMalformedJSON
+			return 0, 0, jsonscan.ErrMalformed
 		}
 		if 0xD800 <= r && r < 0xDC00 && j+12 <= len(b) && b[j+6] == '\\' && b[j+7] == 'u' {
 			if lo, ok := hex4(b, j+8); ok && 0xDC00 <= lo && lo < 0xE000 {
@@ -587,7 +572,7 @@ func decodeEscape(b []byte, j int) (rune, int, error) {
 		}
 		return r, 6, nil
 	}
-	return 0, 0, errMalformedJSON
+	return 0, 0, jsonscan.ErrMalformed
 }
 
 func hex4(b []byte, j int) (rune, bool) {
@@ -675,7 +660,7 @@ func decodeString(dst, b []byte, i int, wtf8 bool) ([]byte, error) {
 			dst = appendWTF8(dst, r)
 			j += n
 		case c < 0x20:
-			return nil, errMalformedJSON
+			return nil, jsonscan.ErrMalformed
 		case c < 0x80:
 			dst = append(dst, c)
 			j++
@@ -685,7 +670,7 @@ func decodeString(dst, b []byte, i int, wtf8 bool) ([]byte, error) {
 			j += n
 		}
 	}
-	return nil, errMalformedJSON
+	return nil, jsonscan.ErrMalformed
 }
 
 // appendWTF8 is utf8.AppendRune that also encodes surrogate code points.

@@ -1,10 +1,12 @@
-package webhookguard
+package metanorm
 
 import (
 	"bytes"
 	"slices"
 	"strconv"
 	"unicode"
+
+	"github.com/webhookguard/webhookguard/internal/jsonscan"
 )
 
 // The SDK edits messages and calls; everything else it only camelCases.
@@ -15,7 +17,7 @@ import (
 
 type member struct {
 	key      []byte // camelCased, decoded
-	val      span
+	val      jsonscan.Span
 	rendered []byte // when non-nil, written instead of val
 	obj      *objModel
 }
@@ -39,16 +41,16 @@ func (n *normalizer) newObj() *objModel {
 }
 
 // writeValue writes the body's value at v as output JSON, camelCased.
-func (n *normalizer) writeValue(v span) error {
-	_, err := n.w.value(n.b, v.start, keysCamel, 0)
+func (n *normalizer) writeValue(v jsonscan.Span) error {
+	_, err := n.w.value(n.b, v.Start, keysCamel, 0)
 	return err
 }
 
 // render returns the body's value at v as output JSON, camelCased, in
 // memory of its own.
-func (n *normalizer) render(v span) ([]byte, error) {
+func (n *normalizer) render(v jsonscan.Span) ([]byte, error) {
 	var w jsWriter
-	if _, err := w.value(n.b, v.start, keysCamel, 0); err != nil {
+	if _, err := w.value(n.b, v.Start, keysCamel, 0); err != nil {
 		return nil, err
 	}
 	return w.out, nil
@@ -56,14 +58,14 @@ func (n *normalizer) render(v span) ([]byte, error) {
 
 // loadObject reads the members of the body's object at v, their keys
 // camelCased.
-func (n *normalizer) loadObject(v span) (*objModel, error) {
+func (n *normalizer) loadObject(v jsonscan.Span) (*objModel, error) {
 	o := n.newObj()
-	_, err := eachMember(n.b, v.start, func(key []byte, mv int) (int, error) {
-		end, err := skipValueDepth(n.b, mv, 1)
+	_, err := jsonscan.EachMember(n.b, v.Start, func(key []byte, mv int) (int, error) {
+		end, err := jsonscan.SkipValueDepth(n.b, mv, 1)
 		if err != nil {
 			return 0, err
 		}
-		o.set(member{key: o.camelKeyBytes(key), val: span{mv, end}})
+		o.set(member{key: o.camelKeyBytes(key), val: jsonscan.Span{Start: mv, End: end}})
 		return end, nil
 	})
 	return o, err
@@ -73,7 +75,7 @@ func (n *normalizer) loadObject(v span) (*objModel, error) {
 // needs no change.
 func (o *objModel) camelKeyBytes(raw []byte) []byte {
 	inner := raw[1 : len(raw)-1]
-	if isPlainKey(inner) && !containsByte(inner, '_') && !containsByte(inner, '-') {
+	if isPlainKey(inner) && bytes.IndexByte(inner, '_') < 0 && bytes.IndexByte(inner, '-') < 0 {
 		return inner
 	}
 	start := len(o.keyBuf)
@@ -153,7 +155,7 @@ func (m *member) writeValue(w *jsWriter, body []byte) error {
 		w.out = append(w.out, m.rendered...)
 		return nil
 	}
-	_, err := w.value(body, m.val.start, keysCamel, 0)
+	_, err := w.value(body, m.val.Start, keysCamel, 0)
 	return err
 }
 
@@ -183,13 +185,13 @@ func (n *normalizer) loadKapso(msg *objModel) (kapsoState, error) {
 	if !ok {
 		return kapsoState{kind: kapsoAbsent}, nil
 	}
-	raw := b[m.val.start:m.val.end]
+	raw := b[m.val.Start:m.val.End]
 	switch c := raw[0]; {
 	case c == '{':
 		o, err := n.loadObject(m.val)
 		return kapsoState{kind: kapsoObject, obj: o}, err
 	case c == '[':
-		items, err := arrayItems(b, m.val.start)
+		items, err := jsonscan.ArrayItems(b, m.val.Start)
 		return kapsoState{kind: kapsoArray, arrayLen: len(items)}, err
 	case c == '"':
 		if string(raw) == `""` {
@@ -218,7 +220,7 @@ func (k *kapsoState) ensure(n *normalizer) {
 func (k *kapsoState) assign(key, rendered []byte) error {
 	switch k.kind {
 	case kapsoString, kapsoOtherTruthy:
-		return errSDKThrows
+		return ErrSDKThrows
 	case kapsoArray:
 		k.hidden = true
 	case kapsoObject:
@@ -265,7 +267,7 @@ func (n *normalizer) messageItems(ch *metaChange, list itemList, echo bool, firs
 
 // identity holds where a message's from, to, context and fromUserId are.
 type identity struct {
-	from, to, context, fromUserID             span
+	from, to, context, fromUserID             jsonscan.Span
 	hasFrom, hasTo, hasContext, hasFromUserID bool
 }
 
@@ -287,26 +289,26 @@ var (
 	renderedEchoSrc  = []byte(`"smb_message_echo"`)
 )
 
-func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
+func (n *normalizer) message(ch *metaChange, it jsonscan.Span, echo bool) error {
 	w := &n.w
-	switch c := n.b[it.start]; {
+	switch c := n.b[it.Start]; {
 	case c == 'n':
-		return errSDKThrows // reading a property of null
+		return ErrSDKThrows // reading a property of null
 	case c == '[':
 		return n.writeValue(it)
 	case c != '{':
 		if echo {
-			return errSDKThrows // setting kapso on a primitive
+			return ErrSDKThrows // setting kapso on a primitive
 		}
 		return n.writeValue(it)
 	}
 	msg, err := n.loadObject(it)
 	if err != nil {
-		return errNotNormalizable
+		return ErrNotNormalizable
 	}
 	kapso, err := n.loadKapso(msg)
 	if err != nil {
-		return errNotNormalizable
+		return ErrNotNormalizable
 	}
 	if err := n.applyOrderText(msg, &kapso); err != nil {
 		return err
@@ -338,7 +340,7 @@ func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
 		}
 	}
 	if err := msg.write(w, n.b); err != nil {
-		return errNotNormalizable
+		return ErrNotNormalizable
 	}
 	return nil
 }
@@ -347,12 +349,12 @@ func (n *normalizer) message(ch *metaChange, it span, echo bool) error {
 func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
 	b := n.b
 	om, ok := msg.get("order")
-	if !ok || b[om.val.start] != '{' {
+	if !ok || b[om.val.Start] != '{' {
 		return nil
 	}
 	order, err := n.loadObject(om.val)
 	if err != nil {
-		return errNotNormalizable
+		return ErrNotNormalizable
 	}
 	text, ok := order.get("text")
 	if !ok {
@@ -360,7 +362,7 @@ func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
 	}
 	value, err := n.render(text.val)
 	if err != nil {
-		return errNotNormalizable
+		return ErrNotNormalizable
 	}
 	order.del("text")
 	order.set(member{key: keyOrderText, rendered: value})
@@ -374,7 +376,7 @@ func (n *normalizer) applyOrderText(msg *objModel, kapso *kapsoState) error {
 func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 	b := n.b
 	im, ok := msg.get("interactive")
-	if !ok || b[im.val.start] != '{' {
+	if !ok || b[im.val.Start] != '{' {
 		return nil, false
 	}
 	inter, err := n.loadObject(im.val)
@@ -385,7 +387,7 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 		return nil, false
 	}
 	rm, ok := inter.get("nfmReply")
-	if !ok || b[rm.val.start] != '{' {
+	if !ok || b[rm.val.Start] != '{' {
 		return nil, false
 	}
 	reply, err := n.loadObject(rm.val)
@@ -393,10 +395,10 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 		return nil, false
 	}
 	rj, ok := reply.get("responseJson")
-	if !ok || b[rj.val.start] != '"' {
+	if !ok || b[rj.val.Start] != '"' {
 		return nil, false
 	}
-	var name span
+	var name jsonscan.Span
 	if m, ok := reply.get("name"); ok {
 		name = m.val
 	}
@@ -408,9 +410,9 @@ func (n *normalizer) flowFields(msg *objModel) ([]member, bool) {
 // parsed and camelCased; flowToken, when that is an object with a string
 // flowToken; flowName, when name (zero when absent) is a string. It
 // reports false when response_json is blank or not JSON.
-func (n *normalizer) flowReplyFields(responseJSON, name span) ([]member, bool) {
+func (n *normalizer) flowReplyFields(responseJSON, name jsonscan.Span) ([]member, bool) {
 	b := n.b
-	text, err := decodeString(n.flowText[:0], b, responseJSON.start, false)
+	text, err := decodeString(n.flowText[:0], b, responseJSON.Start, false)
 	if err != nil || len(jsTrim(text)) == 0 {
 		return nil, false
 	}
@@ -427,11 +429,11 @@ func (n *normalizer) flowReplyFields(responseJSON, name span) ([]member, bool) {
 		return fields, true
 	}
 	if response[0] == '{' {
-		if tok, found, _ := objectField(response, 0, "flowToken"); found && response[tok.start] == '"' {
-			fields = append(fields, member{key: keyFlowToken, rendered: response[tok.start:tok.end]})
+		if tok, found, _ := jsonscan.ObjectField(response, 0, "flowToken"); found && response[tok.Start] == '"' {
+			fields = append(fields, member{key: keyFlowToken, rendered: response[tok.Start:tok.End]})
 		}
 	}
-	if name.end != 0 && b[name.start] == '"' {
+	if name.End != 0 && b[name.Start] == '"' {
 		if rendered, err := n.render(name); err == nil {
 			fields = append(fields, member{key: keyFlowName, rendered: rendered})
 		}
@@ -445,7 +447,7 @@ func (n *normalizer) flowReplyFields(responseJSON, name span) ([]member, bool) {
 func (w *jsWriter) parseJSONLikeJS(text []byte) ([]byte, bool) {
 	w.wtf8 = true
 	end, err := w.value(text, 0, keysCamel, 0)
-	if err != nil || skipSpace(text, end) != len(text) {
+	if err != nil || jsonscan.SkipSpace(text, end) != len(text) {
 		return nil, false
 	}
 	return w.out, true
@@ -456,15 +458,15 @@ func jsTrim(s []byte) []byte {
 	return bytes.TrimFunc(s, func(r rune) bool { return unicode.IsSpace(r) || r == '\uFEFF' })
 }
 
-func spanIsString(b []byte, v span, want string) bool {
-	if v.end <= v.start || b[v.start] != '"' {
+func spanIsString(b []byte, v jsonscan.Span, want string) bool {
+	if v.End <= v.Start || b[v.Start] != '"' {
 		return false
 	}
-	if inner := b[v.start+1 : v.end-1]; !containsByte(inner, '\\') {
+	if inner := b[v.Start+1 : v.End-1]; bytes.IndexByte(inner, '\\') < 0 {
 		return string(inner) == want
 	}
 	var buf [64]byte
-	dec, err := decodeString(buf[:0], b, v.start, false)
+	dec, err := decodeString(buf[:0], b, v.Start, false)
 	return err == nil && string(dec) == want
 }
 
@@ -477,7 +479,7 @@ func (n *normalizer) direction(ch *metaChange, msg *objModel, echo bool) []byte 
 	var id identity
 	for _, f := range []struct {
 		key string
-		sp  *span
+		sp  *jsonscan.Span
 		has *bool
 	}{{"from", &id.from, &id.hasFrom}, {"to", &id.to, &id.hasTo}, {"context", &id.context, &id.hasContext},
 		{"fromUserId", &id.fromUserID, &id.hasFromUserID}} {
@@ -493,22 +495,22 @@ func (n *normalizer) direction(ch *metaChange, msg *objModel, echo bool) []byte 
 func (n *normalizer) directionOf(ch *metaChange, doc []byte, id identity) []byte {
 	business := n.businessSet(ch)
 	hasContextFrom := false
-	if id.hasContext && doc[id.context.start] == '{' {
-		var ctxFrom span
+	if id.hasContext && doc[id.context.Start] == '{' {
+		var ctxFrom jsonscan.Span
 		found := false
-		_ = eachField(doc, id.context.start, func(key []byte, v span) error {
+		_ = jsonscan.EachField(doc, id.context.Start, func(key []byte, v jsonscan.Span) error {
 			if string(camelKeyOf(key)) == "from" {
 				ctxFrom, found = v, true
 			}
 			return nil
 		})
-		if found && doc[ctxFrom.start] == '"' && ctxFrom.end-ctxFrom.start > 2 {
+		if found && doc[ctxFrom.Start] == '"' && ctxFrom.End-ctxFrom.Start > 2 {
 			hasContextFrom = true
 			business.add(n.digitsOf(doc, ctxFrom))
 		}
 	}
-	digits := func(has bool, v span) []byte {
-		if !has || doc[v.start] != '"' {
+	digits := func(has bool, v jsonscan.Span) []byte {
+		if !has || doc[v.Start] != '"' {
 			return nil
 		}
 		return n.digitsOf(doc, v)
@@ -525,7 +527,7 @@ func (n *normalizer) directionOf(ch *metaChange, doc []byte, id identity) []byte
 	case len(from) > 0:
 		return renderedInbound
 	}
-	if id.hasFromUserID && doc[id.fromUserID.start] == '"' && id.fromUserID.end-id.fromUserID.start > 2 {
+	if id.hasFromUserID && doc[id.fromUserID.Start] == '"' && id.fromUserID.End-id.fromUserID.Start > 2 {
 		return renderedInbound
 	}
 	return nil
@@ -545,27 +547,27 @@ func (n *normalizer) callItems(ch *metaChange, list itemList, first *bool) error
 	for k := list.lo; k < list.hi; k++ {
 		n.sep(first)
 		it, b := n.items[k], n.b
-		switch b[it.start] {
+		switch b[it.Start] {
 		case 'n':
-			return errSDKThrows
+			return ErrSDKThrows
 		case '{':
 		default:
 			if err := n.writeValue(it); err != nil {
-				return errNotNormalizable
+				return ErrNotNormalizable
 			}
 			continue
 		}
 		call, err := n.loadObject(it)
 		if err != nil {
-			return errNotNormalizable
+			return ErrNotNormalizable
 		}
-		if wm, ok := call.get("wacid"); ok && b[wm.val.start] == '"' && !truthyMember(b, call, "callId") {
+		if wm, ok := call.get("wacid"); ok && b[wm.val.Start] == '"' && !truthyMember(b, call, "callId") {
 			id := wm.val
 			call.del("wacid")
 			call.set(member{key: keyCallID, val: id})
 		}
 		if err := call.write(w, n.b); err != nil {
-			return errNotNormalizable
+			return ErrNotNormalizable
 		}
 	}
 	return nil
@@ -577,7 +579,7 @@ func truthyMember(b []byte, o *objModel, key string) bool {
 	if !ok {
 		return false
 	}
-	raw := string(b[m.val.start:m.val.end])
+	raw := string(b[m.val.Start:m.val.End])
 	switch raw[0] {
 	case '{', '[', 't':
 		return true

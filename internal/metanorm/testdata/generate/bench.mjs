@@ -5,7 +5,7 @@
 // forwards or stores the result would. The Go normalizer it is compared
 // with takes and returns bytes too.
 //
-//   cd testdata/normalize/generate && npm install && node bench.mjs [rounds, default 7]
+//   cd internal/metanorm/testdata/generate && npm install && node bench.mjs [rounds, default 7]
 //
 // prints the median over rounds of the mean time per payload, in ns, over
 // the corpus and for the text message alone, with the same figures for

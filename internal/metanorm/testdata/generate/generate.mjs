@@ -3,7 +3,7 @@
 // JSON.stringify, to ../golden/<name>.json. A payload on which the SDK
 // throws gets {"__throws": "<message>"} instead.
 //
-//   cd testdata/normalize/generate && npm install && node generate.mjs
+//   cd internal/metanorm/testdata/generate && npm install && node generate.mjs
 import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { normalizeWebhook } from "@kapso/whatsapp-cloud-api/server";
