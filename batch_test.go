@@ -316,6 +316,7 @@ func TestUnbatchFixture(t *testing.T) {
 // TestParseBatchScanner guards the scanner against encoding/json on
 // awkward but valid envelopes: escaped keys, white space, nested arrays.
 func TestParseBatchScanner(t *testing.T) {
+	t.Parallel()
 	bodies := []string{
 		`{"type":"e","data":[{"a":[1,2,{"b":"]}"}]},{"c":"\"}"}]}`,
 		" {\n \"d\\u0061ta\" : [ {\"x\":null} , {\"y\":true} ] , \"type\":\"e\"} ",

@@ -15,6 +15,7 @@ import (
 // *http.MaxBytesError whatever length was announced, and read errors are
 // passed on rather than taken for the end of the body.
 func TestReadLimited(t *testing.T) {
+	t.Parallel()
 	const limit = 1000
 	for _, tc := range []struct {
 		name    string

@@ -22,6 +22,7 @@ const goldenSeparator = "----------"
 // Caddyfile, a separator line and the expected JSON (go test -update
 // rewrites the JSON after a deliberate change).
 func TestCaddyfileAdapt(t *testing.T) {
+	t.Parallel()
 	files, err := filepath.Glob("testdata/caddyfile/*.caddyfiletest")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no adapter fixtures: %v", err)
@@ -73,6 +74,7 @@ func adaptCaddyfile(t *testing.T, input string) string {
 // TestCaddyfileErrors guards the parser's refusals: each mistake names
 // what was wrong.
 func TestCaddyfileErrors(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		name, input, want string
 	}{

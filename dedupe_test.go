@@ -32,6 +32,7 @@ func keysOf(names ...string) []storeKey {
 // waiters woken on release, any committed key making a delivery a
 // duplicate, and a release never dropping another delivery's claim.
 func TestMemoryStoreClaims(t *testing.T) {
+	t.Parallel()
 	s := newMemoryStore("test", 10, time.Hour, time.Now)
 	ctx := context.Background()
 	first, _ := s.claim(ctx, keysOf("a", "b"))
@@ -110,6 +111,7 @@ func TestMemoryStoreTTLAndCapacity(t *testing.T) {
 // events with a message id, keyed by event so status events of one
 // message stay distinct.
 func TestContentKey(t *testing.T) {
+	t.Parallel()
 	tests := []struct {
 		event, body, want string
 	}{
@@ -348,17 +350,6 @@ func TestDedupeInFlight(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // TestDedupeSurvivesReload guards reload-safe state: keys committed
 // before a config change are still known after it, and scopes keep stores
 // apart.
@@ -514,11 +505,11 @@ func TestRedisReleaseIsCompareAndDelete(t *testing.T) {
 	if busy, _ := s.claim(ctx, keysOf("k")); busy.state != claimBusy {
 		t.Fatalf("second claim during lease: %v", busy.state)
 	}
-	time.Sleep(200 * time.Millisecond)
-	other, _ := s.claim(ctx, keysOf("k"))
-	if other.state != claimOwned {
-		t.Fatalf("claim after the lease ran out: %v", other.state)
-	}
+	var other claimResult
+	waitFor(t, func() bool { // the lease runs out
+		other, _ = s.claim(ctx, keysOf("k"))
+		return other.state == claimOwned
+	})
 	if err := s.release(ctx, slow.claim); err != nil {
 		t.Fatal(err)
 	}
@@ -608,6 +599,7 @@ func BenchmarkMemoryStore(b *testing.B) {
 // forwarded twice. Keys that are not a single header placeholder must
 // still go through the replacer.
 func TestConfiguredKeyMatchesReplacer(t *testing.T) {
+	t.Parallel()
 	headers := []http.Header{
 		{},
 		{"X-Idempotency-Key": {"abc-123"}},
@@ -652,6 +644,7 @@ func TestConfiguredKeyMatchesReplacer(t *testing.T) {
 // for keys too long for the stack buffer alike. Redis holds keys across
 // versions, and a digest that changed would let a retry through.
 func TestStoreKeyOf(t *testing.T) {
+	t.Parallel()
 	for _, key := range []string{"", "a", "2f1c9a1e-6f0a-4c0e-9d8b-3a7e5b2c1d00", strings.Repeat("k", 122),
 		strings.Repeat("k", 123), strings.Repeat("é", 200)} {
 		for _, kind := range []string{"id", "content"} {

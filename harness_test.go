@@ -344,3 +344,26 @@ func compactFixture(t testing.TB, name string) []byte {
 	}
 	return out.Bytes()
 }
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// never polls cond for d and fails as soon as it holds: the proof that
+// something did not happen (a forward of a partial body, say), which
+// fails at once when it does instead of after a fixed sleep.
+func never(t *testing.T, d time.Duration, cond func() bool, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if cond() {
+			t.Fatal(what)
+		}
+	}
+}

@@ -72,6 +72,7 @@ func runSigCases(t *testing.T, v *Verifier, cases []sigCase) {
 // bytes, either hex case, optional sha256= prefix, nothing else accepted.
 // The vector is the one in kapso-webhooks.md §4.3.
 func TestKapsoScheme(t *testing.T) {
+	t.Parallel()
 	v := provisionedVerifier(t, &Verifier{Scheme: "kapso", Secrets: []string{"kapso_test_secret"}})
 	body := `{"message":{"id":"wamid.123"}}`
 	good := "a3d9b5fe201a0ddd67d694949a8b909ff126cc80f0b931214f13ccaf0f9684aa"
@@ -102,6 +103,7 @@ func TestKapsoScheme(t *testing.T) {
 // TestMetaScheme checks the vectors of meta-webhooks.md §2, including the
 // pair that parses to the same JSON but is signed differently.
 func TestMetaScheme(t *testing.T) {
+	t.Parallel()
 	vectors := []struct{ key, body, sig string }{
 		{"secret", "test", "0329a06b62cd16b33eb6792be8c60b158d89a2ee3a876fce9a881ebb488c0914"},
 		{"my_app_secret", `{"object":"whatsapp_business_account","entry":[]}`, "1e948187320e1d8a8ab09e20b7172f8fe97e79394c0980b59b485e00288e389d"},
@@ -134,6 +136,7 @@ func TestMetaScheme(t *testing.T) {
 // TestHMACScheme guards the generic scheme's options: header, prefix,
 // encoding and algorithm, and a whsec_ secret used verbatim as the key.
 func TestHMACScheme(t *testing.T) {
+	t.Parallel()
 	body := `{"event":"x"}`
 	sum := func(newHash func() hash.Hash, key string) []byte {
 		m := hmac.New(newHash, []byte(key))
@@ -181,6 +184,7 @@ func TestHMACScheme(t *testing.T) {
 // the list may match, svix- headers work too, and the tolerance holds in
 // both directions, inclusive at its edge.
 func TestStandardScheme(t *testing.T) {
+	t.Parallel()
 	key := []byte("0123456789abcdef0123456789abcdef")
 	secret := "whsec_" + base64.StdEncoding.EncodeToString(key)
 	fixed := time.Unix(1_750_000_000, 0)

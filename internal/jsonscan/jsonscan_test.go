@@ -11,6 +11,7 @@ import (
 // missing field, a non-object on the way or a non-string reported as
 // absent rather than guessed.
 func TestFieldPathAndStringValue(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name, body string
 		path       []string
@@ -43,6 +44,7 @@ func TestFieldPathAndStringValue(t *testing.T) {
 // bodies: malformed JSON and nesting beyond MaxDepth are errors, never a
 // panic or a wrong end, and a valid value's end is exact.
 func TestSkipValueRefusesBadInput(t *testing.T) {
+	t.Parallel()
 	deep := strings.Repeat("[", MaxDepth+1) + strings.Repeat("]", MaxDepth+1)
 	for _, body := range []string{``, `{`, `{"a"}`, `{"a":}`, `[1,]`, `"abc`, "\"a\x01\"", `tru`, `01`, `1.`, `-`, deep} {
 		if _, err := SkipValue([]byte(body), 0); !errors.Is(err, ErrMalformed) {

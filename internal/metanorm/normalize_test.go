@@ -25,6 +25,7 @@ func loadCorpus(t testing.TB) []CorpusCase {
 // JavaScript rounds them still matches. Payloads on which the SDK throws
 // must be refused (and are then forwarded unchanged).
 func TestNormalizeConformance(t *testing.T) {
+	t.Parallel()
 	for _, tc := range loadCorpus(t) {
 		t.Run(tc.Name, func(t *testing.T) {
 			out, err := Append(nil, tc.Input)
@@ -50,6 +51,7 @@ func TestNormalizeConformance(t *testing.T) {
 // TestNormalizeKeepsBigIntegerDigits guards the one intended difference
 // from JavaScript: integers beyond 2^53 keep their digits.
 func TestNormalizeKeepsBigIntegerDigits(t *testing.T) {
+	t.Parallel()
 	in := []byte(`{"object":"whatsapp_business_account","entry":[{"changes":[{"field":"x","value":{"big_id":12345678901234567890123,"neg":-0,"f":1.50}}]}]}`)
 	out, err := Append(nil, in)
 	if err != nil {
@@ -64,6 +66,7 @@ func TestNormalizeKeepsBigIntegerDigits(t *testing.T) {
 // TestNormalizeRefusesNonObjects guards the pass-through policy: bodies
 // that are not JSON objects are not rewritten.
 func TestNormalizeRefusesNonObjects(t *testing.T) {
+	t.Parallel()
 	for _, body := range []string{``, `[]`, `"s"`, `12`, `null`, `{"a":`, `{"a":1} x`, "{\"a\":\"\x01\"}"} {
 		if _, err := Append(nil, []byte(body)); !errors.Is(err, ErrNotNormalizable) {
 			t.Errorf("%q: err=%v, want ErrNotNormalizable", body, err)
@@ -134,6 +137,7 @@ func BenchmarkNormalize(b *testing.B) {
 // and written camelCased, and keys that differ from a listed one in any
 // single byte, or in length, are not taken for it.
 func TestKnownKeys(t *testing.T) {
+	t.Parallel()
 	for _, k := range metaKeyNames {
 		out, ok := knownCamelKey([]byte(k))
 		if want := string(appendCamelQuoted(nil, []byte(k))); !ok || string(out) != want {
