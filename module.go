@@ -133,6 +133,11 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision resolves secrets, sets defaults and attaches the dedupe store.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	// The app checks, once every route is provisioned, that no handler
+	// answers requests before this one runs.
+	if _, err := ctx.App("webhook_guard"); err != nil {
+		return err
+	}
 	if h.now == nil {
 		h.now = time.Now
 	}

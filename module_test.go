@@ -427,3 +427,44 @@ func BenchmarkVerifyPath(b *testing.B) {
 		})
 	}
 }
+
+// TestRefusesGuardAfterTerminalHandler guards against the silent bypass:
+// inside a route block the written order is kept, so a reverse_proxy (or
+// respond, or file_server) written before webhook_guard would answer
+// every request unverified. Such a config must fail to load with a
+// message that says how to fix it; the right order, matched terminal
+// routes and handle blocks (which sort webhook_guard first) still load.
+func TestRefusesGuardAfterTerminalHandler(t *testing.T) {
+	up := newUpstream(t)
+	guard := `webhook_guard {
+			verify kapso ` + kapsoSecret + `
+		}`
+	for _, tc := range []struct {
+		name, site string
+		refused    bool
+	}{
+		{"reverse_proxy first in a route", "route {\n\t\treverse_proxy " + up.Addr() + "\n\t\t" + guard + "\n\t}", true},
+		{"respond first in a route", "route {\n\t\trespond \"hi\"\n\t\t" + guard + "\n\t}", true},
+		{"a catch-all handle block first", "route {\n\t\thandle {\n\t\t\treverse_proxy " + up.Addr() + "\n\t\t}\n\t\t" + guard + "\n\t}", true},
+		{"webhook_guard first in a route", "route {\n\t\t" + guard + "\n\t\treverse_proxy " + up.Addr() + "\n\t}", false},
+		{"a matched reverse_proxy first", "route {\n\t\treverse_proxy /other/* " + up.Addr() + "\n\t\t" + guard + "\n\t\treverse_proxy " + up.Addr() + "\n\t}", false},
+		{"handle sorts the directives", "handle {\n\t\treverse_proxy " + up.Addr() + "\n\t\t" + guard + "\n\t}", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if !tc.refused {
+				c := startCaddy(t, tc.site)
+				body := []byte(`{"message":{"id":"x"}}`)
+				if status, _, _ := post(t, c.URL, body, nil); status != http.StatusUnauthorized {
+					t.Fatalf("an unsigned request got %d, want 401", status)
+				}
+				return
+			}
+			out := startCaddyErr(t, tc.site)
+			for _, want := range []string{"webhook_guard", "answers every request first", "Put webhook_guard before it"} {
+				if !strings.Contains(out, want) {
+					t.Fatalf("the error does not say %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+}
