@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"fmt"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -59,8 +60,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //
 // Secrets may be {env.NAME} or {file./path} placeholders, resolved when
 // the config is loaded and never written into the JSON config.
+//
+// Mistakes that need no secret to spot (no verify, an unknown scheme,
+// hmac without a header, an option of another scheme, an unknown
+// on_store_error or normalize value, a redis URL of another scheme) are
+// reported here, with the file and line, so that caddy adapt shows them;
+// Validate checks the same for JSON configs.
 func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
+	directive := errorAt(d)
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -88,7 +96,9 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "forward_secret":
 			err = parseString(d, &m.ForwardSecret)
 		case "normalize":
-			err = parseString(d, &m.Normalize)
+			if err = parseString(d, &m.Normalize); err == nil && m.Normalize != normalizeFormatMeta {
+				err = d.Errf("normalize: unknown format %q (want meta)", m.Normalize)
+			}
 		case "verify_token":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -102,10 +112,24 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
+	if len(m.Verify) == 0 {
+		return directive("webhook_guard needs at least one verify line: it never forwards unverified requests")
+	}
 	return nil
 }
 
+// errorAt returns a function that reports a parse error at the current
+// token's file and line, as the Dispenser's own errors do, for checks made
+// after the parser has moved past it.
+func errorAt(d *caddyfile.Dispenser) func(format string, args ...any) error {
+	file, line := d.File(), d.Line()
+	return func(format string, args ...any) error {
+		return fmt.Errorf("%s, at %s:%d", fmt.Sprintf(format, args...), file, line)
+	}
+}
+
 func (m *Handler) unmarshalVerify(d *caddyfile.Dispenser) error {
+	verifyLine := errorAt(d)
 	if !d.NextArg() {
 		return d.Err("verify needs a scheme: kapso, meta, hmac or standard")
 	}
@@ -137,7 +161,10 @@ func (m *Handler) unmarshalVerify(d *caddyfile.Dispenser) error {
 		}
 	}
 	if len(v.Secrets) == 0 {
-		return d.Errf("verify %s needs at least one secret", v.Scheme)
+		return verifyLine("verify %s needs at least one secret", v.Scheme)
+	}
+	if err := v.checkOptions(); err != nil {
+		return verifyLine("verify %s: %v", v.Scheme, err)
 	}
 	m.Verify = append(m.Verify, v)
 	return nil
@@ -163,11 +190,17 @@ func (dd *Dedupe) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "scope":
 			err = parseString(d, &dd.Scope)
 		case "redis":
-			err = parseString(d, &dd.Redis)
+			if err = parseString(d, &dd.Redis); err == nil {
+				if e := checkRedisURL(dd.Redis); e != nil {
+					err = d.Errf("redis: %v", e)
+				}
+			}
 		case "prefix":
 			err = parseString(d, &dd.Prefix)
 		case "on_store_error":
-			err = parseString(d, &dd.OnStoreError)
+			if err = parseString(d, &dd.OnStoreError); err == nil && dd.OnStoreError != storeErrorPass && dd.OnStoreError != storeErrorReject {
+				err = d.Errf("on_store_error must be pass or reject, not %q", dd.OnStoreError)
+			}
 		default:
 			return d.Errf("unrecognized dedupe option %q", d.Val())
 		}
@@ -221,13 +254,14 @@ func parseInt(d *caddyfile.Dispenser, dst *int) error {
 }
 
 func parseSize(d *caddyfile.Dispenser, dst *int64) error {
+	name := d.Val()
 	var s string
 	if err := parseString(d, &s); err != nil {
 		return err
 	}
 	n, err := humanize.ParseBytes(s)
 	if err != nil || n == 0 {
-		return d.Errf("bad size %q: %v", s, err)
+		return d.Errf("%s: want a size such as 5MB, 512KB or 1000000 (bytes), got %q", name, s)
 	}
 	*dst = int64(n)
 	return nil

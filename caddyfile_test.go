@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,6 +53,42 @@ func TestCaddyfileAdapt(t *testing.T) {
 	}
 }
 
+// TestCaddyfileAdaptErrors guards errors where the user is: mistakes that
+// need no secret to spot fail caddy adapt itself, with the file and the
+// line of the offending directive, instead of surfacing only at run time
+// without a position.
+func TestCaddyfileAdaptErrors(t *testing.T) {
+	t.Parallel()
+	site := func(lines string) string {
+		return ":8080 {\n\twebhook_guard {\n" + lines + "\n\t}\n\treverse_proxy 127.0.0.1:9\n}\n"
+	}
+	for _, tc := range []struct {
+		name, lines, want string
+		line              int
+	}{
+		{"no verify", "\t\tdedupe", "webhook_guard needs at least one verify", 2},
+		{"unknown scheme", "\t\tverify github s3cret", `verify github: unknown scheme "github"`, 3},
+		{"hmac without header", "\t\tverify hmac s3cret", "verify hmac: the hmac scheme needs a header", 3},
+		{"header on kapso", "\t\tverify kapso s3cret {\n\t\t\theader X-Sig\n\t\t}", "verify kapso: header, prefix, encoding and algorithm apply only to the hmac scheme", 3},
+		{"bad algorithm", "\t\tverify hmac s3cret {\n\t\t\theader X-Sig\n\t\t\talgorithm md5\n\t\t}", `verify hmac: unknown algorithm "md5"`, 3},
+		{"unknown on_store_error", "\t\tverify kapso s3cret\n\t\tdedupe {\n\t\t\ton_store_error ignore\n\t\t}", `on_store_error must be pass or reject, not "ignore"`, 5},
+		{"unknown normalize", "\t\tverify meta s3cret\n\t\tnormalize kapso", `normalize: unknown format "kapso" (want meta)`, 4},
+		{"redis over http", "\t\tverify kapso s3cret\n\t\tdedupe {\n\t\t\tredis http://user:pw@cache:6379\n\t\t}", "redis: want a redis:// or rediss:// URL (or unix:// for a socket), got a http:// URL", 5},
+		{"max_body in words", "\t\tverify kapso s3cret\n\t\tmax_body lots", `max_body: want a size such as 5MB, 512KB or 1000000 (bytes), got "lots"`, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(site(tc.lines)), map[string]any{"filename": "Caddyfile"})
+			at := fmt.Sprintf("at Caddyfile:%d", tc.line)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), at) {
+				t.Fatalf("adapt error = %v\nwant it to contain %q and %q", err, tc.want, at)
+			}
+			if strings.Contains(err.Error(), "pw@") {
+				t.Fatalf("the error shows the redis password: %v", err)
+			}
+		})
+	}
+}
+
 func adaptCaddyfile(t *testing.T, input string) string {
 	t.Helper()
 	adapter := caddyconfig.GetAdapter("caddyfile")
@@ -82,7 +119,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"verify without scheme", "webhook_guard {\n verify\n}", "needs a scheme"},
 		{"verify without secret", "webhook_guard {\n verify kapso\n}", "at least one secret"},
 		{"unknown verify option", "webhook_guard {\n verify hmac s {\n colour red\n }\n}", "unrecognized verify option"},
-		{"bad size", "webhook_guard {\n max_body lots\n}", "bad size"},
+		{"bad size", "webhook_guard {\n max_body lots\n}", `max_body: want a size such as 5MB`},
 		{"bad duration", "webhook_guard {\n verify kapso s\n dedupe {\n ttl forever\n }\n}", "bad duration"},
 		{"bad capacity", "webhook_guard {\n verify kapso s\n dedupe {\n capacity -3\n }\n}", "non-negative"},
 		{"dedupe twice", "webhook_guard {\n dedupe\n dedupe\n}", "twice"},

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math"
 	"net/http"
@@ -187,11 +186,29 @@ func (d *Dedupe) validate() error {
 	default:
 		return fmt.Errorf("on_store_error must be pass or reject, not %q", d.OnStoreError)
 	}
-	if d.Redis != "" && !strings.HasPrefix(d.Redis, "redis://") && !strings.HasPrefix(d.Redis, "rediss://") &&
-		!strings.HasPrefix(d.Redis, "unix://") && !strings.Contains(d.Redis, "{") {
-		return errors.New("redis must be a redis://, rediss:// or unix:// URL")
+	if d.Redis != "" {
+		return checkRedisURL(d.Redis)
 	}
 	return nil
+}
+
+// checkRedisURL refuses a URL of another scheme. A placeholder is
+// checked once resolved, by the Redis client. The message names the
+// scheme only: the URL may hold a password.
+func checkRedisURL(url string) error {
+	if strings.Contains(url, "{") {
+		return nil
+	}
+	for _, scheme := range []string{"redis://", "rediss://", "unix://"} {
+		if strings.HasPrefix(url, scheme) {
+			return nil
+		}
+	}
+	given := "no scheme"
+	if i := strings.Index(url, "://"); i > 0 && i < 16 {
+		given = "a " + url[:i+3] + " URL"
+	}
+	return fmt.Errorf("want a redis:// or rediss:// URL (or unix:// for a socket), got %s", given)
 }
 
 func (d *Dedupe) cleanup() error {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -165,24 +166,41 @@ func (v *Verifier) provision(repl *caddy.Replacer, now func() time.Time) error {
 	return nil
 }
 
-func (v *Verifier) validate() error {
+func (v *Verifier) validate() error { return v.checkOptions() }
+
+// checkOptions checks what can be checked without resolving secrets:
+// Validate runs it on JSON configs, the Caddyfile parser as it reads, so
+// that caddy adapt reports the file and line.
+func (v *Verifier) checkOptions() error {
+	switch strings.ToLower(strings.TrimSpace(v.Scheme)) {
+	case schemeKapso, schemeMeta, schemeHMAC, schemeStandard:
+	default:
+		return fmt.Errorf("unknown scheme %q (want kapso, meta, hmac or standard)", v.Scheme)
+	}
+	scheme := strings.ToLower(strings.TrimSpace(v.Scheme))
 	if len(v.Secrets) == 0 {
 		return errors.New("at least one secret is required")
 	}
-	if v.Scheme == schemeHMAC && v.Header == "" {
+	if slices.Contains(v.Secrets, "") {
+		return errors.New("a secret is empty (a {$VAR} placeholder whose variable is unset or empty?)")
+	}
+	if scheme == schemeHMAC && v.Header == "" {
 		return errors.New("the hmac scheme needs a header")
 	}
-	if v.Scheme == schemeHMAC {
+	if scheme == schemeHMAC {
 		switch strings.ToLower(v.Encoding) {
 		case "", "hex", "base64":
 		default:
 			return fmt.Errorf("unknown encoding %q (want hex or base64)", v.Encoding)
 		}
+		if _, err := parseAlgorithm(v.Algorithm); err != nil {
+			return err
+		}
 	}
-	if v.Scheme != schemeHMAC && (v.Header != "" || v.Prefix != "" || v.Encoding != "" || v.Algorithm != "") {
-		return errors.New("header, prefix, encoding and algorithm apply only to the hmac scheme")
+	if scheme != schemeHMAC && (v.Header != "" || v.Prefix != "" || v.Encoding != "" || v.Algorithm != "") {
+		return fmt.Errorf("header, prefix, encoding and algorithm apply only to the hmac scheme (the %s scheme's header is fixed)", scheme)
 	}
-	if v.Scheme != schemeStandard && v.Tolerance != 0 {
+	if scheme != schemeStandard && v.Tolerance != 0 {
 		return errors.New("tolerance applies only to the standard scheme")
 	}
 	return nil
@@ -197,6 +215,10 @@ func resolveSecret(repl *caddy.Replacer, s string) (string, error) {
 		return "", fmt.Errorf("resolving secret: %w", err)
 	}
 	if out == "" {
+		if strings.Contains(s, "{") {
+			// The placeholder names the variable or file, not the secret.
+			return "", fmt.Errorf("secret %s is empty: is the variable set, or the file non-empty?", s)
+		}
 		return "", errors.New("secret is empty")
 	}
 	return out, nil
@@ -206,7 +228,11 @@ func decodeStandardSecret(secret string) ([]byte, error) {
 	raw := strings.TrimPrefix(secret, "whsec_")
 	key, err := base64.StdEncoding.DecodeString(raw)
 	if err != nil {
-		return nil, errors.New("a standard webhooks secret must be whsec_ followed by base64")
+		// Unpadded, as the Standard Webhooks libraries also accept.
+		key, err = base64.RawStdEncoding.DecodeString(raw)
+	}
+	if err != nil {
+		return nil, errors.New("a standard webhooks secret must be base64 (padded or not), with or without a whsec_ prefix")
 	}
 	if len(key) == 0 {
 		return nil, errors.New("secret is empty")

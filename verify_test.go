@@ -455,3 +455,27 @@ func FuzzVerifySignature(f *testing.F) {
 		}
 	})
 }
+
+// TestSecretMessagesAndUnpaddedWhsec guards two load-time answers: a
+// Standard Webhooks secret in unpadded base64 (which the official
+// libraries accept) verifies like its padded form, and a secret
+// placeholder that resolves empty names the variable, never a value.
+func TestSecretMessagesAndUnpaddedWhsec(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcde") // 31 bytes: base64 needs padding
+	padded := base64.StdEncoding.EncodeToString(key)
+	for _, secret := range []string{"whsec_" + padded, "whsec_" + strings.TrimRight(padded, "="), strings.TrimRight(padded, "=")} {
+		got, err := decodeStandardSecret(secret)
+		if err != nil || string(got) != string(key) {
+			t.Errorf("%s: %q, %v", secret, got, err)
+		}
+	}
+	if _, err := decodeStandardSecret("whsec_not base64!"); err == nil || !strings.Contains(err.Error(), "padded or not") {
+		t.Errorf("bad base64: %v", err)
+	}
+	t.Setenv("WEBHOOKGUARD_TEST_EMPTY_SECRET", "")
+	v := &Verifier{Scheme: "kapso", Secrets: []string{"{env.WEBHOOKGUARD_TEST_EMPTY_SECRET}"}}
+	err := v.provision(caddy.NewReplacer(), time.Now)
+	if err == nil || !strings.Contains(err.Error(), "{env.WEBHOOKGUARD_TEST_EMPTY_SECRET} is empty") {
+		t.Fatalf("empty env secret: %v", err)
+	}
+}
