@@ -181,7 +181,7 @@ func newSendCommand() *cobra.Command {
 	o.addFlags(cmd)
 	f := cmd.Flags()
 	f.StringVar(&o.url, "url", "", "where to POST (required)")
-	f.StringVar(&o.event, "event", "", "Kapso event (default whatsapp.message.received); with --meta: message or status")
+	f.StringVar(&o.event, "event", "", "X-Webhook-Event of a Kapso sample or --file (default whatsapp.message.received); with --meta: message or status")
 	f.IntVar(&o.batch, "batch", 0, "send a Kapso batch of N received messages")
 	f.StringVar(&o.file, "file", "", "send this file as the body instead of a sample")
 	f.BoolVar(&o.meta, "meta", false, "send a raw Meta payload (signed with the meta scheme)")
@@ -193,6 +193,12 @@ func newSendCommand() *cobra.Command {
 
 // build returns the body and headers of the delivery.
 func (o *sendOptions) build() ([]byte, http.Header, error) {
+	switch {
+	case o.batch > 0 && o.meta:
+		return nil, nil, errors.New("--batch builds a Kapso batch, and Meta does not batch deliveries: use --batch or --meta, not both")
+	case o.batch > 0 && o.file != "":
+		return nil, nil, errors.New(`--batch builds a sample batch, and --file sends the file as it is (a Kapso batch file is recognised by its "batch": true): use one of them`)
+	}
 	now := time.Now()
 	var body []byte
 	var err error
@@ -222,7 +228,9 @@ func (o *sendOptions) build() ([]byte, http.Header, error) {
 	h.Set("Content-Type", "application/json")
 	h.Set("User-Agent", "caddy-webhook-send")
 	if !o.meta {
-		if event == "" && o.batch > 0 {
+		if event == "" {
+			// A Kapso delivery always names its event; the gateway derives
+			// the content key of message events from it.
 			event = "whatsapp.message.received"
 		}
 		if event != "" {

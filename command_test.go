@@ -113,4 +113,30 @@ func TestWebhookSendCommand(t *testing.T) {
 	if ok || !strings.Contains(out, "401") || !strings.Contains(out, "invalid_signature") {
 		t.Fatalf("wrong secret: ok=%v\n%s", ok, out)
 	}
+
+	// --file: a Kapso body is sent with its event (the default one here),
+	// so the gateway knows it by its content key too: the same batch file
+	// sent again under a new idempotency key is all duplicates.
+	batchFile := "testdata/kapso/v2_batch_message_received.json"
+	before := up.count()
+	out, ok = send("--url", c.URL+"/kapso", "--secret", "s3nd-secret", "--file", batchFile)
+	if !ok || !strings.Contains(out, `"forwarded":`) || up.count() == before {
+		t.Fatalf("--file batch: ok=%v upstream=%d\n%s", ok, up.count()-before, out)
+	}
+	if ev := up.requests()[before].Header.Get("X-Webhook-Event"); ev != "whatsapp.message.received" {
+		t.Errorf("--file sent event %q, want the default whatsapp.message.received", ev)
+	}
+	delivered := up.count()
+	out, ok = send("--url", c.URL+"/kapso", "--secret", "s3nd-secret", "--file", batchFile)
+	if !ok || !strings.Contains(out, `"forwarded":0`) || up.count() != delivered {
+		t.Fatalf("--file batch again: ok=%v upstream=%d\n%s", ok, up.count()-delivered, out)
+	}
+
+	// Combinations that would silently drop a flag are refused.
+	for _, args := range [][]string{{"--meta", "--batch", "3"}, {"--file", batchFile, "--batch", "3"}} {
+		out, ok = send(append([]string{"--url", c.URL + "/kapso", "--secret", "s3nd-secret"}, args...)...)
+		if ok || !strings.Contains(out, "--batch") || up.count() != delivered {
+			t.Fatalf("%v was not refused: ok=%v\n%s", args, ok, out)
+		}
+	}
 }
