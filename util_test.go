@@ -39,6 +39,7 @@ func benchHandler(b *testing.B, h *Handler) *Handler {
 	b.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	b.Cleanup(cancel)
+	h.outsideConfig = true
 	if err := h.Provision(ctx); err != nil {
 		b.Fatal(err)
 	}
