@@ -391,11 +391,10 @@ func FieldPath(b []byte, path ...string) (Span, bool) {
 	return cur, true
 }
 
-// JSON this package wrote itself (raw's camelCased copy of a payload) is
-// compact and valid by construction, so finding where a value in it ends
-// needs no checking: only strings and nesting are followed. This is what
-// reading an edited message back from raw costs, instead of a validating
-// scan.
+// JSON a caller wrote itself (the normalizer reorders objects of its own
+// output in place) is compact and valid by construction, so finding where
+// a value in it ends needs no checking: only strings and nesting are
+// followed.
 
 // SkipOwn returns the position after the value at b[i] in our own JSON.
 func SkipOwn(b []byte, i int) int {

@@ -11,9 +11,8 @@ import (
 
 // The SDK edits messages and calls; everything else it only camelCases.
 // An object it edits is held here as an ordered list of members whose
-// values are either spans of its source (raw's converted copy, copied as
-// is, or the received body, camelCased when written), output already
-// rendered, or a nested edited object.
+// values are either spans of the received body (camelCased when written),
+// output already rendered, or a nested edited object.
 
 type member struct {
 	key      []byte // camelCased, decoded
@@ -487,12 +486,12 @@ func (n *normalizer) direction(ch *metaChange, msg *objModel, echo bool) []byte 
 			*f.sp, *f.has = m.val, true
 		}
 	}
-	return n.directionOf(ch, n.b, id)
+	return n.directionOf(ch, id)
 }
 
-// directionOf applies the rules to values found in doc: the body, or the
-// camelCased copy of a message in raw (whose keys are already converted).
-func (n *normalizer) directionOf(ch *metaChange, doc []byte, id identity) []byte {
+// directionOf applies the rules to the message's values in the body.
+func (n *normalizer) directionOf(ch *metaChange, id identity) []byte {
+	doc := n.b
 	business := n.businessSet(ch)
 	hasContextFrom := false
 	if id.hasContext && doc[id.context.Start] == '{' {
