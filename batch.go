@@ -175,6 +175,7 @@ type batchResult struct {
 	UpstreamStatus *int   `json:"upstream_status,omitempty"`
 	Forwarded      int    `json:"forwarded"`
 	Duplicates     int    `json:"duplicates"`
+	Ignored        int    `json:"ignored,omitempty"` // items whose event the route does not subscribe to
 	Items          int    `json:"items"`
 }
 
@@ -212,11 +213,20 @@ func (d *delivery) serveBatch() error {
 	// between a forward and its commit would deliver that item twice.
 	ctx := context.WithoutCancel(d.r.Context())
 	res := batchResult{Status: "ok", Items: len(env.items)}
+	// A Kapso batch carries one type for all its items.
+	itemSubscribed := d.h.subscribed(eventNames(env.event, nil))
 	for i, it := range env.items {
 		item := d.body.bytes()[it.Start:it.End]
 		key := contentKey(env.event, item)
 		if key == "" {
 			key = batchKey + "#" + strconv.Itoa(i)
+		}
+		if !itemSubscribed {
+			res.Ignored++
+			d.h.countBatchItem(outcomeIgnored)
+			d.h.logDelivery(env.event, key, d.scheme, outcomeIgnored, http.StatusOK, 0,
+				zap.Int("batch_index", i), zap.Int("batch_count", len(env.items)))
+			continue
 		}
 		var itemClaim *claim
 		if useStore {
@@ -265,7 +275,12 @@ func (d *delivery) serveBatch() error {
 		return d.answerPartial(res, i, status, reason)
 	}
 	dd.commit(batchClaim)
-	d.h.countRequest(outcomeForwarded)
+	if res.Ignored == res.Items {
+		res.Status = string(outcomeIgnored)
+		d.h.countRequest(outcomeIgnored)
+	} else {
+		d.h.countRequest(outcomeForwarded)
+	}
 	return writeJSON(d.w, http.StatusOK, res)
 }
 

@@ -53,6 +53,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    unbatch [{
 //	        max_items <n>                   # default 1000
 //	    }]
+//	    events <pattern...>                 # default: every event
 //	    normalize meta                      # default off
 //	    verify_token <token...>             # Meta handshake; default none
 //	    forward_secret <secret>
@@ -99,6 +100,12 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err = parseString(d, &m.Normalize); err == nil && m.Normalize != normalizeFormatMeta {
 				err = d.Errf("normalize: unknown format %q (want meta)", m.Normalize)
 			}
+		case "events":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Err("events needs at least one pattern, such as whatsapp.message.* or *")
+			}
+			m.Events = append(m.Events, args...)
 		case "verify_token":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

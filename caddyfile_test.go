@@ -74,6 +74,7 @@ func TestCaddyfileAdaptErrors(t *testing.T) {
 		{"unknown on_store_error", "\t\tverify kapso s3cret\n\t\tdedupe {\n\t\t\ton_store_error ignore\n\t\t}", `on_store_error must be pass or reject, not "ignore"`, 5},
 		{"unknown normalize", "\t\tverify meta s3cret\n\t\tnormalize kapso", `normalize: unknown format "kapso" (want meta)`, 4},
 		{"redis over http", "\t\tverify kapso s3cret\n\t\tdedupe {\n\t\t\tredis http://user:pw@cache:6379\n\t\t}", "redis: want a redis:// or rediss:// URL (or unix:// for a socket), got a http:// URL", 5},
+		{"events without a pattern", "\t\tverify kapso s3cret\n\t\tevents", "events needs at least one pattern", 4},
 		{"max_body in words", "\t\tverify kapso s3cret\n\t\tmax_body lots", `max_body: want a size such as 5MB, 512KB or 1000000 (bytes), got "lots"`, 4},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

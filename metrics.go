@@ -17,7 +17,8 @@ type outcome string
 const (
 	outcomeForwarded        outcome = "forwarded"
 	outcomeDuplicate        outcome = "duplicate"
-	outcomeFailed           outcome = "failed" // a batch item the upstream did not take
+	outcomeFailed           outcome = "failed"  // a batch item the upstream did not take
+	outcomeIgnored          outcome = "ignored" // an event the route does not subscribe to
 	outcomeInvalidSignature outcome = "invalid_signature"
 	outcomeTooLarge         outcome = "too_large"
 	outcomeBadRequest       outcome = "bad_request"
@@ -121,12 +122,16 @@ type handlerMetrics struct {
 	requests map[outcome]prometheus.Counter // read-only once built
 }
 
-func newHandlerMetrics(name string) handlerMetrics {
+func newHandlerMetrics(name string, filtersEvents bool) handlerMetrics {
 	m := handlerMetrics{
 		upstream: metrics.upstream.WithLabelValues(name),
 		requests: map[outcome]prometheus.Counter{},
 	}
-	for _, result := range []outcome{outcomeForwarded, outcomeDuplicate, outcomeUpstreamError} {
+	results := []outcome{outcomeForwarded, outcomeDuplicate, outcomeUpstreamError}
+	if filtersEvents {
+		results = append(results, outcomeIgnored)
+	}
+	for _, result := range results {
 		m.requests[result] = metrics.requests.WithLabelValues(name, string(result))
 	}
 	return m

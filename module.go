@@ -104,6 +104,17 @@ type Handler struct {
 	// unsigned request).
 	VerifyTokens []string `json:"verify_tokens,omitempty"`
 
+	// Events lists the events this route's app handles, as patterns in
+	// which "*" stands for any run of characters ("whatsapp.message.*",
+	// "*.report", "*"). A verified delivery whose event matches none is
+	// answered 200 {"status":"ignored"} and not forwarded. The event is
+	// X-Webhook-Event when present (Kapso), else the body's top-level
+	// "type", else each change's "field" of a raw Meta payload (which
+	// passes when any field matches); a delivery with no event passes
+	// only when the list holds "*". In a Kapso batch, items whose event
+	// does not match are skipped. Default: every event passes.
+	Events []string `json:"events,omitempty"`
+
 	// ForwardSecret, when set, re-signs every body the gateway rewrote or
 	// split with X-Webhook-Signature: hex(HMAC-SHA256(forward_secret,
 	// body)), so an upstream that verifies Kapso signatures keeps working.
@@ -151,7 +162,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.name = h.defaultName()
 	}
 	registerMetrics(ctx, h.logger)
-	h.metrics = newHandlerMetrics(h.name)
+	h.metrics = newHandlerMetrics(h.name, len(h.Events) > 0)
 	h.maxBody = h.MaxBody
 	if h.maxBody <= 0 {
 		h.maxBody = defaultMaxBody
@@ -208,6 +219,9 @@ func (h *Handler) Validate() error {
 		if err := h.Dedupe.validate(); err != nil {
 			return fmt.Errorf("dedupe: %w", err)
 		}
+	}
+	if err := validateEvents(h.Events); err != nil {
+		return err
 	}
 	if h.Normalize != "" && h.Normalize != normalizeFormatMeta {
 		return fmt.Errorf("normalize: unknown format %q (want meta)", h.Normalize)

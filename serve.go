@@ -75,6 +75,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if h.Unbatch != nil && isBatch(r, body.bytes()) {
 		return d.serveBatch()
 	}
+	if len(h.Events) > 0 {
+		if names := eventNames(event, body.bytes()); !h.subscribed(names) {
+			return d.answerIgnored(names)
+		}
+	}
 	return d.serveSingle()
 }
 
