@@ -1,0 +1,327 @@
+package inbox
+
+import (
+	"context"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Result is what one delivery attempt came to.
+type Result struct {
+	Status int   // the app's status; 0 when it did not answer
+	Err    error // a transport error or a timeout
+	// Refused: the app could not be reached at all (connection refused).
+	// Such an attempt does not count: the whole queue backs off and
+	// probes the app instead, so that a deploy does not use up events'
+	// schedules.
+	Refused bool
+	// RetryAfter is the app's Retry-After on a 429 or 503, zero otherwise.
+	RetryAfter time.Duration
+	Took       time.Duration
+}
+
+// Delivered reports whether the app took the event (2xx).
+func (r Result) Delivered() bool { return r.Err == nil && r.Status >= 200 && r.Status < 300 }
+
+// Deliverer sends one event to the app; attempt counts from 1.
+type Deliverer func(ctx context.Context, e *Event, attempt int) Result
+
+// Queue is one handler's delivery settings.
+type Queue struct {
+	Name        string
+	Deliver     Deliverer
+	Retry       []time.Duration // delays before attempts 2, 3, …; the attempt after the last fails makes the event dead
+	Concurrency int             // attempts in flight at once, across order keys
+	Timeout     time.Duration   // per attempt
+	Retention   time.Duration   // how long delivered and dead events are kept
+	// OnAttempt, when set, is told of every attempt (for metrics and logs).
+	OnAttempt func(e *Event, attempt int, r Result)
+}
+
+// queueState is a queue's settings with what the dispatcher tracks for it.
+type queueState struct {
+	Queue
+	inFlight    int
+	pausedUntil time.Time     // while the app refuses connections
+	backoff     time.Duration // the next pause, doubling up to maxBackoff
+}
+
+const (
+	minBackoff = 250 * time.Millisecond
+	maxBackoff = 10 * time.Second
+	// maxHeads bounds how many queue heads one pass reads.
+	maxHeads = 10000
+	// idlePoll is how often the dispatcher looks even when nothing
+	// woke it (a missed wake-up costs at most this much delay).
+	idlePoll = time.Second
+)
+
+// Dispatcher delivers the pending events of its queues: one at a time per
+// order key, in arrival order, the next waiting until the previous one is
+// delivered or dead; events of other order keys flow meanwhile.
+type Dispatcher struct {
+	store *Store
+	now   func() time.Time
+	onErr func(error)
+
+	mu       sync.Mutex
+	queues   map[string]*queueState
+	inFlight map[string]bool // order keys (and unordered events' ids) being attempted
+
+	wake     chan struct{}
+	stop     context.CancelFunc
+	done     chan struct{}
+	attempts sync.WaitGroup
+	started  bool
+}
+
+// NewDispatcher returns a dispatcher over store; onErr is told of store
+// errors (the events stay pending and are tried again).
+func NewDispatcher(store *Store, onErr func(error)) *Dispatcher {
+	return &Dispatcher{
+		store:    store,
+		now:      time.Now,
+		onErr:    onErr,
+		queues:   map[string]*queueState{},
+		inFlight: map[string]bool{},
+		wake:     make(chan struct{}, 1),
+	}
+}
+
+// SetQueues replaces the queues' settings (a config reload), keeping what
+// is in flight. Pending events of a queue no longer listed stay stored and
+// wait until it is configured again.
+func (d *Dispatcher) SetQueues(qs []Queue) {
+	d.mu.Lock()
+	next := make(map[string]*queueState, len(qs))
+	for _, q := range qs {
+		st := &queueState{Queue: q}
+		if old, ok := d.queues[q.Name]; ok {
+			st.inFlight, st.pausedUntil, st.backoff = old.inFlight, old.pausedUntil, old.backoff
+		}
+		if st.Concurrency <= 0 {
+			st.Concurrency = 1
+		}
+		next[q.Name] = st
+	}
+	d.queues = next
+	d.mu.Unlock()
+	d.Wake()
+}
+
+// Start runs the dispatcher until Stop; pending events are picked up at
+// once, without waiting for a new one. Starting twice does nothing.
+func (d *Dispatcher) Start() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.started {
+		return
+	}
+	d.started = true
+	ctx, cancel := context.WithCancel(context.Background())
+	d.stop, d.done = cancel, make(chan struct{})
+	go d.run(ctx)
+}
+
+// Stop ends the loop and waits up to wait for the attempts in flight; an
+// attempt still running then is not recorded, so its event stays pending
+// and is delivered again later (at least once).
+func (d *Dispatcher) Stop(wait time.Duration) {
+	d.mu.Lock()
+	started := d.started
+	d.mu.Unlock()
+	if !started {
+		return
+	}
+	d.stop()
+	<-d.done
+	finished := make(chan struct{})
+	go func() { d.attempts.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-time.After(wait):
+	}
+}
+
+// Wake makes the dispatcher look for due events now (a new event was
+// stored, say).
+func (d *Dispatcher) Wake() {
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *Dispatcher) run(ctx context.Context) {
+	defer close(d.done)
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	lastExpire := time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.wake:
+		case <-timer.C:
+		}
+		if d.now().Sub(lastExpire) > time.Minute {
+			d.expire()
+			lastExpire = d.now()
+		}
+		next := d.dispatchDue(ctx)
+		wait := min(max(time.Until(next), time.Millisecond), idlePoll)
+		if !timer.Stop() {
+			select {
+			case <-timer.C:
+			default:
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// dispatchDue starts an attempt for every head that is due and has a free
+// slot, and returns when the next one will be due.
+func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
+	now := d.now()
+	next := now.Add(idlePoll)
+	d.mu.Lock()
+	names := map[string]bool{}
+	for name, q := range d.queues {
+		if q.inFlight < q.Concurrency {
+			if now.Before(q.pausedUntil) {
+				next = minTime(next, q.pausedUntil)
+				continue
+			}
+			names[name] = true
+		}
+	}
+	d.mu.Unlock()
+	if len(names) == 0 {
+		return next
+	}
+	heads, err := d.store.Heads(names, maxHeads)
+	if err != nil {
+		d.onErr(err)
+		return next
+	}
+	// Oldest first across order keys, so no conversation starves another.
+	slices.SortFunc(heads, func(a, b *Event) int { return a.NextAt.Compare(b.NextAt) })
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, e := range heads {
+		q := d.queues[e.Queue]
+		if q == nil || q.inFlight >= q.Concurrency || now.Before(q.pausedUntil) || d.inFlight[flightKey(e)] {
+			continue
+		}
+		if e.NextAt.After(now) {
+			next = minTime(next, e.NextAt)
+			continue
+		}
+		q.inFlight++
+		d.inFlight[flightKey(e)] = true
+		d.attempts.Add(1)
+		go d.attempt(ctx, q.Queue, e)
+	}
+	return next
+}
+
+// attempt delivers e once and records the result. The attempt itself is
+// not cancelled by Stop: it finishes (or times out) and is recorded.
+func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
+	defer d.attempts.Done()
+	n := e.Attempts + 1
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.Timeout)
+	res := q.Deliver(actx, e, n)
+	cancel()
+	now := d.now()
+	if q.OnAttempt != nil {
+		q.OnAttempt(e, n, res)
+	}
+	d.mu.Lock()
+	if st := d.queues[q.Name]; st != nil {
+		if res.Refused {
+			st.backoff = min(max(2*st.backoff, minBackoff), maxBackoff)
+			st.pausedUntil = now.Add(st.backoff)
+		} else {
+			st.backoff, st.pausedUntil = 0, time.Time{}
+		}
+	}
+	d.mu.Unlock()
+
+	if !res.Refused {
+		settle(e, q.Retry, n, res, now)
+	} else if res.Err != nil {
+		e.LastError = res.Err.Error()
+	}
+	if err := d.store.Settle(e); err != nil {
+		d.onErr(err)
+	}
+
+	d.mu.Lock()
+	if st := d.queues[q.Name]; st != nil {
+		st.inFlight--
+	}
+	delete(d.inFlight, flightKey(e))
+	d.mu.Unlock()
+	d.Wake()
+}
+
+// settle applies attempt n's result to e: delivered, dead after the last
+// delay of the schedule, or pending until the next delay (±20%, and never
+// before the app's Retry-After).
+func settle(e *Event, retry []time.Duration, n int, res Result, now time.Time) {
+	e.Attempts = n
+	e.LastStatus, e.LastError = res.Status, ""
+	if res.Err != nil {
+		e.LastError = res.Err.Error()
+	}
+	switch {
+	case res.Delivered():
+		e.State, e.DeliveredAt = Delivered, now
+	case n > len(retry):
+		e.State = Dead
+	default:
+		delay := jitter(retry[n-1])
+		e.NextAt = now.Add(max(delay, res.RetryAfter))
+	}
+}
+
+// jitter spreads a delay by ±20%, so that events that failed together are
+// not all retried at once.
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+func (d *Dispatcher) expire() {
+	d.mu.Lock()
+	var keep time.Duration
+	for _, q := range d.queues {
+		keep = max(keep, q.Retention)
+	}
+	d.mu.Unlock()
+	if keep <= 0 {
+		return
+	}
+	if _, err := d.store.Expire(d.now().Add(-keep)); err != nil {
+		d.onErr(err)
+	}
+}
+
+// flightKey is what may have one attempt in flight: an order key, or an
+// unordered event.
+func flightKey(e *Event) string {
+	if e.OrderKey == "" {
+		return "\x01" + e.ID
+	}
+	return e.Queue + "\x00" + e.OrderKey
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}

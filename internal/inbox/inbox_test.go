@@ -1,0 +1,195 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recorder is a Deliverer whose answers a test scripts per event id.
+type recorder struct {
+	mu       sync.Mutex
+	got      []string // "id#attempt", in delivery order
+	inFlight map[string]int
+	overlap  bool
+	answer   func(e *Event, attempt int) Result
+}
+
+func (r *recorder) deliver(_ context.Context, e *Event, attempt int) Result {
+	r.mu.Lock()
+	r.inFlight[e.OrderKey]++
+	if e.OrderKey != "" && r.inFlight[e.OrderKey] > 1 {
+		r.overlap = true
+	}
+	r.got = append(r.got, fmt.Sprintf("%s#%d", e.ID, attempt))
+	r.mu.Unlock()
+	time.Sleep(time.Millisecond)
+	res := r.answer(e, attempt)
+	r.mu.Lock()
+	r.inFlight[e.OrderKey]--
+	r.mu.Unlock()
+	return res
+}
+
+func (r *recorder) deliveries() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
+}
+
+func newEvents(queue string, keys ...string) []*Event {
+	var out []*Event
+	for i, k := range keys {
+		out = append(out, &Event{ID: fmt.Sprintf("%s-%d", k, i), Queue: queue, OrderKey: k, Method: "POST", URI: "/",
+			Body: []byte("{}"), ReceivedAt: time.Now()})
+	}
+	return out
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
+		}
+	}
+}
+
+// TestDispatcherOrderRetriesAndDead guards the dispatcher's promises on a
+// real bbolt file: events of one order key are delivered one at a time in
+// arrival order, a failing head holds back its own key and no other, an
+// event that always fails is dead after exactly its schedule's attempts,
+// and refused connections use up no attempt.
+func TestDispatcherOrderRetriesAndDead(t *testing.T) {
+	t.Parallel()
+	s, err := Open(filepath.Join(t.TempDir(), "inbox.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	refusals := 3
+	rec := &recorder{inFlight: map[string]int{}}
+	rec.answer = func(e *Event, attempt int) Result {
+		switch {
+		case e.ID == "a-0" && attempt < 3: // a's head fails twice, then succeeds
+			return Result{Status: 503}
+		case e.ID == "d-4": // always fails: dead after 1 + 2 retries
+			return Result{Status: 500}
+		case e.ID == "r-5" && refusals > 0:
+			refusals--
+			return Result{Refused: true, Err: errors.New("connection refused")}
+		}
+		return Result{Status: 200}
+	}
+	d := NewDispatcher(s, func(err error) { t.Error(err) })
+	d.SetQueues([]Queue{{Name: "q", Deliver: rec.deliver, Retry: []time.Duration{20 * time.Millisecond, 20 * time.Millisecond},
+		Concurrency: 4, Timeout: time.Second}})
+	events := newEvents("q", "a", "a", "b", "b", "d", "r", "a")
+	if err := s.Append(events); err != nil {
+		t.Fatal(err)
+	}
+	d.Start()
+	defer d.Stop(time.Second)
+	waitUntil(t, "every event settled", func() bool {
+		c, _ := s.Counts()
+		return c["q"][Pending] == 0 && c["q"][Delivered] == 6 && c["q"][Dead] == 1
+	})
+	got := rec.deliveries()
+	if rec.overlap {
+		t.Fatal("two events of one order key were in flight at once")
+	}
+	// a: its head three times, then the rest in order.
+	var a []string
+	for _, g := range got {
+		if g[0] == 'a' {
+			a = append(a, g)
+		}
+	}
+	if want := []string{"a-0#1", "a-0#2", "a-0#3", "a-1#1", "a-6#1"}; !slices.Equal(a, want) {
+		t.Fatalf("order key a: %v, want %v", a, want)
+	}
+	// b was not held back by a's failures.
+	if i, j := slices.Index(got, "b-3#1"), slices.Index(got, "a-0#3"); i < 0 || i > j {
+		t.Fatalf("b waited for a: %v", got)
+	}
+	if n := slices.Index(got, "d-4#3"); n < 0 || slices.Contains(got, "d-4#4") {
+		t.Fatalf("the failing event was not tried exactly 3 times: %v", got)
+	}
+	dead, _ := s.Get(events[4].Seq)
+	if dead.State != Dead || dead.Attempts != 3 || dead.LastStatus != 500 {
+		t.Fatalf("dead event: %+v", dead)
+	}
+	r, _ := s.Get(events[5].Seq)
+	if r.State != Delivered || r.Attempts != 1 {
+		t.Fatalf("refused connections used up attempts: %+v", r)
+	}
+}
+
+// TestStoreSurvivesReopen guards durability across a restart: what Append
+// acknowledged is there after the file is closed and opened again, still
+// pending and in order, and a second open of a locked file fails instead
+// of sharing it.
+func TestStoreSurvivesReopen(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "inbox.db")
+	s, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Append(newEvents("q", "x", "x", "y")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(path, 50*time.Millisecond); err == nil {
+		t.Fatal("a second open of a locked store succeeded")
+	}
+	s.Close()
+	s, err = Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	heads, err := s.Heads(map[string]bool{"q": true}, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, h := range heads {
+		ids = append(ids, h.ID)
+	}
+	if !slices.Equal(ids, []string{"x-0", "y-2"}) {
+		t.Fatalf("heads after reopening: %v", ids)
+	}
+}
+
+// TestExpireKeepsPending guards retention: delivered and dead events older
+// than the cutoff go, with their bodies; pending ones stay whatever their age.
+func TestExpireKeepsPending(t *testing.T) {
+	t.Parallel()
+	s, err := Open(filepath.Join(t.TempDir(), "inbox.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	old := newEvents("q", "a", "b", "c")
+	for _, e := range old {
+		e.ReceivedAt = time.Now().Add(-time.Hour)
+	}
+	if err := s.Append(old); err != nil {
+		t.Fatal(err)
+	}
+	old[0].State, old[1].State = Delivered, Dead
+	_ = s.Settle(old[0])
+	_ = s.Settle(old[1])
+	if n, err := s.Expire(time.Now().Add(-time.Minute)); err != nil || n != 2 {
+		t.Fatalf("expired %d, %v; want 2", n, err)
+	}
+	c, _ := s.Counts()
+	if c["q"][Pending] != 1 || c["q"][Delivered]+c["q"][Dead] != 0 {
+		t.Fatalf("after expiry: %v", c)
+	}
+}

@@ -1,0 +1,288 @@
+// Package inbox keeps webhook events durably until the app behind the
+// gateway took them: a bbolt store (one file, every acknowledged write
+// fsynced) and a dispatcher that delivers each event, retries it on a
+// schedule and keeps the order of events that share an order key (a
+// conversation). The Caddy glue (configuration, the app, the delivery
+// through reverse_proxy) lives in the root package.
+package inbox
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// State is where an event stands.
+type State string
+
+const (
+	Pending   State = "pending"   // waiting for its turn or its next attempt
+	Delivered State = "delivered" // the app answered 2xx
+	Dead      State = "dead"      // every attempt of its schedule failed
+)
+
+// Event is one webhook event as it will be delivered: the request the
+// gateway would have forwarded (signature headers removed), and its
+// delivery state.
+type Event struct {
+	ID       string `json:"id"`
+	Queue    string `json:"queue"`
+	OrderKey string `json:"order_key,omitempty"` // "" for an event that waits for no other
+	Seq      uint64 `json:"seq"`                 // arrival order in the store
+
+	Method string      `json:"method"`
+	URI    string      `json:"uri"`
+	Header http.Header `json:"header"`
+	Body   []byte      `json:"body"`
+
+	ReceivedAt  time.Time `json:"received_at"`
+	State       State     `json:"state"`
+	Attempts    int       `json:"attempts"`
+	NextAt      time.Time `json:"next_at"`
+	LastStatus  int       `json:"last_status,omitempty"`
+	LastError   string    `json:"last_error,omitempty"`
+	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+}
+
+var (
+	bucketEvents  = []byte("events")  // seq → Event (JSON)
+	bucketPending = []byte("pending") // queue \x00 order \x00 seq → nothing: each order key's head is its first key
+)
+
+// ErrNotFound is returned for an event that is not in the store.
+var ErrNotFound = errors.New("inbox: no such event")
+
+// Store is the bbolt file of one or more queues.
+type Store struct {
+	db *bolt.DB
+}
+
+// Open opens (creating it and its directory when missing) the store at
+// path. The file is locked: a second Open of the same path waits up to
+// lockTimeout, then fails.
+func Open(path string, lockTimeout time.Duration) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("inbox: %w", err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if err != nil {
+		return nil, fmt.Errorf("inbox: opening %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketEvents, bucketPending} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("inbox: preparing %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// NewID returns a new event id: time-ordered, unique.
+func NewID(now time.Time) string {
+	var b [12]byte
+	binary.BigEndian.PutUint64(b[:8], uint64(now.UnixNano()))
+	_, _ = rand.Read(b[8:])
+	return "evt_" + hex.EncodeToString(b[:])
+}
+
+// Append stores events as pending, all or none, and returns once they are
+// on disk (fsynced). Concurrent calls share one commit. Each event gets its
+// Seq and State here.
+func (s *Store) Append(events []*Event) error {
+	// DB.Batch may run the function again (alone) when a batch it was
+	// merged into failed: every value is set afresh on each run.
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		evb, pend := tx.Bucket(bucketEvents), tx.Bucket(bucketPending)
+		for _, e := range events {
+			seq, err := evb.NextSequence()
+			if err != nil {
+				return err
+			}
+			e.Seq, e.State = seq, Pending
+			if e.NextAt.IsZero() {
+				e.NextAt = e.ReceivedAt
+			}
+			if err := putEvent(evb, e); err != nil {
+				return err
+			}
+			if err := pend.Put(pendingKey(e), nil); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Settle records an attempt's result: e (its State, Attempts, NextAt,
+// LastStatus, LastError, DeliveredAt already updated by the caller) is
+// written back, and leaves the pending index unless it is still pending.
+func (s *Store) Settle(e *Event) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if err := putEvent(tx.Bucket(bucketEvents), e); err != nil {
+			return err
+		}
+		if e.State != Pending {
+			return tx.Bucket(bucketPending).Delete(pendingKey(e))
+		}
+		return nil
+	})
+}
+
+// Heads returns, for every order key of the given queues with pending
+// events, its first pending event (the one that must go next), and every
+// pending event without an order key. It reads at most limit events.
+func (s *Store) Heads(queues map[string]bool, limit int) ([]*Event, error) {
+	var heads []*Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		evb, c := tx.Bucket(bucketEvents), tx.Bucket(bucketPending).Cursor()
+		var lastPrefix []byte
+		for k, _ := c.First(); k != nil && len(heads) < limit; k, _ = c.Next() {
+			queue, order, seq, ok := splitPendingKey(k)
+			if !ok || !queues[queue] {
+				continue
+			}
+			prefix := k[:len(k)-8]
+			if order != "" && bytes.Equal(prefix, lastPrefix) {
+				continue // not the head of its order key
+			}
+			lastPrefix = append(lastPrefix[:0], prefix...)
+			e, err := getEvent(evb, seq)
+			if err != nil {
+				return err
+			}
+			heads = append(heads, e)
+		}
+		return nil
+	})
+	return heads, err
+}
+
+// Get returns the event with sequence seq.
+func (s *Store) Get(seq uint64) (*Event, error) {
+	var e *Event
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		e, err = getEvent(tx.Bucket(bucketEvents), seq)
+		return err
+	})
+	return e, err
+}
+
+// Counts returns how many events of each queue are in each state.
+func (s *Store) Counts() (map[string]map[State]int, error) {
+	counts := map[string]map[State]int{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketEvents).ForEach(func(_, v []byte) error {
+			var e struct {
+				Queue string `json:"queue"`
+				State State  `json:"state"`
+			}
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			if counts[e.Queue] == nil {
+				counts[e.Queue] = map[State]int{}
+			}
+			counts[e.Queue][e.State]++
+			return nil
+		})
+	})
+	return counts, err
+}
+
+// Expire deletes delivered and dead events received before cutoff, and
+// their bodies with them; pending events are kept whatever their age.
+// bbolt reuses the freed pages for new events; the file does not shrink.
+func (s *Store) Expire(cutoff time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketEvents).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var e Event
+			if err := json.Unmarshal(v, &e); err != nil {
+				return err
+			}
+			if !e.ReceivedAt.Before(cutoff) {
+				break // events are in arrival order
+			}
+			if e.State == Pending {
+				continue
+			}
+			if err := c.Delete(); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+func putEvent(b *bolt.Bucket, e *Event) error {
+	v, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	return b.Put(seqKey(e.Seq), v)
+}
+
+func getEvent(b *bolt.Bucket, seq uint64) (*Event, error) {
+	v := b.Get(seqKey(seq))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	e := new(Event)
+	if err := json.Unmarshal(v, e); err != nil {
+		return nil, fmt.Errorf("inbox: event %d: %w", seq, err)
+	}
+	return e, nil
+}
+
+func seqKey(seq uint64) []byte {
+	var k [8]byte
+	binary.BigEndian.PutUint64(k[:], seq)
+	return k[:]
+}
+
+// pendingKey sorts by queue, then order key, then arrival. An event
+// without an order key gets its own (its sequence), so it waits for none.
+func pendingKey(e *Event) []byte {
+	order := e.OrderKey
+	k := make([]byte, 0, len(e.Queue)+len(order)+10)
+	k = append(k, e.Queue...)
+	k = append(k, 0)
+	k = append(k, order...)
+	k = append(k, 0)
+	return append(k, seqKey(e.Seq)...)
+}
+
+func splitPendingKey(k []byte) (queue, order string, seq uint64, ok bool) {
+	if len(k) < 10 {
+		return "", "", 0, false
+	}
+	rest, seqBytes := k[:len(k)-8], k[len(k)-8:]
+	q, o, found := bytes.Cut(rest[:len(rest)-1], []byte{0})
+	if !found || rest[len(rest)-1] != 0 {
+		return "", "", 0, false
+	}
+	return string(q), string(o), binary.BigEndian.Uint64(seqBytes), true
+}
