@@ -9,6 +9,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/webhookguard/webhookguard/internal/inbox"
 )
 
 func init() {
@@ -21,7 +22,9 @@ func init() {
 // app's routes are all provisioned, it refuses a config in which a
 // request would be answered before webhook_guard runs.
 type App struct {
-	ctx caddy.Context
+	ctx     caddy.Context
+	inboxes map[string]*Inbox // this config's, by handler name
+	opened  []string          // the inbox files Start took a reference on
 }
 
 // CaddyModule returns the Caddy module information.
@@ -35,6 +38,18 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision keeps the config's context for Start.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
+	a.inboxes = map[string]*Inbox{}
+	return nil
+}
+
+// addInbox registers a handler's inbox; its queue is named by the
+// handler's name, which must be unique among the config's inboxes.
+func (a *App) addInbox(in *Inbox) error {
+	if _, taken := a.inboxes[in.h.name]; taken {
+		return fmt.Errorf("two webhook_guard handlers with an inbox are named %q: give each a name of its own "+
+			"(name …), it names the queue", in.h.name)
+	}
+	a.inboxes[in.h.name] = in
 	return nil
 }
 
@@ -54,15 +69,51 @@ func (a *App) Start() error {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		if err := checkGuardOrder(servers[name].Routes, "server "+name); err != nil {
+		if err := checkGuardOrder(servers[name].Routes, "server "+name, servers[name]); err != nil {
 			return err
 		}
+	}
+	return a.openInboxes()
+}
+
+// openInboxes opens each inbox file (or takes another reference on the
+// one a previous config opened), gives its dispatcher this config's
+// queues and starts it: pending events are delivered at once.
+func (a *App) openInboxes() error {
+	byPath := map[string][]*Inbox{}
+	for _, in := range a.inboxes {
+		byPath[in.path] = append(byPath[in.path], in)
+	}
+	for path, ins := range byPath {
+		rt, err := openInbox(path, a.ctx.Logger())
+		if err != nil {
+			_ = a.Stop() // Caddy stops only the apps that started
+			return fmt.Errorf("inbox: %w", err)
+		}
+		a.opened = append(a.opened, path)
+		queues := make([]inbox.Queue, 0, len(ins))
+		for _, in := range ins {
+			in.rt.Store(rt)
+			queues = append(queues, in.queue())
+		}
+		rt.dispatcher.SetQueues(queues)
+		rt.dispatcher.Start()
 	}
 	return nil
 }
 
-// Stop has nothing to stop yet.
-func (a *App) Stop() error { return nil }
+// Stop lets go of this config's inbox files; the last config to let go of
+// one stops its dispatcher and closes it.
+func (a *App) Stop() error {
+	var errs []error
+	for _, path := range a.opened {
+		if _, err := inboxes.Delete(path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.opened = nil
+	return errors.Join(errs...)
+}
 
 // terminalHandlers answer every request they get, so nothing after them
 // in a route list ever runs.
@@ -78,7 +129,10 @@ var terminalHandlers = []string{
 // keeps that order, and every request would reach the app unverified.
 // A terminal route with a matcher is not refused (it may well cover
 // other paths); neither is one in a separate route list.
-func checkGuardOrder(routes caddyhttp.RouteList, where string) error {
+//
+// It also tells each handler which server it is in: an inbox delivers
+// through that server's context.
+func checkGuardOrder(routes caddyhttp.RouteList, where string, srv *caddyhttp.Server) error {
 	var terminal string // "<handler> in <route>", once one answers everything
 	for i, r := range routes {
 		at := fmt.Sprintf("%s, route %d", where, i)
@@ -88,8 +142,11 @@ func checkGuardOrder(routes caddyhttp.RouteList, where string) error {
 				if terminal != "" {
 					return guardOrderError(h, terminal)
 				}
+				if h.Inbox != nil {
+					h.Inbox.server.Store(srv)
+				}
 			case *caddyhttp.Subroute:
-				if err := checkGuardOrder(h.Routes, at+" > subroute"); err != nil {
+				if err := checkGuardOrder(h.Routes, at+" > subroute", srv); err != nil {
 					return err
 				}
 			}

@@ -197,6 +197,9 @@ func (d *delivery) serveBatch() error {
 		env.event = d.event
 	}
 	d.repl.Set("http.webhook.event", env.event)
+	if d.h.Inbox != nil {
+		return d.queueBatch(env)
+	}
 
 	dd := d.h.Dedupe
 	batchKey := dd.primaryKey(d.r, d.repl, d.scheme, d.body.bytes())

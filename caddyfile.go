@@ -3,11 +3,14 @@ package webhookguard
 import (
 	"fmt"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
 )
 
@@ -20,6 +23,7 @@ func init() {
 
 func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
+	m.helper = &h // an inbox's deliver block is parsed as a subroute
 	err := m.UnmarshalCaddyfile(h.Dispenser)
 	return m, err
 }
@@ -54,6 +58,18 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        max_items <n>                   # default 1000
 //	    }]
 //	    events <pattern...>                 # default: every event
+//	    inbox {
+//	        to          <upstreams...>      # shorthand for deliver { reverse_proxy <upstreams...> }
+//	        deliver {                       # instead of to: any handler directives
+//	            reverse_proxy app:3000 { … }
+//	        }
+//	        path        <file>              # default webhookguard/inbox.db in Caddy's data directory
+//	        retry       <delay...>          # default 10s 1m 5m 30m 2h 6h 12h 24h
+//	        order_by    <placeholder>|none  # default: the conversation
+//	        concurrency <n>                 # default 4
+//	        timeout     <duration>          # default 30s
+//	        retention   <duration>          # default 7d
+//	    }
 //	    normalize meta                      # default off
 //	    verify_token <token...>             # Meta handshake; default none
 //	    forward_secret <secret>
@@ -100,6 +116,12 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err = parseString(d, &m.Normalize); err == nil && m.Normalize != normalizeFormatMeta {
 				err = d.Errf("normalize: unknown format %q (want meta)", m.Normalize)
 			}
+		case "inbox":
+			if m.Inbox != nil {
+				return d.Err("inbox given twice")
+			}
+			m.Inbox = new(Inbox)
+			err = m.unmarshalInbox(d)
 		case "events":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -122,6 +144,91 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(m.Verify) == 0 {
 		return directive("webhook_guard needs at least one verify line: it never forwards unverified requests")
 	}
+	return nil
+}
+
+func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
+	in := m.Inbox
+	inboxLine := errorAt(d)
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "to":
+			if in.DeliverRaw != nil {
+				return d.Err("inbox: to and deliver given together, or twice: use one")
+			}
+			err = in.parseTo(d)
+		case "deliver":
+			if in.DeliverRaw != nil {
+				return d.Err("inbox: to and deliver given together, or twice: use one")
+			}
+			err = in.parseDeliver(d, m.helper)
+		case "path":
+			err = parseString(d, &in.Path)
+		case "retry":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Err("retry needs at least one delay, such as 10s 1m 5m")
+			}
+			for _, a := range args {
+				dur, perr := caddy.ParseDuration(a)
+				if perr != nil || dur <= 0 {
+					return d.Errf("retry: %q is not a positive duration", a)
+				}
+				in.Retry = append(in.Retry, caddy.Duration(dur))
+			}
+		case "order_by":
+			err = parseString(d, &in.OrderBy)
+		case "concurrency":
+			err = parseInt(d, &in.Concurrency)
+		case "timeout":
+			err = parseDuration(d, &in.Timeout)
+		case "retention":
+			err = parseDuration(d, &in.Retention)
+		default:
+			return d.Errf("unrecognized inbox option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if in.DeliverRaw == nil {
+		return inboxLine("inbox needs to <upstreams...> or a deliver block: where events are delivered")
+	}
+	return nil
+}
+
+// parseTo reads "to <upstreams...>" as reverse_proxy with those upstreams.
+func (in *Inbox) parseTo(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.Err("to needs at least one upstream, such as localhost:3000")
+	}
+	rp := new(reverseproxy.Handler)
+	tokens, err := caddyfile.Tokenize([]byte("reverse_proxy "+strings.Join(args, " ")), d.File())
+	if err != nil {
+		return d.Errf("to: %v", err)
+	}
+	if err := rp.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens)); err != nil {
+		return d.Errf("to: %v", err)
+	}
+	in.DeliverRaw = caddyconfig.JSONModuleObject(rp, "handler", "reverse_proxy", nil)
+	return nil
+}
+
+// parseDeliver reads a deliver block as a subroute of handler directives.
+func (in *Inbox) parseDeliver(d *caddyfile.Dispenser, h *httpcaddyfile.Helper) error {
+	if h == nil {
+		return d.Err("deliver blocks are read by the Caddyfile adapter only")
+	}
+	sub, err := httpcaddyfile.ParseSegmentAsSubroute(h.WithDispenser(d.NewFromNextSegment()))
+	if err != nil {
+		return err
+	}
+	in.DeliverRaw = caddyconfig.JSONModuleObject(sub, "handler", "subroute", nil)
 	return nil
 }
 

@@ -188,6 +188,22 @@ func (c *caddyInstance) stop() {
 	}
 }
 
+// kill ends the process with SIGKILL: no shutdown, nothing flushed.
+func (c *caddyInstance) kill() {
+	c.t.Helper()
+	_ = c.cmd.Process.Kill()
+	<-c.done
+}
+
+// restart starts the process again on the same directory (data, inbox
+// files) with site.
+func (c *caddyInstance) restart(site string) {
+	c.t.Helper()
+	if err := c.start(site, nil); err != nil {
+		c.t.Fatalf("caddy did not restart: %v\n%s", err, c.log.String())
+	}
+}
+
 // reload loads a new site config through the admin API, as `caddy reload`
 // does.
 func (c *caddyInstance) reload(site string) {
@@ -244,8 +260,16 @@ type upstream struct {
 }
 
 func newUpstream(t *testing.T) *upstream {
+	u := newUnstartedUpstream(t)
+	u.srv.Start()
+	return u
+}
+
+// newUnstartedUpstream is an upstream that answers nothing (connections
+// refused) until startOn.
+func newUnstartedUpstream(t *testing.T) *upstream {
 	u := &upstream{}
-	u.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		rec := recorded{Method: r.Method, Path: r.URL.RequestURI(), Header: r.Header.Clone(), Body: body}
 		u.mu.Lock()
@@ -264,6 +288,18 @@ func newUpstream(t *testing.T) *upstream {
 	}))
 	t.Cleanup(u.srv.Close)
 	return u
+}
+
+// startOn starts an unstarted upstream on addr (host:port).
+func (u *upstream) startOn(t *testing.T, addr string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.srv.Listener.Close()
+	u.srv.Listener = ln
+	u.srv.Start()
 }
 
 // Addr is the host:port for reverse_proxy.

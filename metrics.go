@@ -7,6 +7,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/webhookguard/webhookguard/internal/inbox"
 	"go.uber.org/zap"
 )
 
@@ -17,8 +18,10 @@ type outcome string
 const (
 	outcomeForwarded        outcome = "forwarded"
 	outcomeDuplicate        outcome = "duplicate"
-	outcomeFailed           outcome = "failed"  // a batch item the upstream did not take
-	outcomeIgnored          outcome = "ignored" // an event the route does not subscribe to
+	outcomeFailed           outcome = "failed"    // a batch item the upstream did not take
+	outcomeIgnored          outcome = "ignored"   // an event the route does not subscribe to
+	outcomeQueued           outcome = "queued"    // stored in the inbox, the sender answered
+	outcomeDelivered        outcome = "delivered" // an inbox attempt the app took
 	outcomeInvalidSignature outcome = "invalid_signature"
 	outcomeTooLarge         outcome = "too_large"
 	outcomeBadRequest       outcome = "bad_request"
@@ -41,6 +44,8 @@ var metrics struct {
 	storeEvictions *prometheus.CounterVec
 	storeErrors    *prometheus.CounterVec
 	upstream       *prometheus.HistogramVec
+	inboxAttempts  *prometheus.CounterVec
+	inbox          *inboxCollector
 }
 
 func initMetrics() {
@@ -75,6 +80,17 @@ func initMetrics() {
 			Help:    "Time the rest of the route (usually reverse_proxy) took per forward, batch items included.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"handler"})
+		metrics.inboxAttempts = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "inbox_attempts_total",
+			Help: "Inbox delivery attempts by handler and outcome (delivered, failed).",
+		}, []string{"handler", "outcome"})
+		metrics.inbox = &inboxCollector{
+			events: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "inbox_events"),
+				"Events in the inbox by handler and state (pending, delivered, dead).", []string{"handler", "state"}, nil),
+			oldest: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "inbox_oldest_pending_seconds"),
+				"Age of the oldest pending event of the handler's inbox; 0 when none is pending.", []string{"handler"}, nil),
+			open: map[*inboxRuntime]int{},
+		}
 	})
 }
 
@@ -88,7 +104,7 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
 	}
 	for _, c := range []prometheus.Collector{
 		metrics.requests, metrics.verifyFailures, metrics.batchItems, metrics.storeEntries,
-		metrics.storeEvictions, metrics.storeErrors, metrics.upstream,
+		metrics.storeEvictions, metrics.storeErrors, metrics.upstream, metrics.inboxAttempts, metrics.inbox,
 	} {
 		if err := reg.Register(c); err != nil {
 			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
@@ -135,4 +151,51 @@ func newHandlerMetrics(name string, filtersEvents bool) handlerMetrics {
 		m.requests[result] = metrics.requests.WithLabelValues(name, string(result))
 	}
 	return m
+}
+
+// inboxCollector reads the inbox gauges when Prometheus scrapes: the
+// counts the store keeps with every write, and the dispatcher's oldest
+// pending event per queue.
+type inboxCollector struct {
+	events, oldest *prometheus.Desc
+	mu             sync.Mutex
+	open           map[*inboxRuntime]int // open stores (references)
+}
+
+func (c *inboxCollector) track(rt *inboxRuntime, delta int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.open[rt] += delta; c.open[rt] <= 0 {
+		delete(c.open, rt)
+	}
+}
+
+func (c *inboxCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.events
+	ch <- c.oldest
+}
+
+func (c *inboxCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	open := make([]*inboxRuntime, 0, len(c.open))
+	for rt := range c.open {
+		open = append(open, rt)
+	}
+	c.mu.Unlock()
+	for _, rt := range open {
+		counts, err := rt.store.Counts()
+		if err != nil {
+			continue
+		}
+		for queue, byState := range counts {
+			for _, state := range []inbox.State{inbox.Pending, inbox.Delivered, inbox.Dead} {
+				ch <- prometheus.MustNewConstMetric(c.events, prometheus.GaugeValue, float64(byState[state]), queue, string(state))
+			}
+			age := 0.0
+			if t, ok := rt.dispatcher.OldestPending(queue); ok && byState[inbox.Pending] > 0 {
+				age = time.Since(t).Seconds()
+			}
+			ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, queue)
+		}
+	}
 }

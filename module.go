@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -104,6 +105,13 @@ type Handler struct {
 	// unsigned request).
 	VerifyTokens []string `json:"verify_tokens,omitempty"`
 
+	// Inbox, when set, answers the sender as soon as an accepted event is
+	// stored on disk and delivers it to the app from there, retrying
+	// until the app takes it (see Inbox). The handler is then terminal for
+	// accepted events. Default: off (events are forwarded to the rest of
+	// the route while the sender waits).
+	Inbox *Inbox `json:"inbox,omitempty"`
+
 	// Events lists the events this route's app handles, as patterns in
 	// which "*" stands for any run of characters ("whatsapp.message.*",
 	// "*.report", "*"). A verified delivery whose event matches none is
@@ -134,6 +142,8 @@ type Handler struct {
 	// outsideConfig is set by in-process benchmarks, whose context has no
 	// config to load the app into (Caddy's ctx.App needs one).
 	outsideConfig bool
+	app           *App
+	helper        *httpcaddyfile.Helper // while the Caddyfile is parsed
 }
 
 // CaddyModule returns the Caddy module information.
@@ -150,9 +160,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// The app checks, once every route is provisioned, that no handler
 	// answers requests before this one runs.
 	if !h.outsideConfig {
-		if _, err := ctx.App("webhook_guard"); err != nil {
+		app, err := ctx.App("webhook_guard")
+		if err != nil {
 			return err
 		}
+		h.app = app.(*App)
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -202,6 +214,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("dedupe: %w", err)
 		}
 	}
+	if h.Inbox != nil {
+		if h.app == nil {
+			return errors.New("inbox: the handler is not part of a config")
+		}
+		if err := h.Inbox.provision(ctx, h); err != nil {
+			return fmt.Errorf("inbox: %w", err)
+		}
+		if err := h.app.addInbox(h.Inbox); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -222,6 +245,11 @@ func (h *Handler) Validate() error {
 	}
 	if err := validateEvents(h.Events); err != nil {
 		return err
+	}
+	if h.Inbox != nil {
+		if err := h.Inbox.validate(); err != nil {
+			return err
+		}
 	}
 	if h.Normalize != "" && h.Normalize != normalizeFormatMeta {
 		return fmt.Errorf("normalize: unknown format %q (want meta)", h.Normalize)

@@ -80,6 +80,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return d.answerIgnored(names)
 		}
 	}
+	if h.Inbox != nil {
+		return d.queueSingle()
+	}
 	return d.serveSingle()
 }
 

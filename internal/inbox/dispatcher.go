@@ -68,7 +68,8 @@ type Dispatcher struct {
 
 	mu       sync.Mutex
 	queues   map[string]*queueState
-	inFlight map[string]bool // order keys (and unordered events' ids) being attempted
+	oldest   map[string]time.Time // each queue's oldest pending event, as of the last pass
+	inFlight map[string]bool      // order keys (and unordered events' ids) being attempted
 
 	wake     chan struct{}
 	stop     context.CancelFunc
@@ -86,6 +87,7 @@ func NewDispatcher(store *Store, onErr func(error)) *Dispatcher {
 		onErr:    onErr,
 		queues:   map[string]*queueState{},
 		inFlight: map[string]bool{},
+		oldest:   map[string]time.Time{},
 		wake:     make(chan struct{}, 1),
 	}
 }
@@ -145,6 +147,15 @@ func (d *Dispatcher) Stop(wait time.Duration) {
 	}
 }
 
+// OldestPending is when the queue's oldest pending event arrived, as of
+// the dispatcher's last look at it; false when it had none.
+func (d *Dispatcher) OldestPending(queue string) (time.Time, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	t, ok := d.oldest[queue]
+	return t, ok
+}
+
 // Wake makes the dispatcher look for due events now (a new event was
 // stored, say).
 func (d *Dispatcher) Wake() {
@@ -183,11 +194,15 @@ func (d *Dispatcher) run(ctx context.Context) {
 }
 
 // dispatchDue starts an attempt for every head that is due and has a free
-// slot, and returns when the next one will be due.
+// slot, and returns when the next one will be due. It holds the lock while
+// it reads the heads: an attempt settles its event before it leaves the
+// in-flight set, under the same lock, so a head read here is either still
+// in flight or already settled, never a stale copy of a delivered event.
 func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
 	now := d.now()
 	next := now.Add(idlePoll)
 	d.mu.Lock()
+	defer d.mu.Unlock()
 	names := map[string]bool{}
 	for name, q := range d.queues {
 		if q.inFlight < q.Concurrency {
@@ -198,7 +213,6 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
 			names[name] = true
 		}
 	}
-	d.mu.Unlock()
 	if len(names) == 0 {
 		return next
 	}
@@ -209,11 +223,19 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
 	}
 	// Oldest first across order keys, so no conversation starves another.
 	slices.SortFunc(heads, func(a, b *Event) int { return a.NextAt.Compare(b.NextAt) })
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	// Each order key's head is its oldest pending event, so the oldest
+	// head is the queue's oldest (as far as the pass read).
+	for name := range names {
+		delete(d.oldest, name)
+	}
+	for _, e := range heads {
+		if t, ok := d.oldest[e.Queue]; !ok || e.ReceivedAt.Before(t) {
+			d.oldest[e.Queue] = e.ReceivedAt
+		}
+	}
 	for _, e := range heads {
 		q := d.queues[e.Queue]
-		if q == nil || q.inFlight >= q.Concurrency || now.Before(q.pausedUntil) || d.inFlight[flightKey(e)] {
+		if q == nil || q.inFlight >= q.Concurrency || d.inFlight[flightKey(e)] {
 			continue
 		}
 		if e.NextAt.After(now) {

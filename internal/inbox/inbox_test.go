@@ -100,6 +100,17 @@ func TestDispatcherOrderRetriesAndDead(t *testing.T) {
 		return c["q"][Pending] == 0 && c["q"][Delivered] == 6 && c["q"][Dead] == 1
 	})
 	got := rec.deliveries()
+	// Every attempt number is used once, except by the event whose
+	// connections were refused: those tries do not count as attempts.
+	seen := map[string]int{}
+	for _, g := range got {
+		seen[g]++
+	}
+	for g, n := range seen {
+		if want := map[bool]int{true: 4, false: 1}[g == "r-5#1"]; n != want {
+			t.Fatalf("%s was tried %d times, want %d: %v", g, n, want, got)
+		}
+	}
 	if rec.overlap {
 		t.Fatal("two events of one order key were in flight at once")
 	}

@@ -40,10 +40,12 @@ type Event struct {
 	OrderKey string `json:"order_key,omitempty"` // "" for an event that waits for no other
 	Seq      uint64 `json:"seq"`                 // arrival order in the store
 
-	Method string      `json:"method"`
-	URI    string      `json:"uri"`
-	Header http.Header `json:"header"`
-	Body   []byte      `json:"body"`
+	Method     string      `json:"method"`
+	URI        string      `json:"uri"` // path and query
+	Host       string      `json:"host"`
+	RemoteAddr string      `json:"remote_addr"`
+	Header     http.Header `json:"header"`
+	Body       []byte      `json:"body"`
 
 	ReceivedAt  time.Time `json:"received_at"`
 	State       State     `json:"state"`
@@ -57,6 +59,7 @@ type Event struct {
 var (
 	bucketEvents  = []byte("events")  // seq → Event (JSON)
 	bucketPending = []byte("pending") // queue \x00 order \x00 seq → nothing: each order key's head is its first key
+	bucketCounts  = []byte("counts")  // queue \x00 state → number of events (uint64)
 )
 
 // ErrNotFound is returned for an event that is not in the store.
@@ -79,7 +82,7 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("inbox: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEvents, bucketPending} {
+		for _, b := range [][]byte{bucketEvents, bucketPending, bucketCounts} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -127,23 +130,33 @@ func (s *Store) Append(events []*Event) error {
 			if err := pend.Put(pendingKey(e), nil); err != nil {
 				return err
 			}
+			if err := addCount(tx, e.Queue, Pending, 1); err != nil {
+				return err
+			}
 		}
 		return nil
 	})
 }
 
-// Settle records an attempt's result: e (its State, Attempts, NextAt,
-// LastStatus, LastError, DeliveredAt already updated by the caller) is
-// written back, and leaves the pending index unless it is still pending.
+// Settle records an attempt's result on a pending event: e (its State,
+// Attempts, NextAt, LastStatus, LastError, DeliveredAt already updated by
+// the caller) is written back, and leaves the pending index unless it is
+// still pending.
 func (s *Store) Settle(e *Event) error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		if err := putEvent(tx.Bucket(bucketEvents), e); err != nil {
 			return err
 		}
-		if e.State != Pending {
-			return tx.Bucket(bucketPending).Delete(pendingKey(e))
+		if e.State == Pending {
+			return nil
 		}
-		return nil
+		if err := addCount(tx, e.Queue, Pending, -1); err != nil {
+			return err
+		}
+		if err := addCount(tx, e.Queue, e.State, 1); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketPending).Delete(pendingKey(e))
 	})
 }
 
@@ -191,22 +204,31 @@ func (s *Store) Get(seq uint64) (*Event, error) {
 func (s *Store) Counts() (map[string]map[State]int, error) {
 	counts := map[string]map[State]int{}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketEvents).ForEach(func(_, v []byte) error {
-			var e struct {
-				Queue string `json:"queue"`
-				State State  `json:"state"`
+		return tx.Bucket(bucketCounts).ForEach(func(k, v []byte) error {
+			queue, state, ok := bytes.Cut(k, []byte{0})
+			if !ok || len(v) != 8 {
+				return nil
 			}
-			if err := json.Unmarshal(v, &e); err != nil {
-				return err
+			if counts[string(queue)] == nil {
+				counts[string(queue)] = map[State]int{}
 			}
-			if counts[e.Queue] == nil {
-				counts[e.Queue] = map[State]int{}
-			}
-			counts[e.Queue][e.State]++
+			counts[string(queue)][State(state)] = int(binary.BigEndian.Uint64(v))
 			return nil
 		})
 	})
 	return counts, err
+}
+
+// addCount moves the number of queue's events in state by delta.
+func addCount(tx *bolt.Tx, queue string, state State, delta int) error {
+	b := tx.Bucket(bucketCounts)
+	k := append(append([]byte(queue), 0), state...)
+	var n uint64
+	if v := b.Get(k); len(v) == 8 {
+		n = binary.BigEndian.Uint64(v)
+	}
+	n = uint64(max(int64(n)+int64(delta), 0))
+	return b.Put(k, seqKey(n))
 }
 
 // Expire deletes delivered and dead events received before cutoff, and
@@ -228,6 +250,9 @@ func (s *Store) Expire(cutoff time.Time) (int, error) {
 				continue
 			}
 			if err := c.Delete(); err != nil {
+				return err
+			}
+			if err := addCount(tx, e.Queue, e.State, -1); err != nil {
 				return err
 			}
 			n++

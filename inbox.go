@@ -1,0 +1,478 @@
+package webhookguard
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
+
+	"github.com/webhookguard/webhookguard/internal/inbox"
+	"github.com/webhookguard/webhookguard/internal/jsonscan"
+)
+
+// Inbox defaults. The schedule starts soon (a deploy or a restart of the
+// app lasts seconds to minutes), then spreads out as Svix's does, about
+// 45 hours in all: well inside the retention, so a dead event can still
+// be replayed for days.
+var defaultRetry = []time.Duration{
+	10 * time.Second, time.Minute, 5 * time.Minute, 30 * time.Minute,
+	2 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour,
+}
+
+const (
+	defaultInboxConcurrency = 4
+	defaultInboxTimeout     = 30 * time.Second
+	defaultRetention        = 7 * 24 * time.Hour
+	orderByNone             = "none"
+
+	headerDeliveryID = "X-Webhook-Delivery-Id"
+	headerAttempt    = "X-Webhook-Attempt"
+)
+
+// Inbox makes the handler answer the sender as soon as an accepted event
+// is stored on disk (fsynced), and deliver it to the app from there until
+// the app answers 2xx, retrying on a schedule, one event at a time per
+// conversation. A handler with an inbox is terminal for the events it
+// accepts: the rest of the route is not called for them.
+type Inbox struct {
+	// Deliver is the handler that delivers an event to the app, normally
+	// reverse_proxy (the Caddyfile's "to <upstreams...>" is shorthand for
+	// it) or a subroute ("deliver { … }"). It must answer: an event that
+	// falls through it is retried. Required.
+	DeliverRaw json.RawMessage `json:"deliver,omitempty" caddy:"namespace=http.handlers inline_key=handler"`
+
+	// Path is the bbolt file. Handlers may share one. Default:
+	// webhookguard/inbox.db in Caddy's data directory.
+	Path string `json:"path,omitempty"`
+
+	// Retry lists the delays before attempts 2, 3, …; when the attempt
+	// after the last delay fails, the event is dead (kept for replay).
+	// Each delay is spread by ±20%, and a 429 or 503's Retry-After is
+	// honoured. Default: 10s 1m 5m 30m 2h 6h 12h 24h.
+	Retry []caddy.Duration `json:"retry,omitempty"`
+
+	// OrderBy is the order key: events with the same key are delivered
+	// one at a time in arrival order. A placeholder, or "none" for no
+	// ordering. Default: the conversation (Kapso's conversation.id or a
+	// batch's batch_info.conversation_id; for a raw Meta payload, the
+	// phone number id and the customer's wa_id or user id); events
+	// without one wait for no other.
+	OrderBy string `json:"order_by,omitempty"`
+
+	// Concurrency bounds the attempts in flight at once, across order
+	// keys. Default: 4.
+	Concurrency int `json:"concurrency,omitempty"`
+
+	// Timeout bounds one attempt. Default: 30s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Retention is how long delivered and dead events, with their
+	// bodies, are kept; pending events are kept until they are delivered
+	// or dead. Default: 7 days.
+	Retention caddy.Duration `json:"retention,omitempty"`
+
+	deliver caddyhttp.MiddlewareHandler
+	h       *Handler
+	path    string
+	retry   []time.Duration
+	timeout time.Duration
+	keep    time.Duration
+	rt      atomic.Pointer[inboxRuntime]     // set by the app's Start
+	server  atomic.Pointer[caddyhttp.Server] // the server the handler is in
+}
+
+func (in *Inbox) provision(ctx caddy.Context, h *Handler) error {
+	in.h = h
+	if in.DeliverRaw == nil {
+		return errors.New("inbox needs to <upstreams...> or a deliver block: where events are delivered")
+	}
+	mod, err := ctx.LoadModule(in, "DeliverRaw")
+	if err != nil {
+		return fmt.Errorf("deliver: %w", err)
+	}
+	in.deliver = mod.(caddyhttp.MiddlewareHandler)
+	in.path = in.Path
+	if in.path == "" {
+		in.path = filepath.Join(caddy.AppDataDir(), "webhookguard", "inbox.db")
+	}
+	in.retry = defaultRetry
+	if len(in.Retry) > 0 {
+		in.retry = make([]time.Duration, len(in.Retry))
+		for i, d := range in.Retry {
+			in.retry[i] = time.Duration(d)
+		}
+	}
+	if in.Concurrency <= 0 {
+		in.Concurrency = defaultInboxConcurrency
+	}
+	in.timeout = durationOr(in.Timeout, defaultInboxTimeout)
+	in.keep = durationOr(in.Retention, defaultRetention)
+	return nil
+}
+
+func (in *Inbox) validate() error {
+	for _, d := range in.Retry {
+		if d <= 0 {
+			return errors.New("inbox: every retry delay must be positive")
+		}
+	}
+	return nil
+}
+
+// queue is the dispatcher's view of this inbox.
+func (in *Inbox) queue() inbox.Queue {
+	return inbox.Queue{
+		Name:        in.h.name,
+		Deliver:     in.deliverEvent,
+		Retry:       in.retry,
+		Concurrency: in.Concurrency,
+		Timeout:     in.timeout,
+		Retention:   in.keep,
+		OnAttempt:   in.observeAttempt,
+	}
+}
+
+// orderKey is the event's order key (see OrderBy).
+func (in *Inbox) orderKey(repl *caddy.Replacer, body []byte) string {
+	switch in.OrderBy {
+	case orderByNone:
+		return ""
+	case "":
+		return conversationKey(body)
+	}
+	return repl.ReplaceAll(in.OrderBy, "")
+}
+
+// conversationKey finds the conversation a body belongs to: Kapso's
+// conversation.id, or for a raw Meta payload the business number and the
+// customer (wa_id, else the BSUID).
+func conversationKey(body []byte) string {
+	if v, ok := jsonscan.FieldPath(body, "conversation", "id"); ok {
+		if id, ok := jsonscan.StringValue(body, v); ok && id != "" {
+			return "conversation:" + id
+		}
+	}
+	for _, e := range arrayMember(body, jsonscan.Span{}, "entry") {
+		for _, c := range arrayMember(body, e, "changes") {
+			v, ok, _ := jsonscan.ObjectField(body, c.Start, "value")
+			if !ok || body[v.Start] != '{' {
+				continue
+			}
+			value := body[v.Start:v.End]
+			phone := stringAt(value, "metadata", "phone_number_id")
+			for _, who := range [][2]string{{"contacts", "wa_id"}, {"contacts", "user_id"}, {"messages", "from"},
+				{"messages", "from_user_id"}, {"statuses", "recipient_id"}, {"statuses", "recipient_user_id"}} {
+				items := arrayMember(value, jsonscan.Span{}, who[0])
+				if len(items) == 0 {
+					continue
+				}
+				if id := stringAt(value[items[0].Start:items[0].End], who[1]); id != "" {
+					return "meta:" + phone + ":" + id
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// stringAt is the string at path in the JSON object doc, "" when absent.
+func stringAt(doc []byte, path ...string) string {
+	v, ok := jsonscan.FieldPath(doc, path...)
+	if !ok {
+		return ""
+	}
+	s, _ := jsonscan.StringValue(doc, v)
+	return s
+}
+
+// newEvent captures r as it would be forwarded, with body, minus the
+// signature headers (never stored; forward_secret re-signs at delivery).
+func (d *delivery) newEvent(r *http.Request, body []byte, orderKey string) *inbox.Event {
+	hdr := r.Header.Clone()
+	d.h.dropSignatures(hdr)
+	hdr.Del("Content-Length")
+	now := d.h.now()
+	return &inbox.Event{
+		ID:         inbox.NewID(now),
+		Queue:      d.h.name,
+		OrderKey:   orderKey,
+		Method:     r.Method,
+		URI:        r.URL.RequestURI(),
+		Host:       r.Host,
+		RemoteAddr: r.RemoteAddr,
+		Header:     hdr,
+		Body:       body,
+		ReceivedAt: now,
+	}
+}
+
+// queueSingle stores one verified delivery and answers the sender.
+func (d *delivery) queueSingle() error {
+	var c *claim
+	if d.h.Dedupe != nil {
+		keys := d.h.Dedupe.deliveryKeys(d.r, d.repl, d.scheme, d.event, d.body.bytes())
+		d.key = keys.primary
+		d.repl.Set("http.webhook.idempotency_key", keys.primary)
+		var proceed bool
+		var err error
+		if c, proceed, err = d.claimOrAnswer(keys.storeKeys()); !proceed {
+			return err
+		}
+	}
+	orderKey := d.h.Inbox.orderKey(d.repl, d.body.bytes())
+	d.attachBody()
+	body, err := io.ReadAll(d.r.Body)
+	if err != nil {
+		d.release(c)
+		return writeJSONError(d.w, http.StatusInternalServerError, "internal", "the body could not be queued")
+	}
+	e := d.newEvent(d.r, body, orderKey)
+	if err := d.h.Inbox.append([]*inbox.Event{e}); err != nil {
+		d.release(c)
+		return d.answerInboxDown(err)
+	}
+	d.commit(c)
+	d.h.countRequest(outcomeQueued)
+	d.h.logDelivery(d.event, d.key, d.scheme, outcomeQueued, http.StatusOK, 0, zap.String("event_id", e.ID))
+	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "queued", "id": e.ID})
+}
+
+// queueBatch stores each item of a verified batch as its own event, all
+// in one commit, and answers the sender.
+func (d *delivery) queueBatch(env *batchEnvelope) error {
+	dd := d.h.Dedupe
+	batchKey := dd.primaryKey(d.r, d.repl, d.scheme, d.body.bytes())
+	d.batchKey, d.key = batchKey, batchKey
+	d.repl.Set("http.webhook.idempotency_key", batchKey)
+	batchClaim, proceed, err := d.claimOrAnswer([]storeKey{storeKeyOf("id", batchKey)})
+	if !proceed {
+		return err
+	}
+	claims := []*claim{batchClaim}
+	releaseAll := func() {
+		for _, c := range claims {
+			d.release(c)
+		}
+	}
+	subscribed := d.h.subscribed(eventNames(env.event, nil))
+	var events []*inbox.Event
+	ids := []string{}
+	duplicates, ignored := 0, 0
+	for i, it := range env.items {
+		item := d.body.bytes()[it.Start:it.End]
+		key := contentKey(env.event, item)
+		if key == "" {
+			key = batchKey + "#" + strconv.Itoa(i)
+		}
+		if !subscribed {
+			ignored++
+			d.h.countBatchItem(outcomeIgnored)
+			continue
+		}
+		if batchClaim != nil {
+			c, state := dd.acquire(d.r.Context(), []storeKey{storeKeyOf("content", key)})
+			switch {
+			case state == claimDuplicate:
+				duplicates++
+				d.h.countBatchItem(outcomeDuplicate)
+				continue
+			case state == claimBusy:
+				releaseAll()
+				return d.answerBusy()
+			case state == claimStoreDown && dd.rejectOnStoreError():
+				releaseAll()
+				return d.answerStoreDown()
+			}
+			claims = append(claims, c)
+		}
+		sub := d.r.Clone(d.r.Context())
+		d.itemHeaders(sub.Header, env, i, item, key)
+		orderKey := d.h.Inbox.orderKey(d.repl, item)
+		if orderKey == "" && env.conversationID != "" && d.h.Inbox.OrderBy == "" {
+			orderKey = "conversation:" + env.conversationID
+		}
+		e := d.newEvent(sub, bytes.Clone(item), orderKey)
+		events = append(events, e)
+		ids = append(ids, e.ID)
+	}
+	if len(events) > 0 {
+		if err := d.h.Inbox.append(events); err != nil {
+			releaseAll()
+			return d.answerInboxDown(err)
+		}
+	}
+	for _, c := range claims {
+		d.commit(c)
+	}
+	for range events {
+		d.h.countBatchItem(outcomeQueued)
+	}
+	d.h.countRequest(outcomeQueued)
+	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "queued", "items": len(events), "ids": ids,
+		"duplicates": duplicates, "ignored": ignored})
+}
+
+func (d *delivery) release(c *claim) {
+	if d.h.Dedupe != nil {
+		d.h.Dedupe.release(c)
+	}
+}
+
+func (d *delivery) commit(c *claim) {
+	if d.h.Dedupe != nil {
+		d.h.Dedupe.commit(c)
+	}
+}
+
+// append stores events durably and wakes the dispatcher.
+func (in *Inbox) append(events []*inbox.Event) error {
+	rt := in.rt.Load()
+	if rt == nil {
+		return errors.New("the inbox is not open yet")
+	}
+	if err := rt.store.Append(events); err != nil {
+		return err
+	}
+	rt.dispatcher.Wake()
+	return nil
+}
+
+func (d *delivery) answerInboxDown(err error) error {
+	d.h.logger.Error("inbox write failed: the sender is asked to retry", zap.String("handler", d.h.name), zap.Error(err))
+	d.h.logRejection(d.r, d.event, outcomeStoreUnavailable, "inbox write failed")
+	return writeJSONError(d.w, http.StatusServiceUnavailable, "store_unavailable",
+		"the event could not be stored; retry later")
+}
+
+// deliverEvent sends a stored event through the deliver handler, as its
+// own request with a fresh replacer and vars (as batch items are).
+func (in *Inbox) deliverEvent(ctx context.Context, e *inbox.Event, attempt int) (res inbox.Result) {
+	req, err := http.NewRequestWithContext(ctx, e.Method, e.URI, bytes.NewReader(e.Body))
+	if err != nil {
+		return inbox.Result{Err: err}
+	}
+	req.Host, req.RemoteAddr, req.RequestURI = e.Host, e.RemoteAddr, e.URI
+	req.Header = e.Header.Clone()
+	req.ContentLength = int64(len(e.Body))
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(e.Body)), nil }
+	req.Header.Set(headerDeliveryID, e.ID)
+	req.Header.Set(headerAttempt, strconv.Itoa(attempt))
+	if in.h.forwardKey != nil {
+		req.Header.Set(headerKapsoSignature, in.h.forwardKey.sign(e.Body))
+	}
+	srv := in.server.Load()
+	if srv == nil {
+		srv = new(caddyhttp.Server)
+	}
+	mw := &memWriter{hdr: make(http.Header)}
+	repl := caddy.NewReplacer()
+	req = caddyhttp.PrepareRequest(req, repl, mw, srv)
+	repl.Set("http.webhook.verified", req.Header.Get(headerVerified))
+	repl.Set("http.webhook.event", req.Header.Get(headerEvent))
+	repl.Set("http.webhook.idempotency_key", req.Header.Get(headerIdempotencyKey))
+	repl.Set("http.webhook.duplicate", "false")
+
+	start := time.Now()
+	defer func() {
+		res.Took = time.Since(start)
+		if p := recover(); p != nil {
+			// reverse_proxy aborts a response that broke after its
+			// headers by panicking: a 2xx already received counts.
+			res = inbox.Result{Status: mw.status, Took: res.Took}
+			if mw.status < 200 || mw.status > 299 {
+				res.Err = fmt.Errorf("deliver handler panicked: %v", p)
+			}
+		}
+	}()
+	err = in.deliver.ServeHTTP(mw, req, noAnswer)
+	res.Status = mw.status
+	if err != nil {
+		res.Err, res.Status = err, errorStatus(err)
+		// The app could not be reached at all (reverse_proxy wraps every
+		// dial failure, a refused connection included, in a DialError).
+		_, unreachable := errors.AsType[reverseproxy.DialError](err)
+		res.Refused = unreachable || errors.Is(err, syscall.ECONNREFUSED)
+		return res
+	}
+	if res.Status == 0 {
+		res.Status = http.StatusOK
+	}
+	if res.Status == http.StatusTooManyRequests || res.Status == http.StatusServiceUnavailable {
+		if s, err := strconv.Atoi(mw.hdr.Get("Retry-After")); err == nil && s > 0 {
+			res.RetryAfter = time.Duration(s) * time.Second
+		}
+	}
+	return res
+}
+
+// noAnswer ends a deliver handler that did not answer: the attempt fails.
+var noAnswer = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+	return caddyhttp.Error(http.StatusBadGateway, errors.New("the inbox's deliver handler did not answer"))
+})
+
+// observeAttempt logs every attempt and counts it.
+func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
+	result := outcomeDelivered
+	if !res.Delivered() {
+		result = outcomeFailed
+	}
+	metrics.inboxAttempts.WithLabelValues(in.h.name, string(result)).Inc()
+	fields := []zap.Field{zap.String("event_id", e.ID), zap.Int("attempt", attempt)}
+	if res.Refused {
+		fields = append(fields, zap.Bool("refused", true))
+	}
+	if res.Err != nil {
+		fields = append(fields, zap.String("error", res.Err.Error()))
+	}
+	in.h.logDelivery(e.Header.Get(headerEvent), e.Header.Get(headerIdempotencyKey), e.Header.Get(headerVerified),
+		result, res.Status, res.Took, fields...)
+}
+
+// inboxRuntime is one open store and its dispatcher, shared by every
+// config that uses the file: a reload reuses it (no second open of the
+// locked file, no second dispatcher).
+type inboxRuntime struct {
+	store      *inbox.Store
+	dispatcher *inbox.Dispatcher
+}
+
+// inboxes holds the open stores by path.
+var inboxes = caddy.NewUsagePool()
+
+func openInbox(path string, logger *zap.Logger) (*inboxRuntime, error) {
+	v, _, err := inboxes.LoadOrNew(path, func() (caddy.Destructor, error) {
+		store, err := inbox.Open(path, time.Second)
+		if err != nil {
+			return nil, err
+		}
+		d := inbox.NewDispatcher(store, func(err error) { logger.Error("inbox", zap.String("path", path), zap.Error(err)) })
+		rt := &inboxRuntime{store: store, dispatcher: d}
+		metrics.inbox.track(rt, 1)
+		return rt, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*inboxRuntime), nil
+}
+
+// Destruct stops the dispatcher (an attempt still running after a few
+// seconds is left pending, to be delivered again) and closes the file.
+func (rt *inboxRuntime) Destruct() error {
+	metrics.inbox.track(rt, -1)
+	rt.dispatcher.Stop(5 * time.Second)
+	return rt.store.Close()
+}

@@ -1,0 +1,348 @@
+package webhookguard
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// inboxSite is a site whose webhook_guard queues Kapso events in a bbolt
+// file under dir and delivers them to upstream (host:port).
+func inboxSite(dir, upstream, options string) string {
+	return fmt.Sprintf(`
+	webhook_guard {
+		name kapso
+		verify kapso %s
+		dedupe
+		unbatch
+		inbox {
+			to %s
+			path %s
+			%s
+		}
+	}`, kapsoSecret, upstream, filepath.Join(dir, "inbox.db"), options)
+}
+
+// conversationEvent is a signed Kapso message event of conversation conv.
+func conversationEvent(conv string, n int) ([]byte, map[string]string) {
+	body := []byte(fmt.Sprintf(`{"message":{"id":"wamid.%s.%03d","type":"text","text":{"body":"hi"}},`+
+		`"conversation":{"id":"%s"},"phone_number_id":"123"}`, conv, n, conv))
+	return body, kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", fmt.Sprintf("key-%s-%d", conv, n))
+}
+
+// tally records, per message id, what the app answered each time.
+type tally struct {
+	mu       sync.Mutex
+	answered map[string][]int
+	order    map[string][]string // per conversation, message ids taken (2xx), in order
+	attempts map[string][]string // X-Webhook-Attempt values per message id
+}
+
+func newTally() *tally {
+	return &tally{answered: map[string][]int{}, order: map[string][]string{}, attempts: map[string][]string{}}
+}
+
+// app answers with decide(message id, attempt) and records it.
+func (ta *tally) app(decide func(id string, seen int) int) func(n int, r recorded) (int, time.Duration) {
+	return func(_ int, r recorded) (int, time.Duration) {
+		var v struct {
+			Message      struct{ ID string }
+			Conversation struct{ ID string }
+		}
+		_ = json.Unmarshal(r.Body, &v)
+		ta.mu.Lock()
+		defer ta.mu.Unlock()
+		status := decide(v.Message.ID, len(ta.answered[v.Message.ID]))
+		ta.answered[v.Message.ID] = append(ta.answered[v.Message.ID], status)
+		ta.attempts[v.Message.ID] = append(ta.attempts[v.Message.ID], r.Header.Get("X-Webhook-Attempt"))
+		if status < 300 {
+			ta.order[v.Conversation.ID] = append(ta.order[v.Conversation.ID], v.Message.ID)
+		}
+		return status, 0
+	}
+}
+
+// delivered counts the message ids the app took, and fails on one taken twice.
+func (ta *tally) delivered(t *testing.T) int {
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	n := 0
+	for id, statuses := range ta.answered {
+		ok := 0
+		for _, s := range statuses {
+			if s < 300 {
+				ok++
+			}
+		}
+		if ok > 1 {
+			t.Fatalf("%s was delivered %d times", id, ok)
+		}
+		n += ok
+	}
+	return n
+}
+
+// checkOrder fails unless every conversation's messages were taken in
+// the order they were sent (their ids count up).
+func (ta *tally) checkOrder(t *testing.T) {
+	t.Helper()
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	for conv, ids := range ta.order {
+		for i := 1; i < len(ids); i++ {
+			if ids[i] < ids[i-1] {
+				t.Fatalf("conversation %s delivered out of order: %v", conv, ids)
+			}
+		}
+	}
+}
+
+func sendQueued(t *testing.T, url string, body []byte, headers map[string]string) string {
+	t.Helper()
+	code, _, resp := post(t, url, body, headers)
+	var v struct{ Status, ID string }
+	_ = json.Unmarshal(resp, &v)
+	if code != http.StatusOK || v.Status != "queued" || !strings.HasPrefix(v.ID, "evt_") {
+		t.Fatalf("want 200 queued with an id, got %d %s", code, resp)
+	}
+	return v.ID
+}
+
+// TestInboxRidesOutAnAppThatIsDown guards the inbox's first promise:
+// while the app answers 503, and while it refuses connections altogether,
+// deliveries are answered 200 queued at once; once the app is back each
+// event reaches it exactly once, in order per conversation, and a
+// redelivery of a queued event is a duplicate.
+func TestInboxRidesOutAnAppThatIsDown(t *testing.T) {
+	for _, mode := range []string{"answers 503", "refuses connections"} {
+		t.Run(mode, func(t *testing.T) {
+			ta := newTally()
+			var down sync.Map // while set, the app answers 503
+			down.Store("down", true)
+			decide := func(string, int) int {
+				if _, ok := down.Load("down"); ok {
+					return http.StatusServiceUnavailable
+				}
+				return http.StatusOK
+			}
+			up := newUnstartedUpstream(t)
+			up.setRespond(ta.app(decide))
+			addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+			if mode == "answers 503" {
+				up.startOn(t, addr)
+			}
+			c := startCaddy(t, inboxSite(t.TempDir(), addr, "retry 100ms 100ms 100ms 100ms 100ms 100ms 100ms 100ms 100ms 100ms"))
+			const convs, per = 3, 5
+			for n := range per {
+				for k := range convs {
+					body, h := conversationEvent("conv"+strconv.Itoa(k), n)
+					sendQueued(t, c.URL, body, h)
+				}
+			}
+			body, h := conversationEvent("conv0", 0)
+			if code, _, resp := post(t, c.URL, body, h); code != 200 || !strings.Contains(string(resp), "duplicate") {
+				t.Fatalf("a queued event sent again: %d %s", code, resp)
+			}
+			if mode == "refuses connections" {
+				never(t, 300*time.Millisecond, func() bool { return up.count() > 0 }, "something reached a closed port")
+				up.startOn(t, addr)
+			} else {
+				waitFor(t, func() bool { return up.count() >= convs }) // it is being tried
+			}
+			down.Delete("down")
+			waitFor(t, func() bool { return ta.delivered(t) == convs*per })
+			never(t, 300*time.Millisecond, func() bool { return ta.delivered(t) > convs*per }, "an event was delivered twice")
+			ta.checkOrder(t)
+			if got := up.requests()[0].Header.Get("X-Webhook-Delivery-Id"); !strings.HasPrefix(got, "evt_") {
+				t.Errorf("X-Webhook-Delivery-Id %q", got)
+			}
+			if sig := up.requests()[0].Header.Get("X-Webhook-Signature"); sig != "" {
+				t.Errorf("a stored event kept the sender's signature header %q", sig)
+			}
+		})
+	}
+}
+
+// TestInboxSurvivesKill9 guards durability: events acknowledged to the
+// sender are on disk, so after kill -9 of Caddy with all of them pending,
+// a new Caddy on the same file delivers every one, once, in order per
+// conversation, without any new request.
+func TestInboxSurvivesKill9(t *testing.T) {
+	ta := newTally()
+	up := newUnstartedUpstream(t)
+	up.setRespond(ta.app(func(string, int) int { return http.StatusOK }))
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	site := inboxSite(t.TempDir(), addr, "retry 100ms")
+	c := startCaddy(t, site)
+	const convs, per = 4, 10
+	for n := range per {
+		for k := range convs {
+			body, h := conversationEvent("c"+strconv.Itoa(k), n)
+			sendQueued(t, c.URL, body, h)
+		}
+	}
+	c.kill()
+	up.startOn(t, addr)
+	c.restart(site)
+	waitFor(t, func() bool { return ta.delivered(t) == convs*per })
+	never(t, 300*time.Millisecond, func() bool { return ta.delivered(t) > convs*per }, "an event was delivered twice")
+	ta.checkOrder(t)
+}
+
+// TestInboxHoldsBackOnlyItsConversation guards per-conversation order: a
+// conversation whose first event keeps failing holds back its own later
+// events, and other conversations keep flowing meanwhile.
+func TestInboxHoldsBackOnlyItsConversation(t *testing.T) {
+	ta := newTally()
+	up := newUpstream(t)
+	up.setRespond(ta.app(func(id string, seen int) int {
+		if id == "wamid.stuck.000" && seen < 3 {
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	}))
+	c := startCaddy(t, inboxSite(t.TempDir(), up.Addr(), "retry 300ms 300ms 300ms"))
+	for n := range 3 {
+		for _, conv := range []string{"stuck", "free"} {
+			body, h := conversationEvent(conv, n)
+			sendQueued(t, c.URL, body, h)
+		}
+	}
+	waitFor(t, func() bool { return ta.delivered(t) == 6 })
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	if got := strings.Join(ta.order["stuck"], " "); got != "wamid.stuck.000 wamid.stuck.001 wamid.stuck.002" {
+		t.Fatalf("stuck conversation: %s", got)
+	}
+	if n := len(ta.answered["wamid.stuck.001"]); n != 1 {
+		t.Fatalf("a later event of the stuck conversation was tried %d times (it must wait)", n)
+	}
+	// "free" finished while "stuck" was still failing: its last event was
+	// answered before stuck's head got its 2xx.
+	if got := ta.attempts["wamid.stuck.000"]; strings.Join(got, ",") != "1,2,3,4" {
+		t.Fatalf("attempt numbers of the failing head: %v", got)
+	}
+}
+
+// TestInboxDeadAfterSchedule guards the end of the schedule: an event the
+// app always refuses gets exactly 1 + len(retry) attempts, numbered by
+// X-Webhook-Attempt, then is dead; the metrics say so.
+func TestInboxDeadAfterSchedule(t *testing.T) {
+	ta := newTally()
+	up := newUpstream(t)
+	up.setRespond(ta.app(func(string, int) int { return http.StatusInternalServerError }))
+	c := startCaddy(t, inboxSite(t.TempDir(), up.Addr(), "retry 50ms 50ms"))
+	body, h := conversationEvent("doomed", 0)
+	sendQueued(t, c.URL, body, h)
+	waitFor(t, func() bool {
+		return metricValue(t, c, "caddy_webhook_guard_inbox_events", `handler="kapso",state="dead"`) == 1
+	})
+	never(t, 300*time.Millisecond, func() bool { return up.count() > 3 }, "a dead event was tried again")
+	ta.mu.Lock()
+	got := strings.Join(ta.attempts["wamid.doomed.000"], ",")
+	ta.mu.Unlock()
+	if got != "1,2,3" {
+		t.Fatalf("attempts %q, want 1,2,3", got)
+	}
+	for labels, want := range map[string]float64{
+		`handler="kapso",outcome="failed"`:    3,
+		`handler="kapso",outcome="delivered"`: 0,
+	} {
+		if v := metricValue(t, c, "caddy_webhook_guard_inbox_attempts_total", labels); v != want {
+			t.Errorf("inbox_attempts_total{%s} = %v, want %v", labels, v, want)
+		}
+	}
+	if v := metricValue(t, c, "caddy_webhook_guard_inbox_events", `handler="kapso",state="pending"`); v != 0 {
+		t.Errorf("pending = %v", v)
+	}
+}
+
+// TestInboxReloadMidBacklog guards reloads: a config reload (with a
+// changed option) in the middle of a backlog reuses the open file and its
+// one dispatcher, so nothing is lost and nothing delivered twice; and
+// caddy validate on the running config succeeds (it opens no file).
+func TestInboxReloadMidBacklog(t *testing.T) {
+	ta := newTally()
+	up := newUpstream(t)
+	var mu sync.Mutex
+	slow := true
+	up.setRespond(func(n int, r recorded) (int, time.Duration) {
+		status, _ := ta.app(func(string, int) int { return http.StatusOK })(n, r)
+		mu.Lock()
+		defer mu.Unlock()
+		if slow {
+			return status, 2 * time.Millisecond
+		}
+		return status, 0
+	})
+	dir := t.TempDir()
+	c := startCaddy(t, inboxSite(dir, up.Addr(), "concurrency 2"))
+	const total = 1000
+	for n := range total {
+		body, h := conversationEvent("r"+strconv.Itoa(n%50), n/50)
+		sendQueued(t, c.URL, body, h)
+		if n == total/2 {
+			c.reload(inboxSite(dir, up.Addr(), "concurrency 8"))
+		}
+	}
+	c.reload(inboxSite(dir, up.Addr(), "concurrency 16"))
+	mu.Lock()
+	slow = false
+	mu.Unlock()
+	exe, _ := os.Executable()
+	validate := exec.Command(exe, "validate", "--config", filepath.Join(c.dir, "Caddyfile"), "--adapter", "caddyfile")
+	validate.Env = append(os.Environ(), asCaddyEnv+"=1", "HOME="+c.dir, "XDG_DATA_HOME="+filepath.Join(c.dir, "data"))
+	if out, err := validate.CombinedOutput(); err != nil {
+		t.Fatalf("caddy validate on the running config: %v\n%s", err, out)
+	}
+	waitFor(t, func() bool { return ta.delivered(t) == total })
+	never(t, 300*time.Millisecond, func() bool { return ta.delivered(t) > total }, "an event was delivered twice")
+	ta.checkOrder(t)
+}
+
+// TestInboxConfigErrors guards the inbox's load errors: no destination,
+// and two inbox handlers sharing a name (which names the queue).
+func TestInboxConfigErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	for _, tc := range []struct{ name, site, want string }{
+		{"no destination", `webhook_guard {
+		verify kapso s
+		inbox {
+			path ` + filepath.Join(dir, "a.db") + `
+		}
+	}`, "inbox needs to <upstreams...> or a deliver block"},
+		{"two queues named alike", `handle /a {
+		webhook_guard {
+			verify kapso s
+			inbox {
+				to 127.0.0.1:9
+				path ` + filepath.Join(dir, "b.db") + `
+			}
+		}
+	}
+	handle /b {
+		webhook_guard {
+			verify kapso t
+			inbox {
+				to 127.0.0.1:9
+				path ` + filepath.Join(dir, "b.db") + `
+			}
+		}
+	}`, `two webhook_guard handlers with an inbox are named \"kapso\"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if out := startCaddyErr(t, tc.site); !strings.Contains(out, tc.want) {
+				t.Fatalf("want %q in:\n%s", tc.want, out)
+			}
+		})
+	}
+}
