@@ -346,3 +346,52 @@ func TestInboxConfigErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestInboxStoreFullAnswers503 guards the write path's failure: when the
+// store cannot write (here the file may not grow: Caddy's file size limit
+// is lowered to the file's size, so bbolt's writes fail with EFBIG as on
+// a full disk), the sender gets 503 and nothing is committed, neither the
+// event nor its dedupe key; once the store can write again, the sender's
+// retry is queued (not a duplicate) and delivered once.
+func TestInboxStoreFullAnswers503(t *testing.T) {
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Fatalf("prlimit (util-linux) is needed to limit the file size: %v", err)
+	}
+	ta := newTally()
+	up := newUpstream(t)
+	up.setRespond(ta.app(func(string, int) int { return http.StatusOK }))
+	dir := t.TempDir()
+	c := startCaddy(t, inboxSite(dir, up.Addr(), ""))
+	small, h := conversationEvent("full", 0)
+	sendQueued(t, c.URL, small, h)
+	waitFor(t, func() bool { return ta.delivered(t) == 1 })
+
+	info, err := os.Stat(filepath.Join(dir, "inbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := strconv.Itoa(c.cmd.Process.Pid)
+	limit := func(v string) {
+		if out, err := exec.Command(prlimit, "--pid", pid, "--fsize="+v+":").CombinedOutput(); err != nil {
+			t.Fatalf("prlimit: %v %s", err, out)
+		}
+	}
+	limit(strconv.FormatInt(info.Size(), 10))
+	pad := strings.Repeat("x", 512<<10)
+	big := []byte(`{"message":{"id":"wamid.full.001","type":"text","text":{"body":"` + pad + `"}},"conversation":{"id":"full"}}`)
+	bh := kapsoHeaders(kapsoSecret, big, "whatsapp.message.received", "key-full-big")
+	code, _, resp := post(t, c.URL, big, bh)
+	if code != http.StatusServiceUnavailable || !strings.Contains(string(resp), "store_unavailable") {
+		t.Fatalf("a write the store could not make: %d %s, want 503 store_unavailable", code, resp)
+	}
+	never(t, 300*time.Millisecond, func() bool { return up.count() > 1 }, "an event that was not stored reached the app")
+	if !strings.Contains(c.Logs(), "file too large") {
+		t.Fatalf("the store did not fail on the file size limit:\n%s", c.Logs())
+	}
+
+	limit("unlimited")
+	sendQueued(t, c.URL, big, bh) // not a duplicate: nothing was committed
+	waitFor(t, func() bool { return ta.delivered(t) == 2 })
+	never(t, 300*time.Millisecond, func() bool { return ta.delivered(t) > 2 }, "an event was delivered twice")
+}

@@ -204,3 +204,33 @@ func TestExpireKeepsPending(t *testing.T) {
 		t.Fatalf("after expiry: %v", c)
 	}
 }
+
+// TestSettleSchedule guards the retry arithmetic: a 2xx delivers, each
+// failure waits its schedule's delay spread by at most ±20% (never less
+// than the app's Retry-After), and the failure after the last delay is
+// dead.
+func TestSettleSchedule(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1_800_000_000, 0)
+	retry := []time.Duration{10 * time.Second, time.Minute}
+	for range 200 {
+		e := &Event{State: Pending}
+		settle(e, retry, 1, Result{Status: 503}, now)
+		if d := e.NextAt.Sub(now); e.State != Pending || d < 8*time.Second || d > 12*time.Second {
+			t.Fatalf("after attempt 1: %v, next in %v", e.State, d)
+		}
+		settle(e, retry, 2, Result{Status: 429, RetryAfter: 5 * time.Minute}, now)
+		if d := e.NextAt.Sub(now); d != 5*time.Minute {
+			t.Fatalf("Retry-After 5m was not honoured: next in %v", d)
+		}
+		settle(e, retry, 3, Result{Err: errors.New("timeout")}, now)
+		if e.State != Dead || e.Attempts != 3 || e.LastError != "timeout" {
+			t.Fatalf("after the last delay: %+v", e)
+		}
+	}
+	e := &Event{State: Pending}
+	settle(e, retry, 1, Result{Status: 204}, now)
+	if e.State != Delivered || !e.DeliveredAt.Equal(now) {
+		t.Fatalf("a 204: %+v", e)
+	}
+}
