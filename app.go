@@ -3,6 +3,7 @@ package webhookguard
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -23,8 +24,8 @@ func init() {
 // request would be answered before webhook_guard runs.
 type App struct {
 	ctx     caddy.Context
-	inboxes map[string]*Inbox // this config's, by handler name
-	opened  []string          // the inbox files Start took a reference on
+	inboxes map[string]*Inbox        // this config's, by handler name
+	opened  map[string]*inboxRuntime // the inbox files Start took a reference on
 }
 
 // CaddyModule returns the Caddy module information.
@@ -84,19 +85,23 @@ func (a *App) openInboxes() error {
 	for _, in := range a.inboxes {
 		byPath[in.path] = append(byPath[in.path], in)
 	}
-	for path, ins := range byPath {
+	for _, path := range slices.Sorted(maps.Keys(byPath)) {
+		ins := byPath[path]
 		rt, err := openInbox(path, a.ctx.Logger())
 		if err != nil {
 			_ = a.Stop() // Caddy stops only the apps that started
 			return fmt.Errorf("inbox: %w", err)
 		}
-		a.opened = append(a.opened, path)
+		if a.opened == nil {
+			a.opened = map[string]*inboxRuntime{}
+		}
+		a.opened[path] = rt
 		queues := make([]inbox.Queue, 0, len(ins))
 		for _, in := range ins {
 			in.rt.Store(rt)
 			queues = append(queues, in.queue())
 		}
-		rt.dispatcher.SetQueues(queues)
+		rt.use(a, queues)
 		rt.dispatcher.Start()
 	}
 	return nil
@@ -106,7 +111,8 @@ func (a *App) openInboxes() error {
 // one stops its dispatcher and closes it.
 func (a *App) Stop() error {
 	var errs []error
-	for _, path := range a.opened {
+	for path, rt := range a.opened {
+		rt.release(a)
 		if _, err := inboxes.Delete(path); err != nil {
 			errs = append(errs, err)
 		}

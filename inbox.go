@@ -9,7 +9,9 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -447,6 +449,40 @@ func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
 type inboxRuntime struct {
 	store      *inbox.Store
 	dispatcher *inbox.Dispatcher
+
+	mu     sync.Mutex
+	owners []inboxOwner // the configs using the file, oldest first
+}
+
+// inboxOwner is one config's queues on a file.
+type inboxOwner struct {
+	app    *App
+	queues []inbox.Queue
+}
+
+// use gives the dispatcher app's queues: the newest config's are the ones
+// delivered through.
+func (rt *inboxRuntime) use(app *App, queues []inbox.Queue) {
+	rt.mu.Lock()
+	rt.owners = append(rt.owners, inboxOwner{app, queues})
+	rt.mu.Unlock()
+	rt.dispatcher.SetQueues(queues)
+}
+
+// release forgets app's queues. When app was the newest (a config that
+// failed to start, say), the config before it gets its queues back.
+func (rt *inboxRuntime) release(app *App) {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	i := slices.IndexFunc(rt.owners, func(o inboxOwner) bool { return o.app == app })
+	if i < 0 {
+		return
+	}
+	newest := i == len(rt.owners)-1
+	rt.owners = slices.Delete(rt.owners, i, i+1)
+	if newest && len(rt.owners) > 0 {
+		rt.dispatcher.SetQueues(rt.owners[len(rt.owners)-1].queues)
+	}
 }
 
 // inboxes holds the open stores by path.

@@ -395,3 +395,51 @@ func TestInboxStoreFullAnswers503(t *testing.T) {
 	waitFor(t, func() bool { return ta.delivered(t) == 2 })
 	never(t, 300*time.Millisecond, func() bool { return ta.delivered(t) > 2 }, "an event was delivered twice")
 }
+
+// TestInboxFailedReloadKeepsDelivering guards a reload that fails to
+// start after the inbox took the new config's queues: Caddy keeps the old
+// config, and its queues must deliver again, not the failed config's
+// (whose handlers Caddy cleans up, and which send elsewhere here).
+func TestInboxFailedReloadKeepsDelivering(t *testing.T) {
+	ta := newTally()
+	up := newUpstream(t)
+	up.setRespond(ta.app(func(string, int) int { return http.StatusOK }))
+	dir := t.TempDir()
+	c := startCaddy(t, inboxSite(dir, up.Addr(), ""))
+	// The new config sends elsewhere, and its second inbox's file cannot
+	// be created (its directory is a file): the app's Start fails after it
+	// opened the first file, which sorts first.
+	elsewhere := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	if err := os.WriteFile(filepath.Join(dir, "zz"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	broken := siteCaddyfile(c.admin, c.port, `
+	handle /other {
+		webhook_guard {
+			name other
+			verify kapso `+kapsoSecret+`
+			inbox {
+				to `+elsewhere+`
+				path `+filepath.Join(dir, "zz", "inbox.db")+`
+			}
+		}
+	}
+	handle {
+		`+inboxSite(dir, elsewhere, "")+`
+	}`)
+	req, _ := http.NewRequest(http.MethodPost, c.AdminURL+"/load", strings.NewReader(broken))
+	req.Header.Set("Content-Type", "text/caddyfile")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		t.Fatal("the broken config loaded")
+	}
+	for n := range 5 {
+		body, h := conversationEvent("after", n)
+		sendQueued(t, c.URL, body, h)
+	}
+	waitFor(t, func() bool { return ta.delivered(t) == 5 })
+}

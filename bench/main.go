@@ -12,6 +12,7 @@
 //	dedupe     the same plus dedupe, every request a new key
 //	unbatch    Kapso batches of 50 items; reported as items per second
 //	normalize  Meta payloads with verify meta + normalize meta
+//	inbox      verify kapso + dedupe + inbox: answered once fsynced, delivered from the file
 //
 // Each case is reported as requests per second, p50 and p99 latency and its
 // throughput as a ratio to the baseline measured in the same run. When
@@ -145,7 +146,7 @@ func run() error {
 	}
 	defer upstream.Close()
 
-	cases, err := makeCases(root, upstream.Addr().String())
+	cases, err := makeCases(root, work, upstream.Addr().String())
 	if err != nil {
 		return err
 	}
@@ -268,7 +269,7 @@ func batchBody(n int) []byte {
 		`],"batch_info":{"size":` + strconv.Itoa(n) + `,"window_ms":5000,"first_sequence":1,"conversation_id":"conv_bench"}}`)
 }
 
-func makeCases(root, upstream string) ([]*benchCase, error) {
+func makeCases(root, work, upstream string) ([]*benchCase, error) {
 	meta, err := os.ReadFile(filepath.Join(root, metanormTestdata, "corpus/in_text.json"))
 	if err != nil {
 		return nil, err
@@ -287,6 +288,12 @@ func makeCases(root, upstream string) ([]*benchCase, error) {
 				"X-Webhook-Event": "whatsapp.message.received"}, unique: true, items: *batchSize},
 		{name: "normalize", site: "webhook_guard {\n\t\tverify meta " + metaSecret + "\n\t\tnormalize meta\n\t}\n\t" + proxy,
 			body: meta, headers: map[string]string{"X-Hub-Signature-256": "sha256=" + signHex(metaSecret, meta)}},
+		// Durable acceptance: the answer waits for the fsync of the commit
+		// group; the dispatcher delivers to the upstream meanwhile, on the
+		// same cores.
+		{name: "inbox", site: "webhook_guard {\n\t\tverify kapso " + kapsoSecret + "\n\t\tdedupe {\n\t\t\tscope inbox\n\t\t}\n" +
+			"\t\tinbox {\n\t\t\tto " + upstream + "\n\t\t\tpath " + filepath.Join(work, "inbox.db") + "\n\t\t\tretention 1h\n\t\t}\n\t}",
+			body: body, headers: kapsoHeaders, unique: true},
 	}
 	for _, c := range cases {
 		if c.port, err = freePort(); err != nil {
