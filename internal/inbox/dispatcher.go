@@ -255,9 +255,17 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
 func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 	defer d.attempts.Done()
 	n := e.Attempts + 1
-	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.Timeout)
-	res := q.Deliver(actx, e, n)
-	cancel()
+	var res Result
+	body, err := d.store.Body(e.Seq)
+	if err != nil {
+		res = Result{Err: err}
+	} else {
+		e.Body = body // held for this attempt only
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.Timeout)
+		res = q.Deliver(actx, e, n)
+		cancel()
+		e.Body = nil
+	}
 	now := d.now()
 	if q.OnAttempt != nil {
 		q.OnAttempt(e, n, res)

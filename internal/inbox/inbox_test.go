@@ -178,7 +178,8 @@ func TestStoreSurvivesReopen(t *testing.T) {
 }
 
 // TestExpireKeepsPending guards retention: delivered and dead events older
-// than the cutoff go, with their bodies; pending ones stay whatever their age.
+// than the cutoff go, bodies included (a history must not keep them past
+// retention); pending ones stay whatever their age.
 func TestExpireKeepsPending(t *testing.T) {
 	t.Parallel()
 	s, err := Open(filepath.Join(t.TempDir(), "inbox.db"), time.Second)
@@ -202,6 +203,11 @@ func TestExpireKeepsPending(t *testing.T) {
 	c, _ := s.Counts()
 	if c["q"][Pending] != 1 || c["q"][Delivered]+c["q"][Dead] != 0 {
 		t.Fatalf("after expiry: %v", c)
+	}
+	for i, want := range []error{ErrNotFound, ErrNotFound, nil} {
+		if _, err := s.Body(old[i].Seq); !errors.Is(err, want) {
+			t.Errorf("body of event %d after expiry: %v, want %v", i, err, want)
+		}
 	}
 }
 

@@ -57,7 +57,8 @@ type Event struct {
 }
 
 var (
-	bucketEvents  = []byte("events")  // seq → Event (JSON)
+	bucketEvents  = []byte("events")  // seq → Event without its body (JSON)
+	bucketBodies  = []byte("bodies")  // seq → body
 	bucketPending = []byte("pending") // queue \x00 order \x00 seq → nothing: each order key's head is its first key
 	bucketCounts  = []byte("counts")  // queue \x00 state → number of events (uint64)
 )
@@ -82,7 +83,7 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("inbox: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEvents, bucketPending, bucketCounts} {
+		for _, b := range [][]byte{bucketEvents, bucketBodies, bucketPending, bucketCounts} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -127,6 +128,9 @@ func (s *Store) Append(events []*Event) error {
 			if err := putEvent(evb, e); err != nil {
 				return err
 			}
+			if err := tx.Bucket(bucketBodies).Put(seqKey(seq), e.Body); err != nil {
+				return err
+			}
 			if err := pend.Put(pendingKey(e), nil); err != nil {
 				return err
 			}
@@ -162,7 +166,8 @@ func (s *Store) Settle(e *Event) error {
 
 // Heads returns, for every order key of the given queues with pending
 // events, its first pending event (the one that must go next), and every
-// pending event without an order key. It reads at most limit events.
+// pending event without an order key, without their bodies. It reads at
+// most limit events.
 func (s *Store) Heads(queues map[string]bool, limit int) ([]*Event, error) {
 	var heads []*Event
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -189,7 +194,21 @@ func (s *Store) Heads(queues map[string]bool, limit int) ([]*Event, error) {
 	return heads, err
 }
 
-// Get returns the event with sequence seq.
+// Body returns the body of the event with sequence seq.
+func (s *Store) Body(seq uint64) ([]byte, error) {
+	var body []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketBodies).Get(seqKey(seq))
+		if v == nil {
+			return ErrNotFound
+		}
+		body = bytes.Clone(v) // bbolt's bytes live only as long as the transaction
+		return nil
+	})
+	return body, err
+}
+
+// Get returns the event with sequence seq, without its body.
 func (s *Store) Get(seq uint64) (*Event, error) {
 	var e *Event
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -248,6 +267,9 @@ func (s *Store) Expire(cutoff time.Time) (int, error) {
 			}
 			if e.State == Pending {
 				continue
+			}
+			if err := tx.Bucket(bucketBodies).Delete(bytes.Clone(k)); err != nil {
+				return err
 			}
 			if err := c.Delete(); err != nil {
 				return err
