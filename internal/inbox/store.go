@@ -94,6 +94,11 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("inbox: preparing %s: %w", path, err)
 	}
+	// Writers that arrive within a millisecond share one commit and one
+	// fsync. bbolt's default of 10 ms made each sender wait that long for
+	// its answer, capping acceptance at a few thousand per second for a
+	// few dozen concurrent senders; BENCHMARKS.md has the figures.
+	db.MaxBatchDelay = time.Millisecond
 	return &Store{db: db}, nil
 }
 
