@@ -67,6 +67,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        retry       <delay...>          # default 10s 1m 5m 30m 2h 6h 12h 24h
 //	        order_by    <placeholder>|none  # default: the conversation
 //	        concurrency <n>                 # default 4
+//	        rate        <n>/<s|m|h>         # default no limit
 //	        timeout     <duration>          # default 30s
 //	        retention   <duration>          # default 7d
 //	    }
@@ -184,6 +185,13 @@ func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
 			err = parseString(d, &in.OrderBy)
 		case "concurrency":
 			err = parseInt(d, &in.Concurrency)
+		case "rate":
+			err = parseString(d, &in.Rate)
+			if err == nil {
+				if _, _, rerr := parseRate(in.Rate); rerr != nil {
+					err = d.Err(rerr.Error())
+				}
+			}
 		case "timeout":
 			err = parseDuration(d, &in.Timeout)
 		case "retention":

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -78,6 +79,12 @@ type Inbox struct {
 	// keys. Default: 4.
 	Concurrency int `json:"concurrency,omitempty"`
 
+	// Rate is the most attempts started per interval, written
+	// "<n>/<s|m|h>" such as "10/s": attempts are spaced evenly (a tenth of
+	// a second apart for "10/s"), so an app that just came back is not hit
+	// by its whole backlog at once. Default: no limit beyond Concurrency.
+	Rate string `json:"rate,omitempty"`
+
 	// Timeout bounds one attempt. Default: 30s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 
@@ -92,6 +99,8 @@ type Inbox struct {
 	retry   []time.Duration
 	timeout time.Duration
 	keep    time.Duration
+	rateN   int
+	ratePer time.Duration
 	rt      atomic.Pointer[inboxRuntime]     // set by the app's Start
 	server  atomic.Pointer[caddyhttp.Server] // the server the handler is in
 }
@@ -122,7 +131,26 @@ func (in *Inbox) provision(ctx caddy.Context, h *Handler) error {
 	}
 	in.timeout = durationOr(in.Timeout, defaultInboxTimeout)
 	in.keep = durationOr(in.Retention, defaultRetention)
+	if in.Rate != "" {
+		if in.rateN, in.ratePer, err = parseRate(in.Rate); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// parseRate reads "<n>/<s|m|h>".
+func parseRate(s string) (int, time.Duration, error) {
+	num, unit, ok := strings.Cut(s, "/")
+	n, err := strconv.Atoi(num)
+	per, known := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour}[unit]
+	if !ok || err != nil || n <= 0 || !known {
+		return 0, 0, fmt.Errorf("inbox: rate %q is not <n>/<s|m|h> with n above zero, such as 10/s", s)
+	}
+	if per/time.Duration(n) < time.Microsecond {
+		return 0, 0, fmt.Errorf("inbox: rate %q is more than a million a second: leave rate out for no limit", s)
+	}
+	return n, per, nil
 }
 
 func (in *Inbox) validate() error {
@@ -143,6 +171,8 @@ func (in *Inbox) queue() inbox.Queue {
 		Concurrency: in.Concurrency,
 		Timeout:     in.timeout,
 		Retention:   in.keep,
+		Rate:        in.rateN,
+		Per:         in.ratePer,
 		OnAttempt:   in.observeAttempt,
 	}
 }

@@ -338,6 +338,13 @@ func TestInboxConfigErrors(t *testing.T) {
 			}
 		}
 	}`, `two webhook_guard handlers with an inbox are named \"kapso\"`},
+		{"rate per day", `webhook_guard {
+		verify kapso s
+		inbox {
+			to 127.0.0.1:9
+			rate 10/d
+		}
+	}`, `rate \"10/d\" is not <n>/<s|m|h>`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if out := startCaddyErr(t, tc.site); !strings.Contains(out, tc.want) {
@@ -442,4 +449,35 @@ func TestInboxFailedReloadKeepsDelivering(t *testing.T) {
 		sendQueued(t, c.URL, body, h)
 	}
 	waitFor(t, func() bool { return ta.delivered(t) == 5 })
+}
+
+// TestInboxRateSpacesDeliveries guards the rate option through a real
+// Caddy: a backlog that the app could take at once reaches it no faster
+// than the rate, each event once. At 4/s, six events need at least five
+// gaps of 250 ms between the first delivery and the last; without the
+// rate they would all arrive within milliseconds.
+func TestInboxRateSpacesDeliveries(t *testing.T) {
+	t.Parallel()
+	ta := newTally()
+	up := newUpstream(t)
+	var mu sync.Mutex
+	var arrivals []time.Time
+	app := ta.app(func(string, int) int { return http.StatusOK })
+	up.setRespond(func(n int, r recorded) (int, time.Duration) {
+		mu.Lock()
+		arrivals = append(arrivals, time.Now())
+		mu.Unlock()
+		return app(n, r)
+	})
+	c := startCaddy(t, inboxSite(t.TempDir(), up.Addr(), "rate 4/s\n\t\t\tconcurrency 8\n\t\t\torder_by none"))
+	for i := range 6 {
+		body, h := conversationEvent(fmt.Sprintf("rate%d", i), i)
+		sendQueued(t, c.URL, body, h)
+	}
+	waitFor(t, func() bool { return ta.delivered(t) == 6 })
+	mu.Lock()
+	defer mu.Unlock()
+	if span := arrivals[len(arrivals)-1].Sub(arrivals[0]); span < 1100*time.Millisecond {
+		t.Fatalf("six deliveries at 4/s arrived within %v; want at least 5 × 250 ms (less a little scheduling slack)", span)
+	}
 }

@@ -192,7 +192,7 @@ func (c *inboxCollector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(c.events, prometheus.GaugeValue, float64(byState[state]), queue, string(state))
 			}
 			age := 0.0
-			if t, ok := rt.dispatcher.OldestPending(queue); ok && byState[inbox.Pending] > 0 {
+			if t, ok, err := rt.store.OldestPending(queue); err == nil && ok && byState[inbox.Pending] > 0 {
 				age = time.Since(t).Seconds()
 			}
 			ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, queue)

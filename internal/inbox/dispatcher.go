@@ -3,7 +3,7 @@ package inbox
 import (
 	"context"
 	"math/rand/v2"
-	"slices"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -36,8 +36,20 @@ type Queue struct {
 	Concurrency int             // attempts in flight at once, across order keys
 	Timeout     time.Duration   // per attempt
 	Retention   time.Duration   // how long delivered and dead events are kept
+	// Rate, when above zero, is the most attempts started per Per: they
+	// are spaced Per/Rate apart, so the app never sees a burst.
+	Rate int
+	Per  time.Duration
 	// OnAttempt, when set, is told of every attempt (for metrics and logs).
 	OnAttempt func(e *Event, attempt int, r Result)
+}
+
+// gap is the least time between two attempts' starts; zero without a rate.
+func (q Queue) gap() time.Duration {
+	if q.Rate <= 0 || q.Per <= 0 {
+		return 0
+	}
+	return q.Per / time.Duration(q.Rate)
 }
 
 // queueState is a queue's settings with what the dispatcher tracks for it.
@@ -46,13 +58,12 @@ type queueState struct {
 	inFlight    int
 	pausedUntil time.Time     // while the app refuses connections
 	backoff     time.Duration // the next pause, doubling up to maxBackoff
+	nextStart   time.Time     // with a rate, when the next attempt may start
 }
 
 const (
 	minBackoff = 250 * time.Millisecond
 	maxBackoff = 10 * time.Second
-	// maxHeads bounds how many queue heads one pass reads.
-	maxHeads = 10000
 	// idlePoll is how often the dispatcher looks even when nothing
 	// woke it (a missed wake-up costs at most this much delay).
 	idlePoll = time.Second
@@ -68,8 +79,7 @@ type Dispatcher struct {
 
 	mu       sync.Mutex
 	queues   map[string]*queueState
-	oldest   map[string]time.Time // each queue's oldest pending event, as of the last pass
-	inFlight map[string]bool      // order keys (and unordered events' ids) being attempted
+	inFlight map[string]bool // order keys (and unordered events) being attempted
 
 	wake     chan struct{}
 	stop     context.CancelFunc
@@ -87,7 +97,6 @@ func NewDispatcher(store *Store, onErr func(error)) *Dispatcher {
 		onErr:    onErr,
 		queues:   map[string]*queueState{},
 		inFlight: map[string]bool{},
-		oldest:   map[string]time.Time{},
 		wake:     make(chan struct{}, 1),
 	}
 }
@@ -101,7 +110,7 @@ func (d *Dispatcher) SetQueues(qs []Queue) {
 	for _, q := range qs {
 		st := &queueState{Queue: q}
 		if old, ok := d.queues[q.Name]; ok {
-			st.inFlight, st.pausedUntil, st.backoff = old.inFlight, old.pausedUntil, old.backoff
+			st.inFlight, st.pausedUntil, st.backoff, st.nextStart = old.inFlight, old.pausedUntil, old.backoff, old.nextStart
 		}
 		if st.Concurrency <= 0 {
 			st.Concurrency = 1
@@ -147,13 +156,11 @@ func (d *Dispatcher) Stop(wait time.Duration) {
 	}
 }
 
-// OldestPending is when the queue's oldest pending event arrived, as of
-// the dispatcher's last look at it; false when it had none.
-func (d *Dispatcher) OldestPending(queue string) (time.Time, bool) {
+// inFlightCount is how many attempts are running.
+func (d *Dispatcher) inFlightCount() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	t, ok := d.oldest[queue]
-	return t, ok
+	return len(d.inFlight)
 }
 
 // Wake makes the dispatcher look for due events now (a new event was
@@ -203,49 +210,39 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
 	next := now.Add(idlePoll)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	names := map[string]bool{}
 	for name, q := range d.queues {
-		if q.inFlight < q.Concurrency {
-			if now.Before(q.pausedUntil) {
-				next = minTime(next, q.pausedUntil)
-				continue
-			}
-			names[name] = true
-		}
-	}
-	if len(names) == 0 {
-		return next
-	}
-	heads, err := d.store.Heads(names, maxHeads)
-	if err != nil {
-		d.onErr(err)
-		return next
-	}
-	// Oldest first across order keys, so no conversation starves another.
-	slices.SortFunc(heads, func(a, b *Event) int { return a.NextAt.Compare(b.NextAt) })
-	// Each order key's head is its oldest pending event, so the oldest
-	// head is the queue's oldest (as far as the pass read).
-	for name := range names {
-		delete(d.oldest, name)
-	}
-	for _, e := range heads {
-		if t, ok := d.oldest[e.Queue]; !ok || e.ReceivedAt.Before(t) {
-			d.oldest[e.Queue] = e.ReceivedAt
-		}
-	}
-	for _, e := range heads {
-		q := d.queues[e.Queue]
-		if q == nil || q.inFlight >= q.Concurrency || d.inFlight[flightKey(e)] {
+		if now.Before(q.pausedUntil) {
+			next = minTime(next, q.pausedUntil)
 			continue
 		}
-		if e.NextAt.After(now) {
-			next = minTime(next, e.NextAt)
+		if now.Before(q.nextStart) {
+			next = minTime(next, q.nextStart)
 			continue
 		}
-		q.inFlight++
-		d.inFlight[flightKey(e)] = true
-		d.attempts.Add(1)
-		go d.attempt(ctx, q.Queue, e)
+		free := q.Concurrency - q.inFlight
+		if q.gap() > 0 {
+			free = min(free, 1) // the next start is spaced after this one
+		}
+		due, at, err := d.store.Due(name, now, free, func(order string, seq uint64) bool {
+			return d.inFlight[flightKey(name, order, seq)]
+		})
+		if err != nil {
+			d.onErr(err)
+			continue
+		}
+		if !at.IsZero() {
+			next = minTime(next, at)
+		}
+		for _, e := range due {
+			q.inFlight++
+			d.inFlight[flightKey(e.Queue, e.OrderKey, e.Seq)] = true
+			d.attempts.Add(1)
+			go d.attempt(ctx, q.Queue, e)
+		}
+		if gap := q.gap(); gap > 0 && len(due) > 0 {
+			q.nextStart = now.Add(gap)
+			next = minTime(next, q.nextStart)
+		}
 	}
 	return next
 }
@@ -294,7 +291,7 @@ func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 	if st := d.queues[q.Name]; st != nil {
 		st.inFlight--
 	}
-	delete(d.inFlight, flightKey(e))
+	delete(d.inFlight, flightKey(e.Queue, e.OrderKey, e.Seq))
 	d.mu.Unlock()
 	d.Wake()
 }
@@ -341,12 +338,12 @@ func (d *Dispatcher) expire() {
 }
 
 // flightKey is what may have one attempt in flight: an order key, or an
-// unordered event.
-func flightKey(e *Event) string {
-	if e.OrderKey == "" {
-		return "\x01" + e.ID
+// event without one.
+func flightKey(queue, order string, seq uint64) string {
+	if order == "" {
+		return queue + "\x01" + strconv.FormatUint(seq, 10)
 	}
-	return e.Queue + "\x00" + e.OrderKey
+	return queue + "\x00" + order
 }
 
 func minTime(a, b time.Time) time.Time {

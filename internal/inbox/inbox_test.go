@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // recorder is a Deliverer whose answers a test scripts per event id.
@@ -164,17 +166,136 @@ func TestStoreSurvivesReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	heads, err := s.Heads(map[string]bool{"q": true}, 10)
+	if ids := dueIDs(t, s, "q", time.Now()); !slices.Equal(ids, []string{"x-0", "y-2"}) {
+		t.Fatalf("heads after reopening: %v", ids)
+	}
+}
+
+func dueIDs(t *testing.T, s *Store, queue string, now time.Time) []string {
+	t.Helper()
+	due, _, err := s.Due(queue, now, 100, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var ids []string
-	for _, h := range heads {
-		ids = append(ids, h.ID)
+	for _, e := range due {
+		ids = append(ids, e.ID)
 	}
-	if !slices.Equal(ids, []string{"x-0", "y-2"}) {
-		t.Fatalf("heads after reopening: %v", ids)
+	return ids
+}
+
+// TestDueIndexFollowsSettles guards the index a dispatcher pass reads
+// instead of the whole backlog: only each order key's first pending event
+// (and every event without an order key) is due, a retried head leaves
+// the due list until its time while its key's later events stay behind
+// it, a settled head hands over to the next event of its key, and a file
+// written without the index gets it rebuilt on open.
+func TestDueIndexFollowsSettles(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "inbox.db")
+	s, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
 	}
+	evs := newEvents("q", "x", "x", "y", "", "x", "")
+	other := newEvents("r", "x")
+	if err := s.Append(append(evs, other...)); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	check := func(step string, want ...string) {
+		t.Helper()
+		if got := dueIDs(t, s, "q", now); !slices.Equal(got, want) {
+			t.Fatalf("%s: due %v, want %v", step, got, want)
+		}
+	}
+	check("appended", "x-0", "y-2", "-3", "-5")
+
+	evs[0].Attempts, evs[0].NextAt = 1, now.Add(time.Hour) // x-0 failed once
+	if err := s.Settle(evs[0]); err != nil {
+		t.Fatal(err)
+	}
+	check("x's head waits for its retry", "y-2", "-3", "-5")
+	if _, next, _ := s.Due("q", now, 100, nil); !next.Equal(evs[0].NextAt.Round(0)) && next.UnixNano() != evs[0].NextAt.UnixNano() {
+		t.Fatalf("next due %v, want %v", next, evs[0].NextAt)
+	}
+
+	evs[0].State, evs[0].Attempts = Delivered, 2
+	evs[3].State = Dead
+	for _, e := range []*Event{evs[0], evs[3]} {
+		if err := s.Settle(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check("x's head delivered, an unordered event dead", "x-1", "y-2", "-5")
+	if err := s.Settle(evs[3]); err == nil {
+		t.Fatal("settling a dead event again succeeded")
+	}
+	if at, ok, err := s.OldestPending("q"); err != nil || !ok || !at.Equal(evs[1].ReceivedAt) {
+		t.Fatalf("oldest pending %v %v %v, want x-1's arrival", at, ok, err)
+	}
+	busy := func(order string, _ uint64) bool { return order == "x" }
+	if due, _, _ := s.Due("q", now, 1, busy); len(due) != 1 || due[0].ID != "y-2" {
+		t.Fatalf("with x in flight and one slot: %v", due)
+	}
+
+	// A file from before the index: drop it, reopen, same answer.
+	err = s.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketDue) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	if s, err = Open(path, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	check("index rebuilt", "x-1", "y-2", "-5")
+	if got := dueIDs(t, s, "r", now); !slices.Equal(got, []string{"x-0"}) {
+		t.Fatalf("queue r: %v", got)
+	}
+}
+
+// TestRateSpacesAttempts guards the rate option: with a rate, one pass
+// starts a single attempt however many slots are free, and the next waits
+// until the interval divided by the rate has passed on the dispatcher's
+// clock.
+func TestRateSpacesAttempts(t *testing.T) {
+	t.Parallel()
+	s, err := Open(filepath.Join(t.TempDir(), "inbox.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	release := make(chan struct{})
+	var started sync.WaitGroup
+	d := NewDispatcher(s, func(err error) { t.Error(err) })
+	var clock time.Time
+	d.now = func() time.Time { return clock }
+	d.SetQueues([]Queue{{Name: "q", Concurrency: 8, Timeout: time.Second, Rate: 4, Per: time.Second,
+		Deliver: func(context.Context, *Event, int) Result { started.Done(); <-release; return Result{Status: 200} }}})
+	if err := s.Append(newEvents("q", "", "", "", "")); err != nil {
+		t.Fatal(err)
+	}
+	clock = time.Now()
+	ctx := context.Background()
+	for i, step := range []struct {
+		advance time.Duration
+		starts  int
+	}{{0, 1}, {0, 0}, {200 * time.Millisecond, 0}, {50 * time.Millisecond, 1}, {100 * time.Millisecond, 0}, {150 * time.Millisecond, 1}} {
+		clock = clock.Add(step.advance)
+		started.Add(step.starts)
+		before := d.inFlightCount()
+		next := d.dispatchDue(ctx)
+		if got := d.inFlightCount() - before; got != step.starts {
+			t.Fatalf("step %d: %d attempts started, want %d", i, got, step.starts)
+		}
+		if step.starts == 1 && !next.Equal(clock.Add(250*time.Millisecond)) {
+			t.Fatalf("step %d: next pass at %v, want %v", i, next.Sub(clock), 250*time.Millisecond)
+		}
+		started.Wait()
+	}
+	close(release)
+	d.attempts.Wait()
 }
 
 // TestExpireKeepsPending guards retention: delivered and dead events older

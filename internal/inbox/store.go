@@ -61,6 +61,13 @@ var (
 	bucketBodies  = []byte("bodies")  // seq → body
 	bucketPending = []byte("pending") // queue \x00 order \x00 seq → nothing: each order key's head is its first key
 	bucketCounts  = []byte("counts")  // queue \x00 state → number of events (uint64)
+	// bucketDue holds only the heads (each order key's first pending
+	// event, and every pending event without an order key), sorted by when
+	// they are due, so that a dispatcher pass reads what it will start
+	// and little else, however large the backlog.
+	bucketDue = []byte("due") // queue \x00 nextAt seq → order key
+	// bucketArrivals finds a queue's oldest pending event.
+	bucketArrivals = []byte("arrivals") // queue \x00 seq → nothing
 )
 
 // ErrNotFound is returned for an event that is not in the store.
@@ -88,7 +95,7 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 				return err
 			}
 		}
-		return nil
+		return ensureIndexes(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -120,7 +127,7 @@ func (s *Store) Append(events []*Event) error {
 	// DB.Batch may run the function again (alone) when a batch it was
 	// merged into failed: every value is set afresh on each run.
 	return s.db.Batch(func(tx *bolt.Tx) error {
-		evb, pend := tx.Bucket(bucketEvents), tx.Bucket(bucketPending)
+		evb := tx.Bucket(bucketEvents)
 		for _, e := range events {
 			seq, err := evb.NextSequence()
 			if err != nil {
@@ -136,7 +143,7 @@ func (s *Store) Append(events []*Event) error {
 			if err := tx.Bucket(bucketBodies).Put(seqKey(seq), e.Body); err != nil {
 				return err
 			}
-			if err := pend.Put(pendingKey(e), nil); err != nil {
+			if err := addPending(tx, e); err != nil {
 				return err
 			}
 			if err := addCount(tx, e.Queue, Pending, 1); err != nil {
@@ -147,17 +154,50 @@ func (s *Store) Append(events []*Event) error {
 	})
 }
 
+// addPending puts a pending event into the indexes: the pending order,
+// the arrivals, and the due heads when nothing of its order key is ahead.
+func addPending(tx *bolt.Tx, e *Event) error {
+	pend := tx.Bucket(bucketPending)
+	k := pendingKey(e)
+	if err := pend.Put(k, nil); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketArrivals).Put(arrivalKey(e.Queue, e.Seq), nil); err != nil {
+		return err
+	}
+	if e.OrderKey != "" {
+		if first, _ := pend.Cursor().Seek(k[:len(k)-8]); !bytes.Equal(first, k) {
+			return nil // an earlier event of its order key goes first
+		}
+	}
+	return tx.Bucket(bucketDue).Put(dueKey(e.Queue, e.NextAt, e.Seq), []byte(e.OrderKey))
+}
+
 // Settle records an attempt's result on a pending event: e (its State,
 // Attempts, NextAt, LastStatus, LastError, DeliveredAt already updated by
-// the caller) is written back, and leaves the pending index unless it is
-// still pending.
+// the caller) is written back; a delivered or dead event leaves the
+// pending indexes and the next event of its order key becomes due.
+// Concurrent settles share one commit.
 func (s *Store) Settle(e *Event) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
-		if err := putEvent(tx.Bucket(bucketEvents), e); err != nil {
+	// As in Append, DB.Batch may run this again: it reads what is stored
+	// rather than trusting what a first run changed.
+	return s.db.Batch(func(tx *bolt.Tx) error {
+		evb, due := tx.Bucket(bucketEvents), tx.Bucket(bucketDue)
+		stored, err := getEvent(evb, e.Seq)
+		if err != nil {
+			return err
+		}
+		if stored.State != Pending {
+			return fmt.Errorf("inbox: event %s is already %s", e.ID, stored.State)
+		}
+		if err := due.Delete(dueKey(e.Queue, stored.NextAt, e.Seq)); err != nil {
+			return err
+		}
+		if err := putEvent(evb, e); err != nil {
 			return err
 		}
 		if e.State == Pending {
-			return nil
+			return due.Put(dueKey(e.Queue, e.NextAt, e.Seq), []byte(e.OrderKey))
 		}
 		if err := addCount(tx, e.Queue, Pending, -1); err != nil {
 			return err
@@ -165,38 +205,90 @@ func (s *Store) Settle(e *Event) error {
 		if err := addCount(tx, e.Queue, e.State, 1); err != nil {
 			return err
 		}
-		return tx.Bucket(bucketPending).Delete(pendingKey(e))
+		return removePending(tx, e)
 	})
 }
 
-// Heads returns, for every order key of the given queues with pending
-// events, its first pending event (the one that must go next), and every
-// pending event without an order key, without their bodies. It reads at
-// most limit events.
-func (s *Store) Heads(queues map[string]bool, limit int) ([]*Event, error) {
-	var heads []*Event
-	err := s.db.View(func(tx *bolt.Tx) error {
-		evb, c := tx.Bucket(bucketEvents), tx.Bucket(bucketPending).Cursor()
-		var lastPrefix []byte
-		for k, _ := c.First(); k != nil && len(heads) < limit; k, _ = c.Next() {
-			queue, order, seq, ok := splitPendingKey(k)
-			if !ok || !queues[queue] {
+// removePending takes a settled event out of the pending indexes and makes
+// the next event of its order key due.
+func removePending(tx *bolt.Tx, e *Event) error {
+	pend := tx.Bucket(bucketPending)
+	k := pendingKey(e)
+	if err := pend.Delete(k); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketArrivals).Delete(arrivalKey(e.Queue, e.Seq)); err != nil {
+		return err
+	}
+	if e.OrderKey == "" {
+		return nil
+	}
+	prefix := k[:len(k)-8]
+	next, _ := pend.Cursor().Seek(prefix)
+	if next == nil || !bytes.HasPrefix(next, prefix) || len(next) != len(k) {
+		return nil
+	}
+	n, err := getEvent(tx.Bucket(bucketEvents), binary.BigEndian.Uint64(next[len(next)-8:]))
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketDue).Put(dueKey(n.Queue, n.NextAt, n.Seq), []byte(n.OrderKey))
+}
+
+// Due returns up to limit heads of queue that are due at now (each order
+// key's first pending event, and pending events without one), the longest
+// due first, without their bodies, skipping those busy reports (already
+// in flight). next is when the first head not yet due will be; zero when
+// there is none.
+func (s *Store) Due(queue string, now time.Time, limit int, busy func(orderKey string, seq uint64) bool) (due []*Event, next time.Time, err error) {
+	if limit <= 0 {
+		return nil, time.Time{}, nil
+	}
+	prefix := append([]byte(queue), 0)
+	err = s.db.View(func(tx *bolt.Tx) error {
+		evb, c := tx.Bucket(bucketEvents), tx.Bucket(bucketDue).Cursor()
+		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+16; k, v = c.Next() {
+			at := time.Unix(0, int64(binary.BigEndian.Uint64(k[len(prefix):])))
+			if at.After(now) {
+				next = at
+				return nil
+			}
+			seq := binary.BigEndian.Uint64(k[len(prefix)+8:])
+			if busy != nil && busy(string(v), seq) {
 				continue
 			}
-			prefix := k[:len(k)-8]
-			if order != "" && bytes.Equal(prefix, lastPrefix) {
-				continue // not the head of its order key
-			}
-			lastPrefix = append(lastPrefix[:0], prefix...)
 			e, err := getEvent(evb, seq)
 			if err != nil {
 				return err
 			}
-			heads = append(heads, e)
+			if due = append(due, e); len(due) == limit {
+				return nil
+			}
 		}
 		return nil
 	})
-	return heads, err
+	return due, next, err
+}
+
+// OldestPending returns when queue's oldest pending event arrived; false
+// when it has none.
+func (s *Store) OldestPending(queue string) (time.Time, bool, error) {
+	var at time.Time
+	var found bool
+	prefix := append([]byte(queue), 0)
+	err := s.db.View(func(tx *bolt.Tx) error {
+		k, _ := tx.Bucket(bucketArrivals).Cursor().Seek(prefix)
+		if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+8 {
+			return nil
+		}
+		e, err := getEvent(tx.Bucket(bucketEvents), binary.BigEndian.Uint64(k[len(prefix):]))
+		if err != nil {
+			return err
+		}
+		at, found = e.ReceivedAt, true
+		return nil
+	})
+	return at, found, err
 }
 
 // Body returns the body of the event with sequence seq.
@@ -307,6 +399,59 @@ func getEvent(b *bolt.Bucket, seq uint64) (*Event, error) {
 		return nil, fmt.Errorf("inbox: event %d: %w", seq, err)
 	}
 	return e, nil
+}
+
+// ensureIndexes creates the due and arrivals indexes, filling them from the
+// pending index when the file was written before they existed.
+func ensureIndexes(tx *bolt.Tx) error {
+	if tx.Bucket(bucketDue) != nil && tx.Bucket(bucketArrivals) != nil {
+		return nil
+	}
+	for _, name := range [][]byte{bucketDue, bucketArrivals} {
+		if err := tx.DeleteBucket(name); err != nil && !errors.Is(err, bolt.ErrBucketNotFound) {
+			return err
+		}
+		if _, err := tx.CreateBucket(name); err != nil {
+			return err
+		}
+	}
+	evb, due, arr := tx.Bucket(bucketEvents), tx.Bucket(bucketDue), tx.Bucket(bucketArrivals)
+	var lastPrefix []byte
+	return tx.Bucket(bucketPending).ForEach(func(k, _ []byte) error {
+		queue, order, seq, ok := splitPendingKey(k)
+		if !ok {
+			return nil
+		}
+		if err := arr.Put(arrivalKey(queue, seq), nil); err != nil {
+			return err
+		}
+		prefix := k[:len(k)-8]
+		if order != "" && bytes.Equal(prefix, lastPrefix) {
+			return nil // not the head of its order key
+		}
+		lastPrefix = append(lastPrefix[:0], prefix...)
+		e, err := getEvent(evb, seq)
+		if err != nil {
+			return err
+		}
+		return due.Put(dueKey(queue, e.NextAt, seq), []byte(order))
+	})
+}
+
+// dueKey sorts a queue's heads by when they are due, then by arrival.
+func dueKey(queue string, at time.Time, seq uint64) []byte {
+	k := make([]byte, 0, len(queue)+17)
+	k = append(k, queue...)
+	k = append(k, 0)
+	k = binary.BigEndian.AppendUint64(k, uint64(max(at.UnixNano(), 0)))
+	return binary.BigEndian.AppendUint64(k, seq)
+}
+
+func arrivalKey(queue string, seq uint64) []byte {
+	k := make([]byte, 0, len(queue)+9)
+	k = append(k, queue...)
+	k = append(k, 0)
+	return binary.BigEndian.AppendUint64(k, seq)
 }
 
 func seqKey(seq uint64) []byte {
