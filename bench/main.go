@@ -12,8 +12,9 @@
 //	dedupe     the same plus dedupe, every request a new key
 //	unbatch    Kapso batches of 50 items; reported as items per second
 //	normalize  Meta payloads with verify meta + normalize meta
-//	inbox      verify kapso + dedupe + inbox: answered once fsynced, delivered from the file
 //
+// -inbox runs the inbox suite instead (bench/inbox.go): durable acceptance,
+// the drain of a backlog and the heap over a large one.
 // Each case is reported as requests per second, p50 and p99 latency and its
 // throughput as a ratio to the baseline measured in the same run. When
 // Node is present it also times Kapso's normalizeWebhook() over the
@@ -73,6 +74,14 @@ type benchCase struct {
 	unique  bool // a new X-Idempotency-Key per request
 	items   int  // requests carry this many items (unbatch)
 	port    int
+	// variants, when set, are sent in turn instead of body and headers
+	// (events of many conversations, each signed).
+	variants []variant
+}
+
+type variant struct {
+	body    []byte
+	headers map[string]string
 }
 
 type result struct {
@@ -140,6 +149,9 @@ func run() error {
 		return fmt.Errorf("building caddy: %w", err)
 	}
 
+	if *inboxSuite {
+		return runInboxSuite(work, caddyBin)
+	}
 	upstream, err := startUpstream()
 	if err != nil {
 		return err
@@ -150,11 +162,12 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	stop, caddyPID, err := startCaddy(caddyBin, work, cases)
+	proc, err := startCaddy(caddyBin, work, cases)
 	if err != nil {
 		return err
 	}
-	defer stop()
+	defer proc.stop()
+	caddyPID := proc.pid
 
 	// Cases alternate within each round, so that drift on a shared machine
 	// hits them alike, and each round starts one case later, so that no
@@ -288,12 +301,6 @@ func makeCases(root, work, upstream string) ([]*benchCase, error) {
 				"X-Webhook-Event": "whatsapp.message.received"}, unique: true, items: *batchSize},
 		{name: "normalize", site: "webhook_guard {\n\t\tverify meta " + metaSecret + "\n\t\tnormalize meta\n\t}\n\t" + proxy,
 			body: meta, headers: map[string]string{"X-Hub-Signature-256": "sha256=" + signHex(metaSecret, meta)}},
-		// Durable acceptance: the answer waits for the fsync of the commit
-		// group; the dispatcher delivers to the upstream meanwhile, on the
-		// same cores.
-		{name: "inbox", site: "webhook_guard {\n\t\tverify kapso " + kapsoSecret + "\n\t\tdedupe {\n\t\t\tscope inbox\n\t\t}\n" +
-			"\t\tinbox {\n\t\t\tto " + upstream + "\n\t\t\tpath " + filepath.Join(work, "inbox.db") + "\n\t\t\tretention 1h\n\t\t}\n\t}",
-			body: body, headers: kapsoHeaders, unique: true},
 	}
 	for _, c := range cases {
 		if c.port, err = freePort(); err != nil {
@@ -303,12 +310,18 @@ func makeCases(root, work, upstream string) ([]*benchCase, error) {
 	return cases, nil
 }
 
-// startCaddy runs one Caddy process with a site per case and returns how
-// to stop it and its process id.
-func startCaddy(bin, work string, cases []*benchCase) (func(), int, error) {
+// caddyProc is a running Caddy.
+type caddyProc struct {
+	stop  func()
+	pid   int
+	admin string // its admin listener, host:port
+}
+
+// startCaddy runs one Caddy process with a site per case.
+func startCaddy(bin, work string, cases []*benchCase) (*caddyProc, error) {
 	admin, err := freePort()
 	if err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "{\n\tadmin 127.0.0.1:%d\n\tpersist_config off\n\tauto_https off\n\tlog {\n\t\tlevel WARN\n\t}\n}\n", admin)
@@ -317,14 +330,14 @@ func startCaddy(bin, work string, cases []*benchCase) (func(), int, error) {
 	}
 	path := filepath.Join(work, "Caddyfile")
 	if err := os.WriteFile(path, []byte(cfg.String()), 0o600); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	cmd := exec.Command(bin, "run", "--config", path, "--adapter", "caddyfile")
 	cmd.Env = append(os.Environ(), "HOME="+work, "XDG_CONFIG_HOME="+work, "XDG_DATA_HOME="+work)
 	var logs bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
-		return nil, 0, err
+		return nil, err
 	}
 	stop := func() { _ = cmd.Process.Signal(os.Interrupt); _ = cmd.Wait() }
 	deadline := time.Now().Add(30 * time.Second)
@@ -337,24 +350,32 @@ func startCaddy(bin, work string, cases []*benchCase) (func(), int, error) {
 			}
 			if time.Now().After(deadline) {
 				stop()
-				return nil, 0, fmt.Errorf("caddy did not start:\n%s", logs.String())
+				return nil, fmt.Errorf("caddy did not start:\n%s", logs.String())
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
-	return stop, cmd.Process.Pid, nil
+	return &caddyProc{stop: stop, pid: cmd.Process.Pid, admin: "127.0.0.1:" + strconv.Itoa(admin)}, nil
 }
 
 // luaScript makes wrk send c's body and headers, with a fresh idempotency
 // key per request when the case needs one.
 func luaScript(c *benchCase, runID string) string {
 	var b strings.Builder
-	b.WriteString("local body = [==[" + string(c.body) + "]==]\n")
-	b.WriteString("local headers = {}\n")
-	b.WriteString(`headers["Content-Type"] = "application/json"` + "\n")
-	for k, v := range c.headers {
-		fmt.Fprintf(&b, "headers[%q] = %q\n", k, v)
+	variants := c.variants
+	if len(variants) == 0 {
+		variants = []variant{{c.body, c.headers}}
 	}
+	b.WriteString("local variants = {\n")
+	for _, v := range variants {
+		b.WriteString("  {body = [==[" + string(v.body) + "]==], headers = {")
+		for k, val := range v.headers {
+			fmt.Fprintf(&b, "[%q] = %q, ", k, val)
+		}
+		b.WriteString("}},\n")
+	}
+	b.WriteString("}\nlocal headers = {}\n")
+	b.WriteString(`headers["Content-Type"] = "application/json"` + "\n")
 	fmt.Fprintf(&b, "local unique = %v\nlocal prefix = %q\n", c.unique, runID+"-"+c.name+"-")
 	b.WriteString(`
 local threads = 0
@@ -365,10 +386,12 @@ end
 local n = 0
 function request()
   n = n + 1
+  local v = variants[(n % #variants) + 1]
+  for k, val in pairs(v.headers) do headers[k] = val end
   if unique then
     headers["X-Idempotency-Key"] = prefix .. tid .. "-" .. n
   end
-  return wrk.format("POST", "/", headers, body)
+  return wrk.format("POST", "/", headers, v.body)
 end
 local bad = 0
 function response(status, hdrs, b)

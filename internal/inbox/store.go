@@ -17,6 +17,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -54,12 +56,17 @@ type Event struct {
 	LastStatus  int       `json:"last_status,omitempty"`
 	LastError   string    `json:"last_error,omitempty"`
 	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+
+	// dueAt is the NextAt the store holds for the event (in its due and
+	// pending entries), so that Settle can find them without reading the
+	// event back.
+	dueAt time.Time
 }
 
 var (
 	bucketEvents  = []byte("events")  // seq → Event without its body (JSON)
 	bucketBodies  = []byte("bodies")  // seq → body
-	bucketPending = []byte("pending") // queue \x00 order \x00 seq → nothing: each order key's head is its first key
+	bucketPending = []byte("pending") // queue \x00 order \x00 seq → nextAt: each order key's head is its first key
 	bucketCounts  = []byte("counts")  // queue \x00 state → number of events (uint64)
 	// bucketDue holds only the heads (each order key's first pending
 	// event, and every pending event without an order key), sorted by when
@@ -76,6 +83,12 @@ var ErrNotFound = errors.New("inbox: no such event")
 // Store is the bbolt file of one or more queues.
 type Store struct {
 	db *bolt.DB
+
+	mu         sync.RWMutex // closed, against writes queued after Close
+	closed     bool
+	writes     chan write
+	writerDone chan struct{}
+	commits    atomic.Int64 // commit groups so far
 }
 
 // Open opens (creating it and its directory when missing) the store at
@@ -101,16 +114,23 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("inbox: preparing %s: %w", path, err)
 	}
-	// Writers that arrive within a millisecond share one commit and one
-	// fsync. bbolt's default of 10 ms made each sender wait that long for
-	// its answer, capping acceptance at a few thousand per second for a
-	// few dozen concurrent senders; BENCHMARKS.md has the figures.
-	db.MaxBatchDelay = time.Millisecond
-	return &Store{db: db}, nil
+	s := &Store{db: db, writes: make(chan write, maxGroup), writerDone: make(chan struct{})}
+	go s.commitGroups()
+	return s, nil
 }
 
-// Close closes the file.
-func (s *Store) Close() error { return s.db.Close() }
+// Close finishes the writes queued so far and closes the file; later
+// writes fail with ErrClosed.
+func (s *Store) Close() error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.writes)
+	}
+	s.mu.Unlock()
+	<-s.writerDone
+	return s.db.Close()
+}
 
 // NewID returns a new event id: time-ordered, unique.
 func NewID(now time.Time) string {
@@ -124,9 +144,9 @@ func NewID(now time.Time) string {
 // on disk (fsynced). Concurrent calls share one commit. Each event gets its
 // Seq and State here.
 func (s *Store) Append(events []*Event) error {
-	// DB.Batch may run the function again (alone) when a batch it was
-	// merged into failed: every value is set afresh on each run.
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	// The function may run again (alone) when the group it was committed
+	// with failed: every value is set afresh on each run.
+	return s.update(func(tx *bolt.Tx) error {
 		evb := tx.Bucket(bucketEvents)
 		for _, e := range events {
 			seq, err := evb.NextSequence()
@@ -159,7 +179,8 @@ func (s *Store) Append(events []*Event) error {
 func addPending(tx *bolt.Tx, e *Event) error {
 	pend := tx.Bucket(bucketPending)
 	k := pendingKey(e)
-	if err := pend.Put(k, nil); err != nil {
+	e.dueAt = e.NextAt
+	if err := pend.Put(k, timeValue(e.NextAt)); err != nil {
 		return err
 	}
 	if err := tx.Bucket(bucketArrivals).Put(arrivalKey(e.Queue, e.Seq), nil); err != nil {
@@ -179,24 +200,24 @@ func addPending(tx *bolt.Tx, e *Event) error {
 // pending indexes and the next event of its order key becomes due.
 // Concurrent settles share one commit.
 func (s *Store) Settle(e *Event) error {
-	// As in Append, DB.Batch may run this again: it reads what is stored
-	// rather than trusting what a first run changed.
-	return s.db.Batch(func(tx *bolt.Tx) error {
-		evb, due := tx.Bucket(bucketEvents), tx.Bucket(bucketDue)
-		stored, err := getEvent(evb, e.Seq)
-		if err != nil {
+	// As in Append, this may run twice: it changes nothing outside the
+	// transaction until the commit succeeded.
+	was := e.dueAt
+	err := s.update(func(tx *bolt.Tx) error {
+		pend, due := tx.Bucket(bucketPending), tx.Bucket(bucketDue)
+		if pend.Get(pendingKey(e)) == nil || due.Get(dueKey(e.Queue, was, e.Seq)) == nil {
+			return fmt.Errorf("inbox: event %s is not a pending head: it cannot be settled", e.ID)
+		}
+		if err := due.Delete(dueKey(e.Queue, was, e.Seq)); err != nil {
 			return err
 		}
-		if stored.State != Pending {
-			return fmt.Errorf("inbox: event %s is already %s", e.ID, stored.State)
-		}
-		if err := due.Delete(dueKey(e.Queue, stored.NextAt, e.Seq)); err != nil {
-			return err
-		}
-		if err := putEvent(evb, e); err != nil {
+		if err := putEvent(tx.Bucket(bucketEvents), e); err != nil {
 			return err
 		}
 		if e.State == Pending {
+			if err := pend.Put(pendingKey(e), timeValue(e.NextAt)); err != nil {
+				return err
+			}
 			return due.Put(dueKey(e.Queue, e.NextAt, e.Seq), []byte(e.OrderKey))
 		}
 		if err := addCount(tx, e.Queue, Pending, -1); err != nil {
@@ -207,6 +228,10 @@ func (s *Store) Settle(e *Event) error {
 		}
 		return removePending(tx, e)
 	})
+	if err == nil {
+		e.dueAt = e.NextAt
+	}
+	return err
 }
 
 // removePending takes a settled event out of the pending indexes and makes
@@ -224,15 +249,34 @@ func removePending(tx *bolt.Tx, e *Event) error {
 		return nil
 	}
 	prefix := k[:len(k)-8]
-	next, _ := pend.Cursor().Seek(prefix)
+	next, v := pend.Cursor().Seek(prefix)
 	if next == nil || !bytes.HasPrefix(next, prefix) || len(next) != len(k) {
 		return nil
 	}
-	n, err := getEvent(tx.Bucket(bucketEvents), binary.BigEndian.Uint64(next[len(next)-8:]))
+	seq := binary.BigEndian.Uint64(next[len(next)-8:])
+	at, err := pendingNextAt(tx, seq, v)
 	if err != nil {
 		return err
 	}
-	return tx.Bucket(bucketDue).Put(dueKey(n.Queue, n.NextAt, n.Seq), []byte(n.OrderKey))
+	return tx.Bucket(bucketDue).Put(dueKey(e.Queue, at, seq), []byte(e.OrderKey))
+}
+
+// pendingNextAt is when a pending event is due: its pending entry's
+// value, or the event itself in a file written before values were kept.
+func pendingNextAt(tx *bolt.Tx, seq uint64, v []byte) (time.Time, error) {
+	if len(v) == 8 {
+		return time.Unix(0, int64(binary.BigEndian.Uint64(v))), nil
+	}
+	e, err := getEvent(tx.Bucket(bucketEvents), seq)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return e.NextAt, nil
+}
+
+// timeValue is t as stored in keys and values: nanoseconds since 1970.
+func timeValue(t time.Time) []byte {
+	return binary.BigEndian.AppendUint64(nil, uint64(max(t.UnixNano(), 0)))
 }
 
 // Due returns up to limit heads of queue that are due at now (each order
@@ -261,6 +305,7 @@ func (s *Store) Due(queue string, now time.Time, limit int, busy func(orderKey s
 			if err != nil {
 				return err
 			}
+			e.dueAt = at
 			if due = append(due, e); len(due) == limit {
 				return nil
 			}
@@ -415,9 +460,9 @@ func ensureIndexes(tx *bolt.Tx) error {
 			return err
 		}
 	}
-	evb, due, arr := tx.Bucket(bucketEvents), tx.Bucket(bucketDue), tx.Bucket(bucketArrivals)
+	due, arr := tx.Bucket(bucketDue), tx.Bucket(bucketArrivals)
 	var lastPrefix []byte
-	return tx.Bucket(bucketPending).ForEach(func(k, _ []byte) error {
+	return tx.Bucket(bucketPending).ForEach(func(k, v []byte) error {
 		queue, order, seq, ok := splitPendingKey(k)
 		if !ok {
 			return nil
@@ -430,11 +475,11 @@ func ensureIndexes(tx *bolt.Tx) error {
 			return nil // not the head of its order key
 		}
 		lastPrefix = append(lastPrefix[:0], prefix...)
-		e, err := getEvent(evb, seq)
+		at, err := pendingNextAt(tx, seq, v)
 		if err != nil {
 			return err
 		}
-		return due.Put(dueKey(queue, e.NextAt, seq), []byte(order))
+		return due.Put(dueKey(queue, at, seq), []byte(order))
 	})
 }
 
@@ -443,7 +488,7 @@ func dueKey(queue string, at time.Time, seq uint64) []byte {
 	k := make([]byte, 0, len(queue)+17)
 	k = append(k, queue...)
 	k = append(k, 0)
-	k = binary.BigEndian.AppendUint64(k, uint64(max(at.UnixNano(), 0)))
+	k = append(k, timeValue(at)...)
 	return binary.BigEndian.AppendUint64(k, seq)
 }
 

@@ -1,0 +1,85 @@
+package inbox
+
+import (
+	"errors"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// ErrClosed is returned for a write to a store that was closed.
+var ErrClosed = errors.New("inbox: the store is closed")
+
+// maxGroup bounds how many writes share one commit.
+const maxGroup = 1000
+
+// write is one caller's part of a commit group.
+type write struct {
+	fn   func(*bolt.Tx) error
+	done chan error
+}
+
+// update runs fn in a read-write transaction and returns once it is on
+// disk. Writes that arrive while a commit is in progress share the next
+// one: a group is whatever queued during the previous fsync, so an idle
+// store commits at once and a busy one makes its groups as large as the
+// disk's latency requires. (bbolt's DB.Batch instead holds every write
+// for a fixed delay, and its groups then queue behind the writer lock in
+// slices of that delay.) As with DB.Batch, fn may run twice, once in a
+// group that failed and again alone: it must set everything it writes
+// afresh on each run.
+func (s *Store) update(fn func(*bolt.Tx) error) error {
+	w := write{fn: fn, done: make(chan error, 1)}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	s.writes <- w
+	s.mu.RUnlock()
+	return <-w.done
+}
+
+// commitGroups is the store's one writer: it runs until Close closes the
+// queue, and answers every write it took.
+func (s *Store) commitGroups() {
+	defer close(s.writerDone)
+	for first := range s.writes {
+		group := []write{first}
+	more:
+		for len(group) < maxGroup {
+			select {
+			case w, ok := <-s.writes:
+				if !ok {
+					break more
+				}
+				group = append(group, w)
+			default:
+				break more
+			}
+		}
+		s.commitGroup(group)
+		s.commits.Add(1)
+	}
+}
+
+// commitGroup commits group in one transaction; when that fails, each
+// write is tried alone, so one bad write does not fail the others.
+func (s *Store) commitGroup(group []write) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, w := range group {
+			if err := w.fn(tx); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err == nil || len(group) == 1 {
+		for _, w := range group {
+			w.done <- err
+		}
+		return
+	}
+	for _, w := range group {
+		w.done <- s.db.Update(w.fn)
+	}
+}
