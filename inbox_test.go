@@ -1,8 +1,10 @@
 package webhookguard
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -107,13 +109,35 @@ func (ta *tally) checkOrder(t *testing.T) {
 
 func sendQueued(t *testing.T, url string, body []byte, headers map[string]string) string {
 	t.Helper()
-	code, _, resp := post(t, url, body, headers)
-	var v struct{ Status, ID string }
-	_ = json.Unmarshal(resp, &v)
-	if code != http.StatusOK || v.Status != "queued" || !strings.HasPrefix(v.ID, "evt_") {
-		t.Fatalf("want 200 queued with an id, got %d %s", code, resp)
+	id, err := queue(url, body, headers)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return v.ID
+	return id
+}
+
+// queue sends one event and returns its id, or why it was not queued; it
+// may be called from any goroutine.
+func queue(url string, body []byte, headers map[string]string) (string, error) {
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	for k, v := range headers {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var v struct{ Status, ID string }
+	_ = json.Unmarshal(b, &v)
+	if resp.StatusCode != http.StatusOK || v.Status != "queued" || !strings.HasPrefix(v.ID, "evt_") {
+		return "", fmt.Errorf("want 200 queued with an id, got %d %s", resp.StatusCode, b)
+	}
+	return v.ID, nil
 }
 
 // TestInboxRidesOutAnAppThatIsDown guards the inbox's first promise:
@@ -265,8 +289,8 @@ func TestInboxDeadAfterSchedule(t *testing.T) {
 	}
 }
 
-// TestInboxReloadMidBacklog guards reloads: a config reload (with a
-// changed option) in the middle of a backlog reuses the open file and its
+// TestInboxReloadMidBacklog guards reloads: config reloads (with a
+// changed option) in the middle of a backlog of thousands reuse the open file and its
 // one dispatcher, so nothing is lost and nothing delivered twice; and
 // caddy validate on the running config succeeds (it opens no file).
 func TestInboxReloadMidBacklog(t *testing.T) {
@@ -285,14 +309,34 @@ func TestInboxReloadMidBacklog(t *testing.T) {
 	})
 	dir := t.TempDir()
 	c := startCaddy(t, inboxSite(dir, up.Addr(), "concurrency 2"))
-	const total = 1000
-	for n := range total {
-		body, h := conversationEvent("r"+strconv.Itoa(n%50), n/50)
-		sendQueued(t, c.URL, body, h)
-		if n == total/2 {
-			c.reload(inboxSite(dir, up.Addr(), "concurrency 8"))
+	const total, conversations, senders = 3000, 50, 5
+	// Each sender owns whole conversations, so each conversation's events
+	// arrive in the order of their numbers.
+	send := func(from, to int) {
+		errs := make(chan error, senders)
+		for s := range senders {
+			go func() {
+				for n := from; n < to; n++ {
+					if n%conversations%senders == s {
+						body, h := conversationEvent("r"+strconv.Itoa(n%conversations), n/conversations)
+						if _, err := queue(c.URL, body, h); err != nil {
+							errs <- err
+							return
+						}
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range senders {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
+	send(0, total/2)
+	c.reload(inboxSite(dir, up.Addr(), "concurrency 8"))
+	send(total/2, total)
 	c.reload(inboxSite(dir, up.Addr(), "concurrency 16"))
 	mu.Lock()
 	slow = false
@@ -479,5 +523,22 @@ func TestInboxRateSpacesDeliveries(t *testing.T) {
 	defer mu.Unlock()
 	if span := arrivals[len(arrivals)-1].Sub(arrivals[0]); span < 1100*time.Millisecond {
 		t.Fatalf("six deliveries at 4/s arrived within %v; want at least 5 × 250 ms (less a little scheduling slack)", span)
+	}
+}
+
+// TestExampleCaddyfileValidates guards README's first set-up command:
+// Caddyfile.example, as shipped, adapts and provisions (caddy validate),
+// so an option renamed or a default changed cannot leave it broken.
+func TestExampleCaddyfileValidates(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	validate := exec.Command(exe, "validate", "--config", "Caddyfile.example", "--adapter", "caddyfile")
+	validate.Env = append(os.Environ(), asCaddyEnv+"=1", "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"))
+	if out, err := validate.CombinedOutput(); err != nil {
+		t.Fatalf("caddy validate Caddyfile.example: %v\n%s", err, out)
 	}
 }

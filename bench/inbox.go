@@ -38,7 +38,7 @@ var (
 	backlogSize = flag.Int("backlog", 100000, "events in the drain measurement of -inbox")
 	heapBacklog = flag.Int("heap-backlog", 1000000, "pending events in the heap measurement of -inbox; 0 skips it")
 	inboxConns  = flag.Int("inbox-connections", 16, "concurrent senders in -inbox's acceptance")
-	profileTo   = flag.String("inbox-profile", "", "write a CPU profile of Caddy during the first inbox acceptance window to this file")
+	profileTo   = flag.String("inbox-profile", "", "write CPU profiles of Caddy during the first inbox acceptance window and the drain to this path plus .accept and .drain")
 	heapWatch   = flag.Duration("heap-watch", 20*time.Second, "how long -inbox watches the heap in each phase")
 )
 
@@ -127,6 +127,7 @@ func inboxSite(name, upstream, path string) string {
 
 type acceptRound struct {
 	base, accept result
+	appDown      result  // the inbox's answers while the app refuses connections
 	endToEnd     float64 // accepted events over the window plus the drain of the rest
 	during       float64 // share of accepted events the app received within the window
 }
@@ -185,13 +186,15 @@ func runInboxSuite(work, caddyBin string) error {
 	em, elo, ehi := ratio(func(r acceptRound) float64 { return r.endToEnd / r.base.RPS })
 	dm, _, _ := ratio(func(r acceptRound) float64 { return r.during })
 	pm, _, _ := ratio(func(r acceptRound) float64 { return r.accept.P99Micros })
+	xm, xlo, xhi := ratio(func(r acceptRound) float64 { return r.appDown.RPS / r.base.RPS })
 	bp, _, _ := ratio(func(r acceptRound) float64 { return r.base.P99Micros })
 	fmt.Printf("\nacceptance, %d senders, %d rounds of %s: baseline %.0f req/s (p99 %.0fµs); inbox answers %.2fx (range %.2f-%.2fx, p99 %.0fµs), "+
 		"end to end %.2fx (range %.2f-%.2fx); the app received %.0f%% within the window\n",
 		*inboxConns, len(done), wrkSeconds(*duration), median(baseRPS), bp, am, alo, ahi, pm, em, elo, ehi, 100*dm)
+	fmt.Printf("acceptance while the app refuses connections (nothing delivered meanwhile): %.2fx (range %.2f-%.2fx)\n", xm, xlo, xhi)
 
 	if *backlogSize > 0 {
-		if err := measureDrain(work, proc, a, acc, median(baseRPS)); err != nil {
+		if err := measureDrain(work, proc, a, base, acc); err != nil {
 			return err
 		}
 	}
@@ -214,8 +217,8 @@ func measureAcceptance(work string, proc *caddyProc, a *app, base, acc *benchCas
 	}
 	runInbox := func() error {
 		a.reset()
-		if *profileTo != "" {
-			go saveProfile(proc.admin, *profileTo, *duration)
+		if *profileTo != "" && profileOnce.CompareAndSwap(false, true) {
+			go saveProfile(proc.admin, *profileTo+".accept", *duration)
 		}
 		r, err := drive(work, acc, proc.pid, *inboxConns, *duration, false)
 		if err != nil {
@@ -240,9 +243,21 @@ func measureAcceptance(work string, proc *caddyProc, a *app, base, acc *benchCas
 		out.during = float64(receivedInWindow) / accepted
 		return nil
 	}
-	steps := []func() error{runBase, runInbox}
+	runDown := func() error {
+		a.down()
+		r, err := drive(work, acc, proc.pid, *inboxConns, *duration, false)
+		if err != nil {
+			return err
+		}
+		out.appDown = r
+		if err := a.up(); err != nil {
+			return err
+		}
+		return waitDrained(proc.admin, inboxName, 5*time.Minute)
+	}
+	steps := []func() error{runBase, runInbox, runDown}
 	if inboxFirst {
-		steps[0], steps[1] = runInbox, runBase
+		steps = []func() error{runDown, runInbox, runBase}
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -253,8 +268,14 @@ func measureAcceptance(work string, proc *caddyProc, a *app, base, acc *benchCas
 }
 
 // measureDrain queues -backlog events while the app refuses connections,
-// brings it back and times the deliveries.
-func measureDrain(work string, proc *caddyProc, a *app, acc *benchCase, baseRPS float64) error {
+// brings it back and times the deliveries. The baseline is measured just
+// before the backlog is queued and just after it drained (the mean of the
+// two), with as many connections as the inbox's concurrency.
+func measureDrain(work string, proc *caddyProc, a *app, base, acc *benchCase) error {
+	before, err := drive(work, base, proc.pid, 16, *duration, true)
+	if err != nil {
+		return err
+	}
 	fmt.Printf("== drain: queueing %d events while the app is down\n", *backlogSize)
 	a.down()
 	start := time.Now()
@@ -273,6 +294,14 @@ func measureDrain(work string, proc *caddyProc, a *app, acc *benchCase, baseRPS 
 		return err
 	}
 	stopHeap := watchHeap(proc.admin)
+	if *profileTo != "" {
+		go func() {
+			for deadline := time.Now().Add(30 * time.Second); a.count.Load() == 0 && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			saveProfile(proc.admin, *profileTo+".drain", 4*time.Second)
+		}()
+	}
 	if err := waitDrained(proc.admin, inboxName, 30*time.Minute); err != nil {
 		return err
 	}
@@ -280,8 +309,13 @@ func measureDrain(work string, proc *caddyProc, a *app, acc *benchCase, baseRPS 
 	got := a.count.Load()
 	took = time.Duration(a.last.Load() - a.first.Load())
 	rate := float64(got-1) / took.Seconds()
-	fmt.Printf("\ndrain of %d events, concurrency 16: %.0f deliveries/s over %s (%d received), %.2fx baseline's %.0f req/s; heap in use at most %.1f MB\n",
-		pending, rate, took.Round(time.Millisecond), got, rate/baseRPS, baseRPS, float64(heap)/1e6)
+	after, err := drive(work, base, proc.pid, 16, *duration, true)
+	if err != nil {
+		return err
+	}
+	baseRPS := (before.RPS + after.RPS) / 2
+	fmt.Printf("\ndrain of %d events, concurrency 16: %.0f deliveries/s over %s (%d received), %.2fx baseline's %.0f req/s (before %.0f, after %.0f); heap in use at most %.1f MB\n",
+		pending, rate, took.Round(time.Millisecond), got, rate/baseRPS, baseRPS, before.RPS, after.RPS, float64(heap)/1e6)
 	return nil
 }
 
@@ -472,11 +506,8 @@ func watchHeap(admin string) func() int64 {
 }
 
 // saveProfile fetches a CPU profile of Caddy over d from its admin
-// listener, once.
+// listener.
 func saveProfile(admin, path string, d time.Duration) {
-	if !profileOnce.CompareAndSwap(false, true) {
-		return
-	}
 	client := http.Client{Timeout: d + 10*time.Second}
 	resp, err := client.Get("http://" + admin + "/debug/pprof/profile?seconds=" + strconv.Itoa(max(1, int(d.Seconds())-1)))
 	if err != nil {

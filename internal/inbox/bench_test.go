@@ -1,8 +1,13 @@
 package inbox
 
 import (
+	"context"
 	"fmt"
+	"net/http"
+	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -43,4 +48,70 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 	b.ReportMetric(float64(b.N)/float64(max(1, s.commits.Load())), "events/commit")
+}
+
+// BenchmarkAcceptAndDeliver measures the store under the inbox's steady
+// state: 16 writers appending 1 KB events of 256 conversations while a
+// dispatcher with concurrency 16 delivers them to a deliverer that takes
+// them at once. It reports accepted events per second and the bytes
+// written to disk per event (from /proc/self/io).
+func BenchmarkAcceptAndDeliver(b *testing.B) {
+	s, err := Open(filepath.Join(b.TempDir(), "inbox.db"), time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	var delivered atomic.Int64
+	d := NewDispatcher(s, func(err error) { b.Error(err) })
+	d.SetQueues([]Queue{{Name: "q", Concurrency: 16, Timeout: time.Second, Retry: []time.Duration{time.Second},
+		Deliver: func(context.Context, *Event, int) Result { delivered.Add(1); return Result{Status: 200} }}})
+	d.Start()
+	defer d.Stop(time.Second)
+	body := make([]byte, 1024)
+	written := writtenBytes()
+	var n atomic.Int64
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := n.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				e := &Event{ID: fmt.Sprint(i), Queue: "q", OrderKey: fmt.Sprintf("conv_%d", i%256), Method: "POST", URI: "/",
+					Header: http.Header{"Content-Type": {"application/json"}, "X-Webhook-Event": {"whatsapp.message.received"}},
+					Body:   body, ReceivedAt: time.Now()}
+				d.Wake()
+				if err := s.Append([]*Event{e}); err != nil {
+					b.Error(err)
+					return
+				}
+				d.Wake()
+			}
+		}()
+	}
+	wg.Wait()
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "accepted/s")
+	b.ReportMetric(float64(delivered.Load())/b.Elapsed().Seconds(), "delivered/s")
+	b.ReportMetric(float64(writtenBytes()-written)/float64(b.N)/1024, "KB-written/event")
+	b.ReportMetric(float64(b.N)/float64(max(1, s.commits.Load())), "writes/commit")
+}
+
+// writtenBytes is what this process has written to disk so far.
+func writtenBytes() int64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "write_bytes: "); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	return 0
 }

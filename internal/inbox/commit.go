@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"errors"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -16,7 +17,14 @@ const maxGroup = 1000
 type write struct {
 	fn   func(*bolt.Tx) error
 	done chan error
+	// lazy writes may wait up to lazyDelay for company: nobody waits on
+	// their answer but the dispatcher, and losing one to a crash only
+	// repeats a delivery.
+	lazy bool
 }
+
+// lazyDelay is how long a group of lazy writes waits for more writes.
+const lazyDelay = 2 * time.Millisecond
 
 // update runs fn in a read-write transaction and returns once it is on
 // disk. Writes that arrive while a commit is in progress share the next
@@ -28,7 +36,16 @@ type write struct {
 // group that failed and again alone: it must set everything it writes
 // afresh on each run.
 func (s *Store) update(fn func(*bolt.Tx) error) error {
-	w := write{fn: fn, done: make(chan error, 1)}
+	return s.enqueue(write{fn: fn, done: make(chan error, 1)})
+}
+
+// updateLazy is update for a write that may wait a little to share a
+// commit with others (recording an attempt's result).
+func (s *Store) updateLazy(fn func(*bolt.Tx) error) error {
+	return s.enqueue(write{fn: fn, done: make(chan error, 1), lazy: true})
+}
+
+func (s *Store) enqueue(w write) error {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -44,22 +61,46 @@ func (s *Store) update(fn func(*bolt.Tx) error) error {
 func (s *Store) commitGroups() {
 	defer close(s.writerDone)
 	for first := range s.writes {
-		group := []write{first}
-	more:
-		for len(group) < maxGroup {
-			select {
-			case w, ok := <-s.writes:
-				if !ok {
-					break more
-				}
-				group = append(group, w)
-			default:
-				break more
-			}
-		}
+		group := s.gather([]write{first})
 		s.commitGroup(group)
 		s.commits.Add(1)
 	}
+}
+
+// gather adds to group whatever is queued; a group of lazy writes only
+// also waits up to lazyDelay for more, until a write that is not lazy
+// arrives.
+func (s *Store) gather(group []write) []write {
+	lazy := group[0].lazy
+	var timeout <-chan time.Time
+	if lazy {
+		timeout = time.After(lazyDelay)
+	}
+	for len(group) < maxGroup {
+		if !lazy {
+			select {
+			case w, ok := <-s.writes:
+				if !ok {
+					return group
+				}
+				group = append(group, w)
+				continue
+			default:
+				return group
+			}
+		}
+		select {
+		case w, ok := <-s.writes:
+			if !ok {
+				return group
+			}
+			group = append(group, w)
+			lazy = w.lazy
+		case <-timeout:
+			return group
+		}
+	}
+	return group
 }
 
 // commitGroup commits group in one transaction; when that fails, each

@@ -3,7 +3,6 @@ package inbox
 import (
 	"context"
 	"math/rand/v2"
-	"strconv"
 	"sync"
 	"time"
 )
@@ -79,7 +78,7 @@ type Dispatcher struct {
 
 	mu       sync.Mutex
 	queues   map[string]*queueState
-	inFlight map[string]bool // order keys (and unordered events) being attempted
+	inFlight map[flight]bool // order keys (and unordered events) being attempted
 
 	wake     chan struct{}
 	stop     context.CancelFunc
@@ -96,7 +95,7 @@ func NewDispatcher(store *Store, onErr func(error)) *Dispatcher {
 		now:      time.Now,
 		onErr:    onErr,
 		queues:   map[string]*queueState{},
-		inFlight: map[string]bool{},
+		inFlight: map[flight]bool{},
 		wake:     make(chan struct{}, 1),
 	}
 }
@@ -252,23 +251,20 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
 func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 	defer d.attempts.Done()
 	n := e.Attempts + 1
-	var res Result
-	body, err := d.store.Body(e.Seq)
-	if err != nil {
-		res = Result{Err: err}
-	} else {
-		e.Body = body // held for this attempt only
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.Timeout)
-		res = q.Deliver(actx, e, n)
-		cancel()
-		e.Body = nil
-	}
+	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.Timeout)
+	res := q.Deliver(actx, e, n)
+	cancel()
+	e.Body = nil // held for this attempt only
 	now := d.now()
 	if q.OnAttempt != nil {
 		q.OnAttempt(e, n, res)
 	}
+	// The app is done with this attempt, so its slot is free for another
+	// order key while the result is committed; its own order key stays in
+	// flight until then, so its next event cannot overtake it.
 	d.mu.Lock()
 	if st := d.queues[q.Name]; st != nil {
+		st.inFlight--
 		if res.Refused {
 			st.backoff = min(max(2*st.backoff, minBackoff), maxBackoff)
 			st.pausedUntil = now.Add(st.backoff)
@@ -277,6 +273,7 @@ func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 		}
 	}
 	d.mu.Unlock()
+	d.Wake()
 
 	if !res.Refused {
 		settle(e, q.Retry, n, res, now)
@@ -288,9 +285,6 @@ func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 	}
 
 	d.mu.Lock()
-	if st := d.queues[q.Name]; st != nil {
-		st.inFlight--
-	}
 	delete(d.inFlight, flightKey(e.Queue, e.OrderKey, e.Seq))
 	d.mu.Unlock()
 	d.Wake()
@@ -337,13 +331,18 @@ func (d *Dispatcher) expire() {
 	}
 }
 
-// flightKey is what may have one attempt in flight: an order key, or an
+// flight is what may have one attempt in flight: an order key, or an
 // event without one.
-func flightKey(queue, order string, seq uint64) string {
-	if order == "" {
-		return queue + "\x01" + strconv.FormatUint(seq, 10)
+type flight struct {
+	queue, order string
+	seq          uint64 // 0 for an order key
+}
+
+func flightKey(queue, order string, seq uint64) flight {
+	if order != "" {
+		seq = 0
 	}
-	return queue + "\x00" + order
+	return flight{queue, order, seq}
 }
 
 func minTime(a, b time.Time) time.Time {

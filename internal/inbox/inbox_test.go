@@ -361,3 +361,28 @@ func TestSettleSchedule(t *testing.T) {
 		t.Fatalf("a 204: %+v", e)
 	}
 }
+
+// TestGatherLetsEagerWritesThrough guards the commit grouping: a group
+// that starts with lazy writes (attempt results) takes the writes queued
+// behind them, and ends as soon as an eager write (an acknowledgement a
+// sender waits for) has joined, without waiting out the lazy delay; an
+// eager group takes only what is already queued.
+func TestGatherLetsEagerWritesThrough(t *testing.T) {
+	t.Parallel()
+	s := &Store{writes: make(chan write, 8)}
+	lazy, eager := write{lazy: true}, write{}
+	for _, w := range []write{lazy, eager, lazy} {
+		s.writes <- w
+	}
+	if g := s.gather([]write{lazy}); len(g) != 4 {
+		t.Fatalf("lazy group took %d writes, want all 4 queued", len(g))
+	}
+	s.writes <- lazy
+	if g := s.gather([]write{eager}); len(g) != 2 {
+		t.Fatalf("eager group took %d writes, want the 2 queued", len(g))
+	}
+	close(s.writes)
+	if g := s.gather([]write{lazy}); len(g) != 1 {
+		t.Fatalf("lazy group on a closed queue: %d writes", len(g))
+	}
+}

@@ -11,7 +11,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -37,25 +36,25 @@ const (
 // gateway would have forwarded (signature headers removed), and its
 // delivery state.
 type Event struct {
-	ID       string `json:"id"`
-	Queue    string `json:"queue"`
-	OrderKey string `json:"order_key,omitempty"` // "" for an event that waits for no other
-	Seq      uint64 `json:"seq"`                 // arrival order in the store
+	ID       string
+	Queue    string
+	OrderKey string // "" for an event that waits for no other
+	Seq      uint64 // arrival order in the store
 
-	Method     string      `json:"method"`
-	URI        string      `json:"uri"` // path and query
-	Host       string      `json:"host"`
-	RemoteAddr string      `json:"remote_addr"`
-	Header     http.Header `json:"header"`
-	Body       []byte      `json:"body"`
+	Method     string
+	URI        string // path and query
+	Host       string
+	RemoteAddr string
+	Header     http.Header
+	Body       []byte
 
-	ReceivedAt  time.Time `json:"received_at"`
-	State       State     `json:"state"`
-	Attempts    int       `json:"attempts"`
-	NextAt      time.Time `json:"next_at"`
-	LastStatus  int       `json:"last_status,omitempty"`
-	LastError   string    `json:"last_error,omitempty"`
-	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+	ReceivedAt  time.Time
+	State       State
+	Attempts    int
+	NextAt      time.Time
+	LastStatus  int
+	LastError   string
+	DeliveredAt time.Time
 
 	// dueAt is the NextAt the store holds for the event (in its due and
 	// pending entries), so that Settle can find them without reading the
@@ -98,7 +97,7 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("inbox: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, NoSync: os.Getenv("XNOSYNC") != "", NoFreelistSync: os.Getenv("XNFS") != "", FreelistType: bolt.FreelistType(os.Getenv("XFLT"))})
 	if err != nil {
 		return nil, fmt.Errorf("inbox: opening %s: %w", path, err)
 	}
@@ -203,7 +202,7 @@ func (s *Store) Settle(e *Event) error {
 	// As in Append, this may run twice: it changes nothing outside the
 	// transaction until the commit succeeded.
 	was := e.dueAt
-	err := s.update(func(tx *bolt.Tx) error {
+	err := s.updateLazy(func(tx *bolt.Tx) error {
 		pend, due := tx.Bucket(bucketPending), tx.Bucket(bucketDue)
 		if pend.Get(pendingKey(e)) == nil || due.Get(dueKey(e.Queue, was, e.Seq)) == nil {
 			return fmt.Errorf("inbox: event %s is not a pending head: it cannot be settled", e.ID)
@@ -281,8 +280,8 @@ func timeValue(t time.Time) []byte {
 
 // Due returns up to limit heads of queue that are due at now (each order
 // key's first pending event, and pending events without one), the longest
-// due first, without their bodies, skipping those busy reports (already
-// in flight). next is when the first head not yet due will be; zero when
+// due first, with their bodies, skipping those busy reports (already in
+// flight). next is when the first head not yet due will be; zero when
 // there is none.
 func (s *Store) Due(queue string, now time.Time, limit int, busy func(orderKey string, seq uint64) bool) (due []*Event, next time.Time, err error) {
 	if limit <= 0 {
@@ -306,6 +305,11 @@ func (s *Store) Due(queue string, now time.Time, limit int, busy func(orderKey s
 				return err
 			}
 			e.dueAt = at
+			body := tx.Bucket(bucketBodies).Get(seqKey(seq))
+			if body == nil {
+				return fmt.Errorf("inbox: event %d has no body", seq)
+			}
+			e.Body = bytes.Clone(body) // bbolt's bytes live only as long as the transaction
 			if due = append(due, e); len(due) == limit {
 				return nil
 			}
@@ -400,8 +404,8 @@ func (s *Store) Expire(cutoff time.Time) (int, error) {
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
-			var e Event
-			if err := json.Unmarshal(v, &e); err != nil {
+			e, err := decodeEvent(v)
+			if err != nil {
 				return err
 			}
 			if !e.ReceivedAt.Before(cutoff) {
@@ -427,11 +431,7 @@ func (s *Store) Expire(cutoff time.Time) (int, error) {
 }
 
 func putEvent(b *bolt.Bucket, e *Event) error {
-	v, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	return b.Put(seqKey(e.Seq), v)
+	return b.Put(seqKey(e.Seq), encodeEvent(e))
 }
 
 func getEvent(b *bolt.Bucket, seq uint64) (*Event, error) {
@@ -439,8 +439,8 @@ func getEvent(b *bolt.Bucket, seq uint64) (*Event, error) {
 	if v == nil {
 		return nil, ErrNotFound
 	}
-	e := new(Event)
-	if err := json.Unmarshal(v, e); err != nil {
+	e, err := decodeEvent(v)
+	if err != nil {
 		return nil, fmt.Errorf("inbox: event %d: %w", seq, err)
 	}
 	return e, nil
