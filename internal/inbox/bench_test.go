@@ -18,34 +18,8 @@ import (
 // 16 concurrent writers, as 16 senders make them: events per second and
 // how many share a commit.
 func BenchmarkAppendConcurrent(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "inbox.db"), time.Second)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	body := make([]byte, 1024)
-	var n atomic.Int64
-	b.ResetTimer()
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := n.Add(1)
-				if i > int64(b.N) {
-					return
-				}
-				e := &Event{ID: fmt.Sprint(i), Queue: "q", OrderKey: fmt.Sprintf("conv_%d", i%256), Method: "POST", URI: "/",
-					Body: body, ReceivedAt: time.Now()}
-				if err := s.Append([]*Event{e}); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	s := openBenchStore(b)
+	appendFromSenders(b, s, nil)
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
 	b.ReportMetric(float64(b.N)/float64(max(1, s.commits.Load())), "events/commit")
 }
@@ -56,19 +30,36 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 // them at once. It reports accepted events per second and the bytes
 // written to disk per event (from /proc/self/io).
 func BenchmarkAcceptAndDeliver(b *testing.B) {
-	s, err := Open(filepath.Join(b.TempDir(), "inbox.db"), time.Second)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := openBenchStore(b)
 	var delivered atomic.Int64
 	d := NewDispatcher(s, func(err error) { b.Error(err) })
 	d.SetQueues([]Queue{{Name: "q", Concurrency: 16, Timeout: time.Second, Retry: []time.Duration{time.Second},
 		Deliver: func(context.Context, *Event, int) Result { delivered.Add(1); return Result{Status: 200} }}})
 	d.Start()
 	defer d.Stop(time.Second)
-	body := make([]byte, 1024)
 	written := writtenBytes()
+	appendFromSenders(b, s, d)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "accepted/s")
+	b.ReportMetric(float64(delivered.Load())/b.Elapsed().Seconds(), "delivered/s")
+	b.ReportMetric(float64(writtenBytes()-written)/float64(b.N)/1024, "KB-written/event")
+	b.ReportMetric(float64(b.N)/float64(max(1, s.commits.Load())), "appends/commit")
+}
+
+func openBenchStore(b *testing.B) *Store {
+	s, err := Open(filepath.Join(b.TempDir(), "inbox.db"), time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
+}
+
+// appendFromSenders appends b.N events of 1 KB over 256 conversations
+// from 16 goroutines, waking d (when given) after each.
+func appendFromSenders(b *testing.B, s *Store, d *Dispatcher) {
+	body := make([]byte, 1024)
+	header := http.Header{"Content-Type": {"application/json"}, "X-Webhook-Event": {"whatsapp.message.received"}}
 	var n atomic.Int64
 	b.ResetTimer()
 	var wg sync.WaitGroup
@@ -76,29 +67,20 @@ func BenchmarkAcceptAndDeliver(b *testing.B) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				i := n.Add(1)
-				if i > int64(b.N) {
-					return
-				}
+			for i := n.Add(1); i <= int64(b.N); i = n.Add(1) {
 				e := &Event{ID: fmt.Sprint(i), Queue: "q", OrderKey: fmt.Sprintf("conv_%d", i%256), Method: "POST", URI: "/",
-					Header: http.Header{"Content-Type": {"application/json"}, "X-Webhook-Event": {"whatsapp.message.received"}},
-					Body:   body, ReceivedAt: time.Now()}
-				d.Wake()
+					Header: header, Body: body, ReceivedAt: time.Now()}
 				if err := s.Append([]*Event{e}); err != nil {
 					b.Error(err)
 					return
 				}
-				d.Wake()
+				if d != nil {
+					d.Wake()
+				}
 			}
 		}()
 	}
 	wg.Wait()
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "accepted/s")
-	b.ReportMetric(float64(delivered.Load())/b.Elapsed().Seconds(), "delivered/s")
-	b.ReportMetric(float64(writtenBytes()-written)/float64(b.N)/1024, "KB-written/event")
-	b.ReportMetric(float64(b.N)/float64(max(1, s.commits.Load())), "writes/commit")
 }
 
 // writtenBytes is what this process has written to disk so far.
