@@ -232,7 +232,7 @@ func stringAt(doc []byte, path ...string) string {
 
 // newEvent captures r as it would be forwarded, with body, minus the
 // signature headers (never stored; forward_secret re-signs at delivery).
-func (d *delivery) newEvent(r *http.Request, body []byte, orderKey string) *inbox.Event {
+func (d *delivery) newEvent(r *http.Request, body []byte, orderKey, name, key string) *inbox.Event {
 	hdr := r.Header.Clone()
 	d.h.dropSignatures(hdr)
 	hdr.Del("Content-Length")
@@ -240,6 +240,8 @@ func (d *delivery) newEvent(r *http.Request, body []byte, orderKey string) *inbo
 	return &inbox.Event{
 		ID:         inbox.NewID(now),
 		Queue:      d.h.name,
+		Name:       name,
+		Key:        key,
 		OrderKey:   orderKey,
 		Method:     r.Method,
 		URI:        r.URL.RequestURI(),
@@ -271,7 +273,7 @@ func (d *delivery) queueSingle() error {
 		d.release(c)
 		return writeJSONError(d.w, http.StatusInternalServerError, "internal", "the body could not be queued")
 	}
-	e := d.newEvent(d.r, body, orderKey)
+	e := d.newEvent(d.r, body, orderKey, strings.Join(eventNames(d.event, body), ","), d.key)
 	if err := d.h.Inbox.append([]*inbox.Event{e}); err != nil {
 		d.release(c)
 		return d.answerInboxDown(err)
@@ -336,7 +338,7 @@ func (d *delivery) queueBatch(env *batchEnvelope) error {
 		if orderKey == "" && env.conversationID != "" && d.h.Inbox.OrderBy == "" {
 			orderKey = "conversation:" + env.conversationID
 		}
-		e := d.newEvent(sub, bytes.Clone(item), orderKey)
+		e := d.newEvent(sub, bytes.Clone(item), orderKey, env.event, key)
 		events = append(events, e)
 		ids = append(ids, e.ID)
 	}
@@ -515,6 +517,16 @@ func (rt *inboxRuntime) release(app *App) {
 	}
 }
 
+// currentQueues are the queues of the newest config using the file.
+func (rt *inboxRuntime) currentQueues() []inbox.Queue {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	if len(rt.owners) == 0 {
+		return nil
+	}
+	return rt.owners[len(rt.owners)-1].queues
+}
+
 // inboxes holds the open stores by path.
 var inboxes = caddy.NewUsagePool()
 
@@ -526,7 +538,7 @@ func openInbox(path string, logger *zap.Logger) (*inboxRuntime, error) {
 		}
 		d := inbox.NewDispatcher(store, func(err error) { logger.Error("inbox", zap.String("path", path), zap.Error(err)) })
 		rt := &inboxRuntime{store: store, dispatcher: d}
-		metrics.inbox.track(rt, 1)
+		runtimes.track(rt, 1)
 		return rt, nil
 	})
 	if err != nil {
@@ -538,7 +550,7 @@ func openInbox(path string, logger *zap.Logger) (*inboxRuntime, error) {
 // Destruct stops the dispatcher (an attempt still running after a few
 // seconds is left pending, to be delivered again) and closes the file.
 func (rt *inboxRuntime) Destruct() error {
-	metrics.inbox.track(rt, -1)
+	runtimes.track(rt, -1)
 	rt.dispatcher.Stop(5 * time.Second)
 	return rt.store.Close()
 }

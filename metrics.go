@@ -89,7 +89,6 @@ func initMetrics() {
 				"Events in the inbox by handler and state (pending, delivered, dead).", []string{"handler", "state"}, nil),
 			oldest: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "inbox_oldest_pending_seconds"),
 				"Age of the oldest pending event of the handler's inbox; 0 when none is pending.", []string{"handler"}, nil),
-			open: map[*inboxRuntime]int{},
 		}
 	})
 }
@@ -158,16 +157,6 @@ func newHandlerMetrics(name string, filtersEvents bool) handlerMetrics {
 // pending event per queue.
 type inboxCollector struct {
 	events, oldest *prometheus.Desc
-	mu             sync.Mutex
-	open           map[*inboxRuntime]int // open stores (references)
-}
-
-func (c *inboxCollector) track(rt *inboxRuntime, delta int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.open[rt] += delta; c.open[rt] <= 0 {
-		delete(c.open, rt)
-	}
 }
 
 func (c *inboxCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -176,13 +165,7 @@ func (c *inboxCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *inboxCollector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	open := make([]*inboxRuntime, 0, len(c.open))
-	for rt := range c.open {
-		open = append(open, rt)
-	}
-	c.mu.Unlock()
-	for _, rt := range open {
+	for _, rt := range runtimes.list() {
 		counts, err := rt.store.Counts()
 		if err != nil {
 			continue

@@ -143,6 +143,7 @@ type Handler struct {
 	// config to load the app into (Caddy's ctx.App needs one).
 	outsideConfig bool
 	app           *App
+	recent        *recentHandler        // the in-memory history, without an inbox
 	helper        *httpcaddyfile.Helper // while the Caddyfile is parsed
 }
 
@@ -175,6 +176,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	registerMetrics(ctx, h.logger)
 	h.metrics = newHandlerMetrics(h.name, len(h.Events) > 0)
+	if h.Inbox == nil {
+		h.recent = recent.acquire(h.name)
+	}
 	h.maxBody = h.MaxBody
 	if h.maxBody <= 0 {
 		h.maxBody = defaultMaxBody
@@ -263,6 +267,11 @@ func (h *Handler) Validate() error {
 // Cleanup releases the dedupe store. It is safe on a handler whose
 // provisioning failed half-way.
 func (h *Handler) Cleanup() error {
+	if h.recent != nil {
+		// Requests of this config may still be finishing and record into
+		// the ring; it stays valid, only the registry lets go of it.
+		recent.release(h.name)
+	}
 	if h.Dedupe != nil {
 		return h.Dedupe.cleanup()
 	}

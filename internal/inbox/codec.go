@@ -15,19 +15,22 @@ import (
 // The form is a version byte, then the fields in the order of
 // encodeEvent, strings and byte slices as a uvarint length and the bytes,
 // numbers as varints, times as nanoseconds since 1970 (0 for the zero
-// time), headers as a count of names, each with a count of values. The
-// body is not part of it (it is kept in its own bucket).
-const codecVersion = 1
+// time), headers as a count of names, each with a count of values, the
+// attempt log as a count of attempts. The body is not part of it (it is
+// kept in its own bucket).
+const codecVersion = 2
 
 var errCorrupt = errors.New("inbox: corrupt event record")
 
 func encodeEvent(e *Event) []byte {
 	b := make([]byte, 0, 256)
 	b = append(b, codecVersion)
-	for _, s := range []string{e.ID, e.Queue, e.OrderKey, e.Method, e.URI, e.Host, e.RemoteAddr, string(e.State), e.LastError} {
+	for _, s := range []string{e.ID, e.Queue, e.Name, e.Key, e.OrderKey, e.Method, e.URI, e.Host, e.RemoteAddr, string(e.State), e.LastError} {
 		b = appendString(b, s)
 	}
 	b = binary.AppendUvarint(b, e.Seq)
+	b = binary.AppendUvarint(b, e.Pos)
+	b = append(b, boolByte(e.Manual))
 	b = binary.AppendVarint(b, int64(e.Attempts))
 	b = binary.AppendVarint(b, int64(e.LastStatus))
 	for _, t := range []time.Time{e.ReceivedAt, e.NextAt, e.DeliveredAt} {
@@ -41,7 +44,23 @@ func encodeEvent(e *Event) []byte {
 			b = appendString(b, v)
 		}
 	}
+	b = binary.AppendUvarint(b, uint64(len(e.Log)))
+	for _, a := range e.Log {
+		b = binary.AppendVarint(b, int64(a.N))
+		b = binary.AppendVarint(b, unixNanos(a.At))
+		b = append(b, boolByte(a.Manual))
+		b = binary.AppendVarint(b, int64(a.Status))
+		b = binary.AppendVarint(b, int64(a.Duration))
+		b = appendString(b, a.Error)
+	}
 	return b
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
 }
 
 func decodeEvent(b []byte) (*Event, error) {
@@ -51,11 +70,13 @@ func decodeEvent(b []byte) (*Event, error) {
 	r := reader{b: b[1:]}
 	e := new(Event)
 	var state string
-	for _, s := range []*string{&e.ID, &e.Queue, &e.OrderKey, &e.Method, &e.URI, &e.Host, &e.RemoteAddr, &state, &e.LastError} {
+	for _, s := range []*string{&e.ID, &e.Queue, &e.Name, &e.Key, &e.OrderKey, &e.Method, &e.URI, &e.Host, &e.RemoteAddr, &state, &e.LastError} {
 		*s = r.string()
 	}
 	e.State = State(state)
 	e.Seq = r.uvarint()
+	e.Pos = r.uvarint()
+	e.Manual = r.bool()
 	e.Attempts = int(r.varint())
 	e.LastStatus = int(r.varint())
 	for _, t := range []*time.Time{&e.ReceivedAt, &e.NextAt, &e.DeliveredAt} {
@@ -79,6 +100,23 @@ func decodeEvent(b []byte) (*Event, error) {
 				values = append(values, r.string())
 			}
 			e.Header[name] = values
+		}
+	}
+	if n := r.uvarint(); n > 0 && r.err == nil {
+		if n > uint64(len(r.b)) {
+			return nil, errCorrupt
+		}
+		e.Log = make([]Attempt, n)
+		for i := range e.Log {
+			a := &e.Log[i]
+			a.N = int(r.varint())
+			if at := r.varint(); at != 0 {
+				a.At = time.Unix(0, at)
+			}
+			a.Manual = r.bool()
+			a.Status = int(r.varint())
+			a.Duration = time.Duration(r.varint())
+			a.Error = r.string()
 		}
 	}
 	if r.err != nil || len(r.b) != 0 {
@@ -129,6 +167,19 @@ func (r *reader) varint() int64 {
 		return 0
 	}
 	r.b = r.b[n:]
+	return v
+}
+
+func (r *reader) bool() bool {
+	if r.err != nil {
+		return false
+	}
+	if len(r.b) == 0 || r.b[0] > 1 {
+		r.err = errCorrupt
+		return false
+	}
+	v := r.b[0] == 1
+	r.b = r.b[1:]
 	return v
 }
 

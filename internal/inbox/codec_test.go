@@ -21,8 +21,11 @@ func TestEventCodecRoundTrip(t *testing.T) {
 		{"fresh", Event{ID: "evt_1", Queue: "kapso", OrderKey: "conv_1", Seq: 7, Method: "POST", URI: "/hook?x=1",
 			Host: "example.com", RemoteAddr: "10.0.0.1:5000", Header: http.Header{"Content-Type": {"application/json"},
 				"X-Multi": {"a", "", "c"}}, ReceivedAt: now, State: Pending, NextAt: now}},
-		{"settled", Event{ID: "evt_2", Queue: "q", Seq: 1 << 40, Method: "POST", URI: "/", ReceivedAt: now, State: Dead,
-			Attempts: 9, NextAt: now.Add(time.Hour), LastStatus: 503, LastError: "timeout: ünïcode", DeliveredAt: now.Add(time.Minute)}},
+		{"settled", Event{ID: "evt_2", Queue: "q", Name: "whatsapp.message.received", Key: "k1", Seq: 1 << 40, Pos: 1<<40 + 5,
+			Method: "POST", URI: "/", ReceivedAt: now, State: Dead, Manual: true, Attempts: 9, NextAt: now.Add(time.Hour),
+			LastStatus: 503, LastError: "timeout: ünïcode", DeliveredAt: now.Add(time.Minute),
+			Log: []Attempt{{N: 1, At: now, Status: 503, Duration: 1500 * time.Microsecond},
+				{N: 2, At: now.Add(time.Second), Manual: true, Error: "dial tcp: refused"}}}},
 		{"empty", Event{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -30,7 +33,11 @@ func TestEventCodecRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for _, p := range []*time.Time{&got.ReceivedAt, &got.NextAt, &got.DeliveredAt, &tc.e.ReceivedAt, &tc.e.NextAt, &tc.e.DeliveredAt} {
+			times := []*time.Time{&got.ReceivedAt, &got.NextAt, &got.DeliveredAt, &tc.e.ReceivedAt, &tc.e.NextAt, &tc.e.DeliveredAt}
+			for i := range got.Log {
+				times = append(times, &got.Log[i].At, &tc.e.Log[i].At)
+			}
+			for _, p := range times {
 				if !p.IsZero() {
 					*p = p.UTC()
 				}

@@ -183,7 +183,7 @@ func (d *Dispatcher) run(ctx context.Context) {
 		case <-d.wake:
 		case <-timer.C:
 		}
-		if d.now().Sub(lastExpire) > time.Minute {
+		if d.now().Sub(lastExpire) > d.expireEvery() {
 			d.expire()
 			lastExpire = d.now()
 		}
@@ -251,9 +251,13 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
 func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 	defer d.attempts.Done()
 	n := e.Attempts + 1
+	started := d.now()
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), q.Timeout)
 	res := q.Deliver(actx, e, n)
 	cancel()
+	if res.Took == 0 {
+		res.Took = d.now().Sub(started)
+	}
 	e.Body = nil // held for this attempt only
 	now := d.now()
 	if q.OnAttempt != nil {
@@ -275,6 +279,7 @@ func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 	d.mu.Unlock()
 	d.Wake()
 
+	logAttempt(e, n, started, res)
 	if !res.Refused {
 		settle(e, q.Retry, n, res, now)
 	} else if res.Err != nil {
@@ -294,7 +299,8 @@ func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 // delay of the schedule, or pending until the next delay (±20%, and never
 // before the app's Retry-After).
 func settle(e *Event, retry []time.Duration, n int, res Result, now time.Time) {
-	e.Attempts = n
+	manual := e.Manual
+	e.Attempts, e.Manual = n, false
 	e.LastStatus, e.LastError = res.Status, ""
 	if res.Err != nil {
 		e.LastError = res.Err.Error()
@@ -302,7 +308,7 @@ func settle(e *Event, retry []time.Duration, n int, res Result, now time.Time) {
 	switch {
 	case res.Delivered():
 		e.State, e.DeliveredAt = Delivered, now
-	case n > len(retry):
+	case manual || n > len(retry): // a replay is one try
 		e.State = Dead
 	default:
 		delay := jitter(retry[n-1])
@@ -310,10 +316,37 @@ func settle(e *Event, retry []time.Duration, n int, res Result, now time.Time) {
 	}
 }
 
+// logAttempt adds attempt n to e's log, which keeps the latest maxLog.
+// An attempt refused at the door is logged too, with the refusal: it is
+// what the app's operator wants to see during a deploy.
+func logAttempt(e *Event, n int, at time.Time, res Result) {
+	a := Attempt{N: n, At: at, Manual: e.Manual, Status: res.Status, Duration: res.Took}
+	if res.Err != nil {
+		a.Error = res.Err.Error()
+	}
+	e.Log = append(e.Log, a)
+	if len(e.Log) > maxLog {
+		e.Log = append(e.Log[:0], e.Log[len(e.Log)-maxLog:]...)
+	}
+}
+
 // jitter spreads a delay by ±20%, so that events that failed together are
 // not all retried at once.
 func jitter(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (0.8 + 0.4*rand.Float64()))
+}
+
+// expireEvery is how often retention runs: a tenth of the longest
+// retention, between a second and a minute, so that a short retention
+// (a privacy setting) is kept to within a tenth.
+func (d *Dispatcher) expireEvery() time.Duration {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var keep time.Duration
+	for _, q := range d.queues {
+		keep = max(keep, q.Retention)
+	}
+	return min(max(keep/10, time.Second), time.Minute)
 }
 
 func (d *Dispatcher) expire() {

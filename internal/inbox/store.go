@@ -38,8 +38,14 @@ const (
 type Event struct {
 	ID       string
 	Queue    string
+	Name     string // the event type (whatsapp.message.received, messages), "" when unknown
+	Key      string // the idempotency key it was accepted under, "" without dedupe
 	OrderKey string // "" for an event that waits for no other
 	Seq      uint64 // arrival order in the store
+	// Pos is the event's place among the pending events of its order key:
+	// its Seq, or a later sequence once replayed, so that a replay goes
+	// behind what is already pending.
+	Pos uint64
 
 	Method     string
 	URI        string // path and query
@@ -55,6 +61,10 @@ type Event struct {
 	LastStatus  int
 	LastError   string
 	DeliveredAt time.Time
+	// Manual marks a replay: its next attempt is one try, and a failure
+	// makes the event dead again rather than waiting for the schedule.
+	Manual bool
+	Log    []Attempt // the attempts so far, the latest maxLog
 
 	// dueAt is the NextAt the store holds for the event (in its due and
 	// pending entries), so that Settle can find them without reading the
@@ -62,10 +72,25 @@ type Event struct {
 	dueAt time.Time
 }
 
+// Attempt is one delivery attempt, as the history shows it.
+type Attempt struct {
+	N        int
+	At       time.Time
+	Manual   bool          // a replay asked for it
+	Status   int           // the app's status; 0 when it did not answer
+	Duration time.Duration // until the answer or the error
+	Error    string
+}
+
+// maxLog bounds an event's attempt log (a schedule has 9 attempts by
+// default; replays add one each).
+const maxLog = 50
+
 var (
-	bucketEvents  = []byte("events")  // seq → Event without its body (JSON)
+	bucketEvents  = []byte("events")  // seq → Event without its body (codec.go)
+	bucketIDs     = []byte("ids")     // event id → seq
 	bucketBodies  = []byte("bodies")  // seq → body
-	bucketPending = []byte("pending") // queue \x00 order \x00 seq → nextAt: each order key's head is its first key
+	bucketPending = []byte("pending") // queue \x00 order \x00 pos → nextAt seq: each order key's head is its first key
 	bucketCounts  = []byte("counts")  // queue \x00 state → number of events (uint64)
 	// bucketDue holds only the heads (each order key's first pending
 	// event, and every pending event without an order key), sorted by when
@@ -102,7 +127,7 @@ func Open(path string, lockTimeout time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("inbox: opening %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEvents, bucketBodies, bucketPending, bucketCounts} {
+		for _, b := range [][]byte{bucketEvents, bucketIDs, bucketBodies, bucketPending, bucketCounts} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -152,7 +177,7 @@ func (s *Store) Append(events []*Event) error {
 			if err != nil {
 				return err
 			}
-			e.Seq, e.State = seq, Pending
+			e.Seq, e.Pos, e.State = seq, seq, Pending
 			if e.NextAt.IsZero() {
 				e.NextAt = e.ReceivedAt
 			}
@@ -160,6 +185,9 @@ func (s *Store) Append(events []*Event) error {
 				return err
 			}
 			if err := tx.Bucket(bucketBodies).Put(seqKey(seq), e.Body); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketIDs).Put([]byte(e.ID), seqKey(seq)); err != nil {
 				return err
 			}
 			if err := addPending(tx, e); err != nil {
@@ -179,7 +207,7 @@ func addPending(tx *bolt.Tx, e *Event) error {
 	pend := tx.Bucket(bucketPending)
 	k := pendingKey(e)
 	e.dueAt = e.NextAt
-	if err := pend.Put(k, timeValue(e.NextAt)); err != nil {
+	if err := pend.Put(k, pendingValue(e)); err != nil {
 		return err
 	}
 	if err := tx.Bucket(bucketArrivals).Put(arrivalKey(e.Queue, e.Seq), nil); err != nil {
@@ -214,7 +242,7 @@ func (s *Store) Settle(e *Event) error {
 			return err
 		}
 		if e.State == Pending {
-			if err := pend.Put(pendingKey(e), timeValue(e.NextAt)); err != nil {
+			if err := pend.Put(pendingKey(e), pendingValue(e)); err != nil {
 				return err
 			}
 			return due.Put(dueKey(e.Queue, e.NextAt, e.Seq), []byte(e.OrderKey))
@@ -252,25 +280,24 @@ func removePending(tx *bolt.Tx, e *Event) error {
 	if next == nil || !bytes.HasPrefix(next, prefix) || len(next) != len(k) {
 		return nil
 	}
-	seq := binary.BigEndian.Uint64(next[len(next)-8:])
-	at, err := pendingNextAt(tx, seq, v)
+	at, seq, err := splitPendingValue(v)
 	if err != nil {
 		return err
 	}
 	return tx.Bucket(bucketDue).Put(dueKey(e.Queue, at, seq), []byte(e.OrderKey))
 }
 
-// pendingNextAt is when a pending event is due: its pending entry's
-// value, or the event itself in a file written before values were kept.
-func pendingNextAt(tx *bolt.Tx, seq uint64, v []byte) (time.Time, error) {
-	if len(v) == 8 {
-		return time.Unix(0, int64(binary.BigEndian.Uint64(v))), nil
+// pendingValue is what a pending entry holds: when the event is due, and
+// its sequence (the key holds its place, which a replay changes).
+func pendingValue(e *Event) []byte {
+	return binary.BigEndian.AppendUint64(timeValue(e.NextAt), e.Seq)
+}
+
+func splitPendingValue(v []byte) (time.Time, uint64, error) {
+	if len(v) != 16 {
+		return time.Time{}, 0, errors.New("inbox: pending entry in an unknown form (a file from a development build?)")
 	}
-	e, err := getEvent(tx.Bucket(bucketEvents), seq)
-	if err != nil {
-		return time.Time{}, err
-	}
-	return e.NextAt, nil
+	return time.Unix(0, int64(binary.BigEndian.Uint64(v))), binary.BigEndian.Uint64(v[8:]), nil
 }
 
 // timeValue is t as stored in keys and values: nanoseconds since 1970.
@@ -417,6 +444,9 @@ func (s *Store) Expire(cutoff time.Time) (int, error) {
 			if err := tx.Bucket(bucketBodies).Delete(bytes.Clone(k)); err != nil {
 				return err
 			}
+			if err := tx.Bucket(bucketIDs).Delete([]byte(e.ID)); err != nil {
+				return err
+			}
 			if err := c.Delete(); err != nil {
 				return err
 			}
@@ -463,9 +493,13 @@ func ensureIndexes(tx *bolt.Tx) error {
 	due, arr := tx.Bucket(bucketDue), tx.Bucket(bucketArrivals)
 	var lastPrefix []byte
 	return tx.Bucket(bucketPending).ForEach(func(k, v []byte) error {
-		queue, order, seq, ok := splitPendingKey(k)
+		queue, order, ok := splitPendingKey(k)
 		if !ok {
 			return nil
+		}
+		at, seq, err := splitPendingValue(v)
+		if err != nil {
+			return err
 		}
 		if err := arr.Put(arrivalKey(queue, seq), nil); err != nil {
 			return err
@@ -475,10 +509,6 @@ func ensureIndexes(tx *bolt.Tx) error {
 			return nil // not the head of its order key
 		}
 		lastPrefix = append(lastPrefix[:0], prefix...)
-		at, err := pendingNextAt(tx, seq, v)
-		if err != nil {
-			return err
-		}
 		return due.Put(dueKey(queue, at, seq), []byte(order))
 	})
 }
@@ -505,8 +535,9 @@ func seqKey(seq uint64) []byte {
 	return k[:]
 }
 
-// pendingKey sorts by queue, then order key, then arrival. An event
-// without an order key gets its own (its sequence), so it waits for none.
+// pendingKey sorts by queue, then order key, then place (arrival, or the
+// replay). Events without an order key share the empty one, and each is
+// a head of its own.
 func pendingKey(e *Event) []byte {
 	order := e.OrderKey
 	k := make([]byte, 0, len(e.Queue)+len(order)+10)
@@ -514,17 +545,25 @@ func pendingKey(e *Event) []byte {
 	k = append(k, 0)
 	k = append(k, order...)
 	k = append(k, 0)
-	return append(k, seqKey(e.Seq)...)
+	return append(k, seqKey(e.place())...)
 }
 
-func splitPendingKey(k []byte) (queue, order string, seq uint64, ok bool) {
-	if len(k) < 10 {
-		return "", "", 0, false
+// place is Pos, or Seq for an event stored before places were kept apart.
+func (e *Event) place() uint64 {
+	if e.Pos == 0 {
+		return e.Seq
 	}
-	rest, seqBytes := k[:len(k)-8], k[len(k)-8:]
+	return e.Pos
+}
+
+func splitPendingKey(k []byte) (queue, order string, ok bool) {
+	if len(k) < 10 {
+		return "", "", false
+	}
+	rest := k[:len(k)-8]
 	q, o, found := bytes.Cut(rest[:len(rest)-1], []byte{0})
 	if !found || rest[len(rest)-1] != 0 {
-		return "", "", 0, false
+		return "", "", false
 	}
-	return string(q), string(o), binary.BigEndian.Uint64(seqBytes), true
+	return string(q), string(o), true
 }

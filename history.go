@@ -1,0 +1,534 @@
+package webhookguard
+
+import (
+	_ "embed"
+	"encoding/base64"
+	"errors"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/webhookguard/webhookguard/internal/inbox"
+)
+
+// The delivery history: a JSON API and a page over every handler's
+// deliveries. Handlers with an inbox answer from their store (bodies,
+// attempt logs, replay); handlers without one keep their last
+// recentPerHandler deliveries in memory (metadata only). The admin module
+// (admin.api.webhook_guard, under /webhook_guard/) and the
+// webhook_guard_history handler both serve it; paths below are relative
+// to where it is mounted.
+//
+//	GET  /                              the page
+//	GET  /inbox                         a summary per handler
+//	GET  /inbox/events?handler=&status=&event=&limit=&before=
+//	GET  /inbox/events/<id>             one event: attempt log, headers, body
+//	POST /inbox/events/<id>/replay      deliver a delivered or dead event again
+//	POST /inbox/replay?handler=&status=dead
+
+const (
+	recentPerHandler = 1000
+	defaultPageSize  = 50
+	maxPageSize      = 500
+)
+
+// eventView is an event as the API lists it.
+type eventView struct {
+	ID          string     `json:"id"`
+	Handler     string     `json:"handler"`
+	Event       string     `json:"event"`
+	Key         string     `json:"key"`
+	OrderKey    string     `json:"order_key"`
+	Status      string     `json:"status"`
+	Attempts    int        `json:"attempts"`
+	LastStatus  int        `json:"last_status"`
+	LastError   string     `json:"last_error,omitempty"`
+	ReceivedAt  time.Time  `json:"received_at"`
+	DeliveredAt *time.Time `json:"delivered_at"`
+	Stored      bool       `json:"stored"` // in an inbox: body, attempt log and replay available
+}
+
+// eventDetail is one event with what only the detail view shows.
+type eventDetail struct {
+	eventView
+	AttemptLog []attemptView `json:"attempt_log"`
+	Headers    http.Header   `json:"headers"`
+	Body       *string       `json:"body,omitempty"`
+	BodyBase64 *string       `json:"body_base64,omitempty"`
+}
+
+type attemptView struct {
+	N          int       `json:"n"`
+	At         time.Time `json:"at"`
+	Trigger    string    `json:"trigger"` // auto or manual
+	Status     int       `json:"status"`
+	DurationMS float64   `json:"duration_ms"`
+	Error      string    `json:"error,omitempty"`
+}
+
+type handlerSummary struct {
+	Handler        string   `json:"handler"`
+	Inbox          bool     `json:"inbox"`
+	Total          int      `json:"total"`
+	Pending        int      `json:"pending"`
+	Delivered      int      `json:"delivered"`
+	Dead           int      `json:"dead"`
+	Failed         int      `json:"failed"`
+	OldestPendingS float64  `json:"oldest_pending_seconds"`
+	SuccessRate    *float64 `json:"success_rate"` // delivered over delivered and dead (or failed); null before any
+}
+
+func viewOf(e *inbox.Event) eventView {
+	v := eventView{ID: e.ID, Handler: e.Queue, Event: e.Name, Key: e.Key, OrderKey: e.OrderKey, Status: string(e.State),
+		Attempts: e.Attempts, LastStatus: e.LastStatus, LastError: e.LastError, ReceivedAt: e.ReceivedAt, Stored: true}
+	if !e.DeliveredAt.IsZero() {
+		t := e.DeliveredAt
+		v.DeliveredAt = &t
+	}
+	return v
+}
+
+// serveHistory answers one history request; path is relative to where
+// the history is mounted ("/", "/inbox", …).
+func serveHistory(w http.ResponseWriter, r *http.Request, path string) error {
+	path = "/" + strings.Trim(path, "/")
+	parts := strings.Split(strings.TrimPrefix(path, "/"), "/")
+	route := func(methods ...string) bool {
+		if slices.Contains(methods, r.Method) {
+			return true
+		}
+		w.Header().Set("Allow", strings.Join(methods, ", "))
+		_ = writeJSONError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed here; use "+strings.Join(methods, " or "))
+		return false
+	}
+	switch {
+	case path == "/":
+		if route(http.MethodGet, http.MethodHead) {
+			return servePage(w)
+		}
+	case path == "/inbox":
+		if route(http.MethodGet) {
+			return writeJSON(w, http.StatusOK, map[string]any{"handlers": summaries()})
+		}
+	case path == "/inbox/events":
+		if route(http.MethodGet) {
+			return listEvents(w, r.URL.Query())
+		}
+	case path == "/inbox/replay":
+		if route(http.MethodPost) {
+			return replayAll(w, r.URL.Query())
+		}
+	case len(parts) == 3 && parts[0] == "inbox" && parts[1] == "events":
+		if route(http.MethodGet) {
+			return showEvent(w, parts[2])
+		}
+	case len(parts) == 4 && parts[0] == "inbox" && parts[1] == "events" && parts[3] == "replay":
+		if route(http.MethodPost) {
+			return replayOne(w, parts[2])
+		}
+	default:
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no such history endpoint: "+truncate(path, 128))
+	}
+	return nil
+}
+
+// historyQueue is one inbox queue the history can read.
+type historyQueue struct {
+	name string
+	rt   *inboxRuntime
+}
+
+// liveQueues lists the inbox queues of the running config, by name.
+func liveQueues() []historyQueue {
+	var out []historyQueue
+	for _, rt := range runtimes.list() {
+		for _, q := range rt.currentQueues() {
+			out = append(out, historyQueue{q.Name, rt})
+		}
+	}
+	slices.SortFunc(out, func(a, b historyQueue) int { return strings.Compare(a.name, b.name) })
+	return out
+}
+
+func findQueue(name string) (historyQueue, bool) {
+	for _, q := range liveQueues() {
+		if q.name == name {
+			return q, true
+		}
+	}
+	return historyQueue{}, false
+}
+
+func summaries() []handlerSummary {
+	out := []handlerSummary{}
+	seen := map[string]bool{}
+	for _, q := range liveQueues() {
+		counts, err := q.rt.store.Counts()
+		if err != nil {
+			continue
+		}
+		c := counts[q.name]
+		s := handlerSummary{Handler: q.name, Inbox: true, Pending: c[inbox.Pending], Delivered: c[inbox.Delivered], Dead: c[inbox.Dead]}
+		s.Total = s.Pending + s.Delivered + s.Dead
+		if at, ok, err := q.rt.store.OldestPending(q.name); err == nil && ok && s.Pending > 0 {
+			s.OldestPendingS = time.Since(at).Seconds()
+		}
+		s.SuccessRate = rate(s.Delivered, s.Dead)
+		out = append(out, s)
+		seen[q.name] = true
+	}
+	for _, rh := range recent.handlers() {
+		if seen[rh.name] {
+			continue
+		}
+		s := handlerSummary{Handler: rh.name}
+		for _, d := range rh.snapshot() {
+			s.Total++
+			switch d.Status {
+			case "delivered":
+				s.Delivered++
+			case "failed":
+				s.Failed++
+			}
+		}
+		s.SuccessRate = rate(s.Delivered, s.Failed)
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b handlerSummary) int { return strings.Compare(a.Handler, b.Handler) })
+	return out
+}
+
+func rate(ok, bad int) *float64 {
+	if ok+bad == 0 {
+		return nil
+	}
+	r := float64(ok) / float64(ok+bad)
+	return &r
+}
+
+var inboxStates = []string{string(inbox.Pending), string(inbox.Delivered), string(inbox.Dead)}
+
+func listEvents(w http.ResponseWriter, q url.Values) error {
+	for name := range q {
+		if !slices.Contains([]string{"handler", "status", "event", "limit", "before"}, name) {
+			return writeJSONError(w, http.StatusBadRequest, "bad_request", "unknown parameter "+strconv.Quote(truncate(name, 64))+
+				"; known: handler, status, event, limit, before")
+		}
+	}
+	limit := defaultPageSize
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxPageSize {
+			return writeJSONError(w, http.StatusBadRequest, "bad_request", "limit must be a number from 1 to "+strconv.Itoa(maxPageSize))
+		}
+		limit = n
+	}
+	handler, status, event, before := q.Get("handler"), q.Get("status"), q.Get("event"), q.Get("before")
+	if handler == "" {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", "handler is required (GET …/inbox lists the handlers)")
+	}
+	if queue, ok := findQueue(handler); ok {
+		if status != "" && !slices.Contains(inboxStates, status) {
+			return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be one of "+strings.Join(inboxStates, ", "))
+		}
+		events, next, err := queue.rt.store.List(inbox.Query{Queue: handler, State: inbox.State(status), Name: event, Limit: limit, Before: before})
+		if errors.Is(err, inbox.ErrNotFound) {
+			return writeJSONError(w, http.StatusBadRequest, "bad_request", "before is not the id of a stored event")
+		}
+		if err != nil {
+			return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the inbox could not be read")
+		}
+		views := make([]eventView, 0, len(events))
+		for _, e := range events {
+			views = append(views, viewOf(e))
+		}
+		return writeJSON(w, http.StatusOK, map[string]any{"events": views, "next": next})
+	}
+	rh := recent.handler(handler)
+	if rh == nil {
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler named "+strconv.Quote(truncate(handler, 64)))
+	}
+	views, next, ok := rh.page(status, event, before, limit)
+	if !ok {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", "before is not the id of a delivery still in memory")
+	}
+	return writeJSON(w, http.StatusOK, map[string]any{"events": views, "next": next})
+}
+
+// lookup finds an event by id in the open inboxes.
+func lookup(id string) (*inbox.Event, *inboxRuntime, error) {
+	for _, rt := range runtimes.list() {
+		e, err := rt.store.Lookup(id)
+		if err == nil {
+			return e, rt, nil
+		}
+		if !errors.Is(err, inbox.ErrNotFound) {
+			return nil, nil, err
+		}
+	}
+	return nil, nil, inbox.ErrNotFound
+}
+
+func showEvent(w http.ResponseWriter, id string) error {
+	e, rt, err := lookup(id)
+	if errors.Is(err, inbox.ErrNotFound) {
+		if d, ok := recent.find(id); ok {
+			return writeJSON(w, http.StatusOK, eventDetail{eventView: d, AttemptLog: []attemptView{}})
+		}
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no event with id "+strconv.Quote(truncate(id, 64)))
+	}
+	if err != nil {
+		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the inbox could not be read")
+	}
+	detail := eventDetail{eventView: viewOf(e), AttemptLog: make([]attemptView, 0, len(e.Log)), Headers: e.Header}
+	for _, a := range e.Log {
+		trigger := "auto"
+		if a.Manual {
+			trigger = "manual"
+		}
+		detail.AttemptLog = append(detail.AttemptLog, attemptView{N: a.N, At: a.At, Trigger: trigger, Status: a.Status,
+			DurationMS: float64(a.Duration.Microseconds()) / 1000, Error: a.Error})
+	}
+	if body, err := rt.store.Body(e.Seq); err == nil {
+		if utf8.Valid(body) {
+			s := string(body)
+			detail.Body = &s
+		} else {
+			s := base64.StdEncoding.EncodeToString(body)
+			detail.BodyBase64 = &s
+		}
+	}
+	return writeJSON(w, http.StatusOK, detail)
+}
+
+func replayOne(w http.ResponseWriter, id string) error {
+	_, rt, err := lookup(id)
+	if errors.Is(err, inbox.ErrNotFound) {
+		if _, ok := recent.find(id); ok {
+			return writeJSONError(w, http.StatusConflict, "not_replayable", "this delivery went through a handler without an inbox: its body was not kept")
+		}
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no event with id "+strconv.Quote(truncate(id, 64)))
+	}
+	if err != nil {
+		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the inbox could not be read")
+	}
+	e, err := rt.store.Replay(id, time.Now())
+	switch {
+	case errors.Is(err, inbox.ErrNotReplayable):
+		return writeJSONError(w, http.StatusConflict, "not_replayable", "only delivered and dead events can be replayed; this one is pending")
+	case err != nil:
+		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the replay could not be stored")
+	}
+	rt.dispatcher.Wake()
+	return writeJSON(w, http.StatusOK, map[string]any{"status": "queued", "event": viewOf(e)})
+}
+
+func replayAll(w http.ResponseWriter, q url.Values) error {
+	handler, status := q.Get("handler"), q.Get("status")
+	if status == "" {
+		status = string(inbox.Dead)
+	}
+	if status != string(inbox.Dead) {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be dead: replaying everything delivered at once is not offered")
+	}
+	if handler == "" {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", "handler is required")
+	}
+	queue, ok := findQueue(handler)
+	if !ok {
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler with an inbox named "+strconv.Quote(truncate(handler, 64)))
+	}
+	n, err := queue.rt.store.ReplayAll(handler, inbox.Dead, time.Now())
+	if err != nil {
+		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the replay could not be stored")
+	}
+	queue.rt.dispatcher.Wake()
+	return writeJSON(w, http.StatusOK, map[string]any{"status": "queued", "replayed": n})
+}
+
+// runtimes are the open inbox files, for the history and the metrics.
+var runtimes = &runtimeSet{open: map[*inboxRuntime]int{}}
+
+type runtimeSet struct {
+	mu   sync.Mutex
+	open map[*inboxRuntime]int // references
+}
+
+func (s *runtimeSet) track(rt *inboxRuntime, delta int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open[rt] += delta; s.open[rt] <= 0 {
+		delete(s.open, rt)
+	}
+}
+
+func (s *runtimeSet) list() []*inboxRuntime {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*inboxRuntime, 0, len(s.open))
+	for rt := range s.open {
+		out = append(out, rt)
+	}
+	return out
+}
+
+// recentDelivery is what a handler without an inbox remembers of one
+// delivery: no body, no headers.
+type recentHandler struct {
+	name string
+	mu   sync.Mutex
+	ring []eventView // the last recentPerHandler, oldest overwritten first
+	next int
+	seq  uint64
+}
+
+func (rh *recentHandler) add(v eventView) {
+	rh.mu.Lock()
+	defer rh.mu.Unlock()
+	rh.seq++
+	v.ID = "req_" + strconv.FormatInt(v.ReceivedAt.UnixNano(), 36) + "_" + strconv.FormatUint(rh.seq, 36)
+	if len(rh.ring) < recentPerHandler {
+		rh.ring = append(rh.ring, v)
+		return
+	}
+	rh.ring[rh.next] = v
+	rh.next = (rh.next + 1) % recentPerHandler
+}
+
+// snapshot returns the deliveries newest first.
+func (rh *recentHandler) snapshot() []eventView {
+	rh.mu.Lock()
+	defer rh.mu.Unlock()
+	out := make([]eventView, 0, len(rh.ring))
+	for i := range rh.ring {
+		out = append(out, rh.ring[(rh.next+len(rh.ring)-1-i)%len(rh.ring)])
+	}
+	return out
+}
+
+func (rh *recentHandler) page(status, event, before string, limit int) ([]eventView, string, bool) {
+	all := rh.snapshot()
+	start := 0
+	if before != "" {
+		i := slices.IndexFunc(all, func(v eventView) bool { return v.ID == before })
+		if i < 0 {
+			return nil, "", false
+		}
+		start = i + 1
+	}
+	out := []eventView{}
+	for _, v := range all[start:] {
+		if (status != "" && v.Status != status) || (event != "" && v.Event != event) {
+			continue
+		}
+		if len(out) == limit {
+			return out, out[len(out)-1].ID, true
+		}
+		out = append(out, v)
+	}
+	return out, "", true
+}
+
+// recentSet holds the in-memory histories by handler name. A handler
+// registers when provisioned and leaves on Cleanup; a reload's new
+// handler of the same name keeps the history.
+type recentSet struct {
+	mu    sync.Mutex
+	byKey map[string]*recentHandler
+	refs  map[string]int
+}
+
+var recent = &recentSet{byKey: map[string]*recentHandler{}, refs: map[string]int{}}
+
+func (s *recentSet) acquire(name string) *recentHandler {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refs[name]++
+	if s.byKey[name] == nil {
+		s.byKey[name] = &recentHandler{name: name}
+	}
+	return s.byKey[name]
+}
+
+func (s *recentSet) release(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.refs[name]--; s.refs[name] <= 0 {
+		delete(s.refs, name)
+		delete(s.byKey, name)
+	}
+}
+
+func (s *recentSet) handler(name string) *recentHandler {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.byKey[name]
+}
+
+func (s *recentSet) handlers() []*recentHandler {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*recentHandler, 0, len(s.byKey))
+	for _, rh := range s.byKey {
+		out = append(out, rh)
+	}
+	return out
+}
+
+func (s *recentSet) find(id string) (eventView, bool) {
+	if !strings.HasPrefix(id, "req_") {
+		return eventView{}, false
+	}
+	for _, rh := range s.handlers() {
+		for _, v := range rh.snapshot() {
+			if v.ID == id {
+				return v, true
+			}
+		}
+	}
+	return eventView{}, false
+}
+
+// historyStatus is how a delivery through a handler without an inbox
+// shows in the history.
+func historyStatus(result outcome, status int) string {
+	switch {
+	case result == outcomeForwarded && status >= 200 && status < 300:
+		return "delivered"
+	case result == outcomeForwarded, result == outcomeFailed, result == outcomeUpstreamError:
+		return "failed"
+	}
+	return string(result)
+}
+
+// remember adds a delivery to the handler's in-memory history (handlers
+// with an inbox have their store instead).
+func (h *Handler) remember(event, key string, result outcome, status int, took time.Duration) {
+	if h.recent == nil {
+		return
+	}
+	h.recent.add(eventView{Handler: h.name, Event: truncate(event, 128), Key: truncate(key, 256),
+		Status: historyStatus(result, status), Attempts: 1, LastStatus: status, ReceivedAt: h.now().Add(-took)})
+}
+
+//go:embed page/index.html
+var historyPage []byte
+
+// servePage writes the history page: one self-contained file (no CDN, no
+// build step), which reads the API relative to where it is mounted.
+func servePage(w http.ResponseWriter) error {
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	// The page loads nothing from elsewhere; say so, so that a payload
+	// shown in it can never pull anything in.
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:")
+	h.Set("X-Content-Type-Options", "nosniff")
+	_, err := w.Write(historyPage)
+	return err
+}
