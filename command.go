@@ -24,7 +24,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "webhook",
-		Usage: "sign|send [flags]",
+		Usage: "sign|send|inbox|replay [flags]",
 		Short: "Signs or sends test webhook deliveries (webhookguard)",
 		Long: `
 Tools for trying a webhook_guard route without a real sender.
@@ -36,9 +36,17 @@ Tools for trying a webhook_guard route without a real sender.
       builds a realistic sample delivery (a Kapso v2 event, a Kapso batch
       with --batch N, or a raw Meta payload with --meta), or reads --file,
       signs it, POSTs it and prints the answer. --repeat sends the same
-      delivery twice, to see deduplication at work.`,
+      delivery twice, to see deduplication at work.
+
+  caddy webhook inbox [--handler H] [--status S]
+      prints the running Caddy's delivery history: a summary per handler
+      and the latest events (from its admin API; --address to override).
+
+  caddy webhook replay <event id>
+  caddy webhook replay --dead --handler H
+      delivers a delivered or dead event again, or every dead event of H.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(newSignCommand(), newSendCommand())
+			cmd.AddCommand(newSignCommand(), newSendCommand(), newInboxCommand(), newReplayCommand())
 		},
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -330,3 +331,53 @@ func TestHistoryForgetsAfterRetention(t *testing.T) {
 		return code == http.StatusNotFound
 	})
 }
+
+// TestHistoryCommands guards `caddy webhook inbox` and `caddy webhook
+// replay` against a running Caddy's admin API: the summary and the
+// latest events as tables, a replay of every dead event that the app
+// then receives, and an unknown id as a failing exit with the API's
+// reason.
+func TestHistoryCommands(t *testing.T) {
+	t.Parallel()
+	ta := newTally()
+	up := newUpstream(t)
+	var mu sync.Mutex
+	failing := true
+	up.setRespond(ta.app(func(string, int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if failing {
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	}))
+	c := startCaddy(t, historySite(t.TempDir(), up.Addr(), ""))
+	body, h := conversationEvent("cli", 1)
+	id := sendQueued(t, c.URL, body, h)
+	waitFor(t, func() bool {
+		var e apiEvent
+		apiCall(t, "GET", c.AdminURL+"/webhook_guard/inbox/events/"+id, &e)
+		return e.Status == "dead"
+	})
+	address := strings.TrimPrefix(c.AdminURL, "http://")
+
+	out, ok := runCaddyCmd(t, nil, "webhook", "inbox", "--address", address, "--handler", "kapso")
+	if !ok || !strings.Contains(out, "HANDLER") || !regexpMatch(`(?m)^kapso\s+inbox\s+1\s+0\s+0\s+1\s`, out) ||
+		!regexpMatch(`(?m)^`+id+`\s.*\sdead\s+3\s+500$`, out) {
+		t.Fatalf("webhook inbox:\n%s", out)
+	}
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	out, ok = runCaddyCmd(t, nil, "webhook", "replay", "--dead", "--handler", "kapso", "--address", address)
+	if !ok || !strings.Contains(out, "1 dead events of kapso queued again") {
+		t.Fatalf("webhook replay --dead:\n%s", out)
+	}
+	waitFor(t, func() bool { return ta.delivered(t) == 1 })
+	out, ok = runCaddyCmd(t, nil, "webhook", "replay", "evt_000000000000000000000000", "--address", address)
+	if ok || !strings.Contains(out, "not_found") {
+		t.Fatalf("replay of an unknown id exited 0 or without the reason:\n%s", out)
+	}
+}
+
+func regexpMatch(pattern, s string) bool { return regexp.MustCompile(pattern).MatchString(s) }

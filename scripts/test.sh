@@ -4,13 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The dedupe tests start their own redis-server on a free loopback port.
-if ! command -v redis-server >/dev/null 2>&1; then
-	echo "== installing redis-server (Debian package)"
+# The dedupe tests start their own redis-server on a free loopback port;
+# the history page's test drives Debian's chromium headless.
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+if [ -n "$missing" ]; then
+	echo "== installing$missing (Debian packages)"
 	if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
 	export DEBIAN_FRONTEND=noninteractive
 	$SUDO apt-get update -qq
-	$SUDO apt-get install -y -qq redis-server >/dev/null
+	# shellcheck disable=SC2086 # one word per package
+	$SUDO apt-get install -y -qq $missing >/dev/null
 fi
 
 echo "== go mod download"
@@ -30,8 +35,9 @@ echo "== go build ./cmd/caddy"
 go build -o /dev/null ./cmd/caddy
 
 echo "== go test -race"
-# Tests that need redis-server fail, rather than skip, when it is missing.
-export WEBHOOKGUARD_REQUIRE_REDIS=1
+# Tests that need redis-server or chromium fail, rather than skip, when
+# it is missing.
+export WEBHOOKGUARD_REQUIRE_REDIS=1 WEBHOOKGUARD_REQUIRE_CHROMIUM=1
 go test -race -count=1 -timeout 40m ./...
 
 # Short fuzzing runs on top of the committed seed corpora (testdata/fuzz
