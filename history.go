@@ -285,7 +285,7 @@ func showEvent(w http.ResponseWriter, id string) error {
 	if err != nil {
 		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the inbox could not be read")
 	}
-	detail := eventDetail{eventView: viewOf(e), AttemptLog: make([]attemptView, 0, len(e.Log)), Headers: e.Header}
+	detail := eventDetail{eventView: viewOf(e), AttemptLog: make([]attemptView, 0, len(e.Log)), Headers: redactHeaders(e.Header)}
 	for _, a := range e.Log {
 		trigger := "auto"
 		if a.Manual {
@@ -531,4 +531,34 @@ func servePage(w http.ResponseWriter) error {
 	h.Set("X-Content-Type-Options", "nosniff")
 	_, err := w.Write(historyPage)
 	return err
+}
+
+// redactHeaders is the forwarded headers as the history shows them:
+// signature headers are never stored, and credentials a sender put in
+// other headers (basic auth on the webhook URL, a token) are kept for
+// delivery but not shown.
+func redactHeaders(h http.Header) http.Header {
+	out := make(http.Header, len(h))
+	for name, values := range h {
+		if isCredentialHeader(name) {
+			out[name] = []string{"[redacted]"}
+			continue
+		}
+		out[name] = values
+	}
+	return out
+}
+
+func isCredentialHeader(name string) bool {
+	lower := strings.ToLower(name)
+	switch lower {
+	case "authorization", "proxy-authorization", "cookie":
+		return true
+	}
+	for _, word := range []string{"secret", "token", "signature", "api-key", "apikey", "password"} {
+		if strings.Contains(lower, word) {
+			return true
+		}
+	}
+	return false
 }

@@ -133,6 +133,7 @@ func TestHistoryAPI(t *testing.T) {
 	ok1, h1 := conversationEvent("ok", 1)
 	sendQueued(t, c.URL, ok1, h1)
 	bad, hb := conversationEvent("bad", 1)
+	hb["Authorization"] = "Basic c2VjcmV0OnBhc3M=" // basic auth on the webhook URL
 	badID := sendQueued(t, c.URL, bad, hb)
 	waitFor(t, func() bool {
 		var e apiEvent
@@ -178,7 +179,8 @@ func TestHistoryAPI(t *testing.T) {
 					t.Errorf("attempt %d: %+v", i, a)
 				}
 			}
-			if e.Headers.Get("Content-Type") == "" || e.Headers.Get("X-Webhook-Signature") != "" || strings.Contains(raw, kapsoSecret) {
+			if e.Headers.Get("Content-Type") == "" || e.Headers.Get("X-Webhook-Signature") != "" || strings.Contains(raw, kapsoSecret) ||
+				e.Headers.Get("Authorization") != "[redacted]" || strings.Contains(raw, "c2VjcmV0OnBhc3M=") {
 				t.Errorf("headers shown: %v", e.Headers)
 			}
 		}

@@ -97,3 +97,45 @@ func writtenBytes() int64 {
 	}
 	return 0
 }
+
+// BenchmarkList measures the history's listing over 100,000 stored
+// events: the newest page, a page from the middle (paging by id), and a
+// filter that matches nothing (the whole file read, the worst case of
+// the page's refresh).
+func BenchmarkList(b *testing.B) {
+	s := openBenchStore(b)
+	const total, group = 100000, 5000
+	body := make([]byte, 1024)
+	var middle string
+	for i := 0; i < total; i += group {
+		events := make([]*Event, 0, group)
+		for j := i; j < i+group; j++ {
+			events = append(events, &Event{ID: fmt.Sprintf("evt_%08d", j), Queue: "q", Name: "whatsapp.message.received",
+				OrderKey: fmt.Sprintf("conv_%d", j%256), Method: "POST", URI: "/", Body: body, ReceivedAt: time.Now()})
+		}
+		if err := s.Append(events); err != nil {
+			b.Fatal(err)
+		}
+		if i == total/2 {
+			middle = events[0].ID
+		}
+	}
+	for _, bc := range []struct {
+		name string
+		q    Query
+		want int
+	}{
+		{"newest-50", Query{Queue: "q", Limit: 50}, 50},
+		{"middle-50", Query{Queue: "q", Limit: 50, Before: middle}, 50},
+		{"dead-none", Query{Queue: "q", State: Dead, Limit: 50}, 0},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				events, _, err := s.List(bc.q)
+				if err != nil || len(events) != bc.want {
+					b.Fatalf("%d events, %v", len(events), err)
+				}
+			}
+		})
+	}
+}
