@@ -479,7 +479,7 @@ func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
 // config that uses the file: a reload reuses it (no second open of the
 // locked file, no second dispatcher).
 type inboxRuntime struct {
-	store      *inbox.Store
+	store      inbox.Backend
 	dispatcher *inbox.Dispatcher
 
 	mu     sync.Mutex

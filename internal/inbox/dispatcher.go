@@ -72,7 +72,7 @@ const (
 // order key, in arrival order, the next waiting until the previous one is
 // delivered or dead; events of other order keys flow meanwhile.
 type Dispatcher struct {
-	store *Store
+	store Backend
 	now   func() time.Time
 	onErr func(error)
 
@@ -89,7 +89,7 @@ type Dispatcher struct {
 
 // NewDispatcher returns a dispatcher over store; onErr is told of store
 // errors (the events stay pending and are tried again).
-func NewDispatcher(store *Store, onErr func(error)) *Dispatcher {
+func NewDispatcher(store Backend, onErr func(error)) *Dispatcher {
 	return &Dispatcher{
 		store:    store,
 		now:      time.Now,
