@@ -74,6 +74,10 @@ func TestDispatcherOrderRetriesAndDead(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	checkDispatcherPromises(t, s)
+}
+
+func checkDispatcherPromises(t *testing.T, s Backend) {
 	refusals := 3
 	rec := &recorder{inFlight: map[string]int{}}
 	rec.answer = func(e *Event, attempt int) Result {
@@ -133,11 +137,11 @@ func TestDispatcherOrderRetriesAndDead(t *testing.T) {
 	if n := slices.Index(got, "d-4#3"); n < 0 || slices.Contains(got, "d-4#4") {
 		t.Fatalf("the failing event was not tried exactly 3 times: %v", got)
 	}
-	dead, _ := s.Get(events[4].Seq)
+	dead, _ := s.Lookup(events[4].ID)
 	if dead.State != Dead || dead.Attempts != 3 || dead.LastStatus != 500 {
 		t.Fatalf("dead event: %+v", dead)
 	}
-	r, _ := s.Get(events[5].Seq)
+	r, _ := s.Lookup(events[5].ID)
 	if r.State != Delivered || r.Attempts != 1 {
 		t.Fatalf("refused connections used up attempts: %+v", r)
 	}

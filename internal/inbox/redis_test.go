@@ -1,0 +1,183 @@
+package inbox
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// startRedis runs a real redis-server on a free loopback port for one
+// test. Without redis-server the test is skipped with how to run it, or
+// fails under WEBHOOKGUARD_REQUIRE_REDIS=1 (scripts/test.sh and CI).
+func startRedis(t *testing.T) *redis.Client {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("WEBHOOKGUARD_REQUIRE_REDIS") == "1" {
+			t.Fatalf("redis-server is not installed and WEBHOOKGUARD_REQUIRE_REDIS=1: %v", err)
+		}
+		t.Skip("redis-server is not installed: install it (apt-get install redis-server) or run scripts/test.sh to run this test")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port)})
+	t.Cleanup(func() { client.Close() })
+	for deadline := time.Now().Add(10 * time.Second); client.Ping(context.Background()).Err() != nil; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("redis-server did not answer within 10s")
+		}
+	}
+	return client
+}
+
+// TestRedisDispatcherOrderRetriesAndDead runs the dispatcher's promises
+// (order per key, retries, dead, refusals) on the Redis store.
+func TestRedisDispatcherOrderRetriesAndDead(t *testing.T) {
+	t.Parallel()
+	s := OpenRedis(startRedis(t), "t:", 5*time.Second)
+	defer s.Close()
+	checkDispatcherPromises(t, s)
+}
+
+// TestRedisLeaseHandsOverADeadInstancesHead guards the shared store's
+// promise across instances: a head leased by one instance is not given
+// to another while the lease lives; the next event of its conversation is
+// not due before it is settled; when the instance dies (its lease no
+// longer renewed) another takes the head over, and the dead instance's
+// late result is refused rather than recorded twice.
+func TestRedisLeaseHandsOverADeadInstancesHead(t *testing.T) {
+	t.Parallel()
+	client := startRedis(t)
+	a := OpenRedis(client, "t:", 300*time.Millisecond)
+	b := OpenRedis(client, "t:", 300*time.Millisecond)
+	defer b.Close()
+	evs := newEvents("q", "x", "x", "y")
+	if err := a.Append(evs); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	got, _, err := a.Due("q", now, 1, nil)
+	if err != nil || len(got) != 1 || got[0].ID != "x-0" || string(got[0].Body) != "{}" {
+		t.Fatalf("a took %v, %v", got, err)
+	}
+	other, _, _ := b.Due("q", now, 10, nil)
+	if len(other) != 1 || other[0].ID != "y-2" {
+		t.Fatalf("b took %v; want only y-2 (x-0 is leased, x-1 waits behind it)", idsOf(other))
+	}
+	a.Close() // a dies: its lease is no longer renewed
+	var taken []*Event
+	for deadline := time.Now().Add(5 * time.Second); len(taken) == 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("b never took over x-0 after a's lease expired")
+		}
+		taken, _, _ = b.Due("q", time.Now(), 10, nil)
+	}
+	if len(taken) != 1 || taken[0].ID != "x-0" {
+		t.Fatalf("b took over %v, want x-0", idsOf(taken))
+	}
+	taken[0].State, taken[0].Attempts = Delivered, 1
+	if err := b.Settle(taken[0]); err != nil {
+		t.Fatal(err)
+	}
+	got[0].State, got[0].Attempts = Delivered, 1
+	if err := a.Settle(got[0]); err == nil {
+		t.Fatal("the dead instance's late result was recorded over b's")
+	}
+	next, _, _ := b.Due("q", time.Now(), 10, nil)
+	if len(next) != 1 || next[0].ID != "x-1" {
+		t.Fatalf("after x-0: %v, want x-1", idsOf(next))
+	}
+	c, _ := b.Counts()
+	if c["q"][Delivered] != 1 || c["q"][Pending] != 2 {
+		t.Fatalf("counts %v", c["q"])
+	}
+}
+
+func idsOf(es []*Event) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, e.ID)
+	}
+	return out
+}
+
+// TestRedisHistory guards the history on the Redis store: a replayed
+// event goes behind its conversation's pending events and comes back as
+// a manual attempt; listing is newest first and paged by id; retention
+// removes settled events and keeps pending ones.
+func TestRedisHistory(t *testing.T) {
+	t.Parallel()
+	s := OpenRedis(startRedis(t), "t:", 5*time.Second)
+	defer s.Close()
+	evs := newEvents("q", "x", "x", "y")
+	if err := s.Append(evs); err != nil {
+		t.Fatal(err)
+	}
+	due, _, _ := s.Due("q", time.Now(), 1, nil)
+	if len(due) != 1 || due[0].ID != "x-0" {
+		t.Fatalf("first head %v", idsOf(due))
+	}
+	due[0].State, due[0].Attempts = Dead, 3
+	if err := s.Settle(due[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Replay("x-1", time.Now()); err == nil {
+		t.Fatal("a pending event was replayed")
+	}
+	r, err := s.Replay("x-0", time.Now())
+	if err != nil || !r.Manual || r.Attempts != 3 {
+		t.Fatalf("replay: %+v %v", r, err)
+	}
+	heads, _, _ := s.Due("q", time.Now(), 10, nil)
+	if got := idsOf(heads); len(got) != 2 || !slices.Contains(got, "x-1") || !slices.Contains(got, "y-2") {
+		t.Fatalf("heads after the replay %v; x-0 must wait behind x-1", got)
+	}
+	for _, h := range heads {
+		h.State, h.Attempts = Delivered, 1
+		if err := s.Settle(h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	heads, _, _ = s.Due("q", time.Now(), 10, nil)
+	if len(heads) != 1 || heads[0].ID != "x-0" || !heads[0].Manual {
+		t.Fatalf("after x-1: %v", idsOf(heads))
+	}
+	page, next, err := s.List(Query{Queue: "q", Limit: 2})
+	if err != nil || !slices.Equal(idsOf(page), []string{"y-2", "x-1"}) || next != "x-1" {
+		t.Fatalf("first page %v next %q %v", idsOf(page), next, err)
+	}
+	page, next, _ = s.List(Query{Queue: "q", Limit: 2, Before: next})
+	if !slices.Equal(idsOf(page), []string{"x-0"}) || next != "" {
+		t.Fatalf("second page %v next %q", idsOf(page), next)
+	}
+	if n, err := s.Expire(time.Now().Add(time.Hour)); err != nil || n != 2 {
+		t.Fatalf("expired %d %v; want the 2 delivered, not the pending replay", n, err)
+	}
+	if _, err := s.Lookup("y-2"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired event still found: %v", err)
+	}
+	if _, err := s.Body(evs[2].Seq); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("expired body still there: %v", err)
+	}
+	c, _ := s.Counts()
+	if c["q"][Pending] != 1 || c["q"][Delivered] != 0 {
+		t.Fatalf("counts %v", c["q"])
+	}
+}
