@@ -87,7 +87,7 @@ func (a *App) openInboxes() error {
 	}
 	for _, path := range slices.Sorted(maps.Keys(byPath)) {
 		ins := byPath[path]
-		rt, err := openInbox(path, a.ctx.Logger())
+		rt, err := openInbox(path, ins[0].storeLabel, ins[0].openStore, a.ctx.Logger())
 		if err != nil {
 			_ = a.Stop() // Caddy stops only the apps that started
 			return fmt.Errorf("inbox: %w", err)
@@ -99,6 +99,11 @@ func (a *App) openInboxes() error {
 		queues := make([]inbox.Queue, 0, len(ins))
 		for _, in := range ins {
 			in.rt.Store(rt)
+			select {
+			case <-in.opened:
+			default:
+				close(in.opened)
+			}
 			queues = append(queues, in.queue())
 		}
 		rt.use(a, queues)

@@ -64,6 +64,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	            reverse_proxy app:3000 { … }
 //	        }
 //	        path        <file>              # default webhookguard/inbox.db in Caddy's data directory
+//	        redis       <url>               # instead of path: a queue shared by several instances
+//	        prefix      <prefix>            # with redis; default webhookguard:inbox:
+//	        lease       <duration>          # with redis: takeover after an instance dies; default 15s
 //	        retry       <delay...>          # default 10s 1m 5m 30m 2h 6h 12h 24h
 //	        order_by    <placeholder>|none  # default: the conversation
 //	        concurrency <n>                 # default 4
@@ -169,6 +172,12 @@ func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
 			err = in.parseDeliver(d, m.helper)
 		case "path":
 			err = parseString(d, &in.Path)
+		case "redis":
+			err = parseString(d, &in.Redis)
+		case "prefix":
+			err = parseString(d, &in.Prefix)
+		case "lease":
+			err = parseDuration(d, &in.Lease)
 		case "retry":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -205,6 +214,12 @@ func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
 	}
 	if in.DeliverRaw == nil {
 		return inboxLine("inbox needs to <upstreams...> or a deliver block: where events are delivered")
+	}
+	if in.Redis != "" && in.Path != "" {
+		return inboxLine("inbox: path and redis given together: the queue is in one or the other")
+	}
+	if in.Redis == "" && (in.Prefix != "" || in.Lease != 0) {
+		return inboxLine("inbox: prefix and lease are for redis; without redis the queue is the file at path")
 	}
 	return nil
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,6 +40,10 @@ const (
 	defaultRetention        = 7 * 24 * time.Hour
 	orderByNone             = "none"
 
+	// inboxOpenWait bounds how long a request waits for the store to be
+	// opened when it arrives while Caddy is still starting.
+	inboxOpenWait = 5 * time.Second
+
 	headerDeliveryID = "X-Webhook-Delivery-Id"
 	headerAttempt    = "X-Webhook-Attempt"
 )
@@ -60,6 +63,25 @@ type Inbox struct {
 	// Path is the bbolt file. Handlers may share one. Default:
 	// webhookguard/inbox.db in Caddy's data directory.
 	Path string `json:"path,omitempty"`
+
+	// Redis, when set, keeps the queue, its attempt logs and its history
+	// in Redis instead of a file, so that several Caddy instances share
+	// it: any instance accepts, any delivers, order per conversation
+	// holds across them, and a dead instance's conversations are taken
+	// over once its leases expire. A redis:// or rediss:// URL; it may be
+	// an {env.*} placeholder. Run Redis with appendonly yes. Default: none
+	// (the file at Path).
+	Redis string `json:"redis,omitempty"`
+
+	// Prefix starts every Redis key of the queue. Default:
+	// "webhookguard:inbox:".
+	Prefix string `json:"prefix,omitempty"`
+
+	// Lease is, with Redis, how long an instance holds a conversation
+	// without renewing its hold (it renews every third of it while it
+	// delivers): how long the conversations of an instance that died wait
+	// before another instance takes them over. Default: 15s.
+	Lease caddy.Duration `json:"lease,omitempty"`
 
 	// Retry lists the delays before attempts 2, 3, …; when the attempt
 	// after the last delay fails, the event is dead (kept for replay).
@@ -93,16 +115,19 @@ type Inbox struct {
 	// or dead. Default: 7 days.
 	Retention caddy.Duration `json:"retention,omitempty"`
 
-	deliver caddyhttp.MiddlewareHandler
-	h       *Handler
-	path    string
-	retry   []time.Duration
-	timeout time.Duration
-	keep    time.Duration
-	rateN   int
-	ratePer time.Duration
-	rt      atomic.Pointer[inboxRuntime]     // set by the app's Start
-	server  atomic.Pointer[caddyhttp.Server] // the server the handler is in
+	deliver    caddyhttp.MiddlewareHandler
+	h          *Handler
+	path       string // the store's key in the pool: the file, or the Redis URL and prefix
+	storeLabel string // the store as log lines name it
+	openStore  func() (inbox.Backend, error)
+	opened     chan struct{} // closed once rt is set
+	retry      []time.Duration
+	timeout    time.Duration
+	keep       time.Duration
+	rateN      int
+	ratePer    time.Duration
+	rt         atomic.Pointer[inboxRuntime]     // set by the app's Start
+	server     atomic.Pointer[caddyhttp.Server] // the server the handler is in
 }
 
 func (in *Inbox) provision(ctx caddy.Context, h *Handler) error {
@@ -115,9 +140,9 @@ func (in *Inbox) provision(ctx caddy.Context, h *Handler) error {
 		return fmt.Errorf("deliver: %w", err)
 	}
 	in.deliver = mod.(caddyhttp.MiddlewareHandler)
-	in.path = in.Path
-	if in.path == "" {
-		in.path = filepath.Join(caddy.AppDataDir(), "webhookguard", "inbox.db")
+	in.opened = make(chan struct{})
+	if err := in.provisionStore(); err != nil {
+		return err
 	}
 	in.retry = defaultRetry
 	if len(in.Retry) > 0 {
@@ -375,7 +400,15 @@ func (d *delivery) commit(c *claim) {
 func (in *Inbox) append(events []*inbox.Event) error {
 	rt := in.rt.Load()
 	if rt == nil {
-		return errors.New("the inbox is not open yet")
+		// Caddy starts its apps in no set order: the HTTP server may take
+		// requests a moment before the webhook_guard app has opened the
+		// store. Wait for it rather than turn the first senders away.
+		select {
+		case <-in.opened:
+			rt = in.rt.Load()
+		case <-time.After(inboxOpenWait):
+			return errors.New("the inbox is not open yet")
+		}
 	}
 	if err := rt.store.Append(events); err != nil {
 		return err
@@ -530,13 +563,16 @@ func (rt *inboxRuntime) currentQueues() []inbox.Queue {
 // inboxes holds the open stores by path.
 var inboxes = caddy.NewUsagePool()
 
-func openInbox(path string, logger *zap.Logger) (*inboxRuntime, error) {
-	v, _, err := inboxes.LoadOrNew(path, func() (caddy.Destructor, error) {
-		store, err := inbox.Open(path, time.Second)
+// openInbox opens the store known by key with open, or takes another
+// reference on it; label names it in log lines (never a Redis URL, which
+// may hold a password).
+func openInbox(key, label string, open func() (inbox.Backend, error), logger *zap.Logger) (*inboxRuntime, error) {
+	v, _, err := inboxes.LoadOrNew(key, func() (caddy.Destructor, error) {
+		store, err := open()
 		if err != nil {
 			return nil, err
 		}
-		d := inbox.NewDispatcher(store, func(err error) { logger.Error("inbox", zap.String("path", path), zap.Error(err)) })
+		d := inbox.NewDispatcher(store, func(err error) { logger.Error("inbox", zap.String("store", label), zap.Error(err)) })
 		rt := &inboxRuntime{store: store, dispatcher: d}
 		runtimes.track(rt, 1)
 		return rt, nil

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/webhookguard/webhookguard/internal/inbox"
 )
 
 // inboxSite is a site whose webhook_guard queues Kapso events in a bbolt
@@ -540,5 +542,31 @@ func TestExampleCaddyfileValidates(t *testing.T) {
 	validate.Env = append(os.Environ(), asCaddyEnv+"=1", "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"))
 	if out, err := validate.CombinedOutput(); err != nil {
 		t.Fatalf("caddy validate Caddyfile.example: %v\n%s", err, out)
+	}
+}
+
+// TestInboxWaitsForItsStoreAtStart guards the start-up window: Caddy
+// starts its apps in no set order, so a request can reach an inbox
+// handler before the webhook_guard app has opened the store; it waits for
+// the store (here opened 50 ms later) instead of answering 503.
+func TestInboxWaitsForItsStoreAtStart(t *testing.T) {
+	t.Parallel()
+	store, err := inbox.Open(filepath.Join(t.TempDir(), "inbox.db"), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	in := &Inbox{opened: make(chan struct{})}
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		in.rt.Store(&inboxRuntime{store: store, dispatcher: inbox.NewDispatcher(store, func(error) {})})
+		close(in.opened)
+	}()
+	e := &inbox.Event{ID: "evt_start", Queue: "q", Method: "POST", URI: "/", Body: []byte("{}"), ReceivedAt: time.Now()}
+	if err := in.append([]*inbox.Event{e}); err != nil {
+		t.Fatalf("a request during start-up was refused: %v", err)
+	}
+	if got, err := store.Lookup("evt_start"); err != nil || got.State != inbox.Pending {
+		t.Fatalf("the event was not stored: %v", err)
 	}
 }
