@@ -391,6 +391,21 @@ func TestInboxConfigErrors(t *testing.T) {
 			rate 10/d
 		}
 	}`, `rate \"10/d\" is not <n>/<s|m|h>`},
+		{"file and redis", `webhook_guard {
+		verify kapso s
+		inbox {
+			to 127.0.0.1:9
+			path ` + filepath.Join(dir, "c.db") + `
+			redis redis://127.0.0.1:1
+		}
+	}`, "path and redis given together"},
+		{"lease without redis", `webhook_guard {
+		verify kapso s
+		inbox {
+			to 127.0.0.1:9
+			lease 5s
+		}
+	}`, "prefix and lease are for redis"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if out := startCaddyErr(t, tc.site); !strings.Contains(out, tc.want) {

@@ -26,9 +26,26 @@ type redisServer struct {
 	port int
 	cmd  *exec.Cmd
 	done chan struct{}
+	// persistent servers keep an append-only file, fsynced on every
+	// write, in dir, so that a restart (even after kill -9) finds what was
+	// acknowledged.
+	persistent bool
+	dir        string
 }
 
 func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	return startRedisServer(t, false)
+}
+
+// startPersistentRedis is startRedis with appendonly yes and appendfsync
+// always, as the inbox on Redis should be run.
+func startPersistentRedis(t *testing.T) *redisServer {
+	t.Helper()
+	return startRedisServer(t, true)
+}
+
+func startRedisServer(t *testing.T, persistent bool) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv(requireRedisEnv) == "1" {
@@ -36,7 +53,7 @@ func startRedis(t *testing.T) *redisServer {
 		}
 		t.Skipf("redis-server is not installed: install it (apt-get install redis-server) or run scripts/test.sh, which does, to run this test")
 	}
-	s := &redisServer{t: t, port: freePort(t)}
+	s := &redisServer{t: t, port: freePort(t), persistent: persistent, dir: t.TempDir()}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -46,8 +63,12 @@ func (s *redisServer) URL() string { return "redis://127.0.0.1:" + strconv.Itoa(
 
 func (s *redisServer) start() {
 	s.t.Helper()
-	s.cmd = exec.Command("redis-server", "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--protected-mode", "yes", "--dir", s.t.TempDir())
+	aof := []string{"--appendonly", "no"}
+	if s.persistent {
+		aof = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	s.cmd = exec.Command("redis-server", append([]string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--protected-mode", "yes", "--dir", s.dir}, aof...)...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
 	}

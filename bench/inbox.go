@@ -3,12 +3,14 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -39,6 +41,7 @@ var (
 	heapBacklog = flag.Int("heap-backlog", 1000000, "pending events in the heap measurement of -inbox; 0 skips it")
 	inboxConns  = flag.Int("inbox-connections", 16, "concurrent senders in -inbox's acceptance")
 	profileTo   = flag.String("inbox-profile", "", "write CPU profiles of Caddy during the first inbox acceptance window and the drain to this path plus .accept and .drain")
+	inboxStore  = flag.String("inbox-store", "file", "where -inbox keeps the queue: file (bbolt) or redis (a redis-server started here, appendonly yes, appendfsync always)")
 	heapWatch   = flag.Duration("heap-watch", 20*time.Second, "how long -inbox watches the heap in each phase")
 )
 
@@ -120,9 +123,42 @@ func conversationVariants(n int) []variant {
 	return out
 }
 
-func inboxSite(name, upstream, path string) string {
+// inboxSite is the inbox case; where is "path <file>" or "redis <url>".
+func inboxSite(name, upstream, where string) string {
 	return "webhook_guard {\n\t\tname " + name + "\n\t\tverify kapso " + kapsoSecret + "\n\t\tdedupe {\n\t\t\tscope " + name + "\n\t\t}\n" +
-		"\t\tinbox {\n\t\t\tto " + upstream + "\n\t\t\tpath " + path + "\n\t\t\tconcurrency 16\n\t\t\tretention 1h\n\t\t}\n\t}"
+		"\t\tinbox {\n\t\t\tto " + upstream + "\n\t\t\t" + where + "\n\t\t\tconcurrency 16\n\t\t\tretention 1h\n\t\t}\n\t}"
+}
+
+// startRedisForBench runs a redis-server on a free loopback port that
+// persists every write as the inbox should have it (appendonly yes,
+// appendfsync always), and returns its URL and how to stop it.
+func startRedisForBench(work string) (string, func(), error) {
+	port, err := freePort()
+	if err != nil {
+		return "", nil, err
+	}
+	dir := filepath.Join(work, "redis")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command("redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "",
+		"--appendonly", "yes", "--appendfsync", "always", "--dir", dir)
+	if err := cmd.Start(); err != nil {
+		return "", nil, fmt.Errorf("redis-server (apt-get install redis-server): %w", err)
+	}
+	stop := func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		conn, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			stop()
+			return "", nil, errors.New("redis-server did not start")
+		}
+	}
+	return "redis://127.0.0.1:" + strconv.Itoa(port), stop, nil
 }
 
 type acceptRound struct {
@@ -143,7 +179,18 @@ func runInboxSuite(work, caddyBin string) error {
 	defer a.down()
 	vs := conversationVariants(conversations)
 	base := &benchCase{name: "baseline", site: "reverse_proxy " + a.addr, variants: vs, unique: true}
-	acc := &benchCase{name: "inbox", site: inboxSite(inboxName, a.addr, filepath.Join(work, "inbox.db")), variants: vs, unique: true}
+	where := "path " + filepath.Join(work, "inbox.db")
+	if *inboxStore == "redis" {
+		url, stop, err := startRedisForBench(work)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		where = "redis " + url
+		*heapBacklog = 0 // the events live in Redis, not in Caddy's heap or a file
+	}
+	fmt.Printf("== inbox store: %s\n", *inboxStore)
+	acc := &benchCase{name: "inbox", site: inboxSite(inboxName, a.addr, where), variants: vs, unique: true}
 	for _, c := range []*benchCase{base, acc} {
 		if c.port, err = freePort(); err != nil {
 			return err
@@ -383,7 +430,7 @@ func measureHeap(work, caddyBin string, a *app) error {
 	fmt.Printf("   written in %s, file %.0f MB\n", time.Since(start).Round(time.Second), float64(info.Size())/1e6)
 	a.down()
 	a.reset()
-	c := &benchCase{name: "heap", site: inboxSite(heapName, a.addr, path)}
+	c := &benchCase{name: "heap", site: inboxSite(heapName, a.addr, "path "+path)}
 	if c.port, err = freePort(); err != nil {
 		return err
 	}
