@@ -411,6 +411,8 @@ func copyVars(from, to *http.Request) {
 type memWriter struct {
 	hdr    http.Header
 	status int
+	keep   int    // how much of the body to keep (0: none)
+	body   []byte // the first keep bytes
 }
 
 func (m *memWriter) Header() http.Header { return m.hdr }
@@ -424,6 +426,9 @@ func (m *memWriter) WriteHeader(status int) {
 func (m *memWriter) Write(p []byte) (int, error) {
 	if m.status == 0 {
 		m.status = http.StatusOK
+	}
+	if room := m.keep - len(m.body); room > 0 {
+		m.body = append(m.body, p[:min(room, len(p))]...)
 	}
 	return len(p), nil
 }

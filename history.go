@@ -69,6 +69,7 @@ type attemptView struct {
 	Status     int       `json:"status"`
 	DurationMS float64   `json:"duration_ms"`
 	Error      string    `json:"error,omitempty"`
+	Response   string    `json:"response"` // the start (1 KB) of the app's answer
 }
 
 type handlerSummary struct {
@@ -292,7 +293,7 @@ func showEvent(w http.ResponseWriter, id string) error {
 			trigger = "manual"
 		}
 		detail.AttemptLog = append(detail.AttemptLog, attemptView{N: a.N, At: a.At, Trigger: trigger, Status: a.Status,
-			DurationMS: float64(a.Duration.Microseconds()) / 1000, Error: a.Error})
+			DurationMS: float64(a.Duration.Microseconds()) / 1000, Error: a.Error, Response: a.Response})
 	}
 	if body, err := rt.store.Body(e.Seq); err == nil {
 		if utf8.Valid(body) {

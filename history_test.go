@@ -77,9 +77,10 @@ type apiEvent struct {
 	LastStatus                      int `json:"last_status"`
 	Stored                          bool
 	AttemptLog                      []struct {
-		N       int
-		Trigger string
-		Status  int
+		N        int
+		Trigger  string
+		Status   int
+		Response string
 	} `json:"attempt_log"`
 	Headers http.Header
 	Body    *string
@@ -175,7 +176,7 @@ func TestHistoryAPI(t *testing.T) {
 				t.Fatalf("%s: %d %s", url, code, raw)
 			}
 			for i, a := range e.AttemptLog {
-				if a.N != i+1 || a.Trigger != "auto" || a.Status != 500 {
+				if a.N != i+1 || a.Trigger != "auto" || a.Status != 500 || a.Response != "upstream 500" {
 					t.Errorf("attempt %d: %+v", i, a)
 				}
 			}

@@ -40,6 +40,10 @@ const (
 	defaultRetention        = 7 * 24 * time.Hour
 	orderByNone             = "none"
 
+	// keptResponse is how much of the app's answer to each attempt the
+	// history keeps: enough to see the error the app gave.
+	keptResponse = 1024
+
 	// inboxOpenWait bounds how long a request waits for the store to be
 	// opened when it arrives while Caddy is still starting.
 	inboxOpenWait = 5 * time.Second
@@ -444,7 +448,7 @@ func (in *Inbox) deliverEvent(ctx context.Context, e *inbox.Event, attempt int) 
 	if srv == nil {
 		srv = new(caddyhttp.Server)
 	}
-	mw := &memWriter{hdr: make(http.Header)}
+	mw := &memWriter{hdr: make(http.Header), keep: keptResponse}
 	repl := caddy.NewReplacer()
 	req = caddyhttp.PrepareRequest(req, repl, mw, srv)
 	repl.Set("http.webhook.verified", req.Header.Get(headerVerified))
@@ -455,6 +459,7 @@ func (in *Inbox) deliverEvent(ctx context.Context, e *inbox.Event, attempt int) 
 	start := time.Now()
 	defer func() {
 		res.Took = time.Since(start)
+		res.Response = strings.ToValidUTF8(string(mw.body), "\uFFFD")
 		if p := recover(); p != nil {
 			// reverse_proxy aborts a response that broke after its
 			// headers by panicking: a 2xx already received counts.

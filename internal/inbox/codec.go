@@ -18,7 +18,7 @@ import (
 // time), headers as a count of names, each with a count of values, the
 // attempt log as a count of attempts. The body is not part of it (it is
 // kept in its own bucket).
-const codecVersion = 2
+const codecVersion = 3
 
 var errCorrupt = errors.New("inbox: corrupt event record")
 
@@ -52,6 +52,7 @@ func encodeEvent(e *Event) []byte {
 		b = binary.AppendVarint(b, int64(a.Status))
 		b = binary.AppendVarint(b, int64(a.Duration))
 		b = appendString(b, a.Error)
+		b = appendString(b, a.Response)
 	}
 	return b
 }
@@ -64,9 +65,11 @@ func boolByte(v bool) byte {
 }
 
 func decodeEvent(b []byte) (*Event, error) {
-	if len(b) == 0 || b[0] != codecVersion {
+	// Version 2 (a development build's) lacks the attempts' responses.
+	if len(b) == 0 || (b[0] != codecVersion && b[0] != 2) {
 		return nil, fmt.Errorf("%w: unknown version", errCorrupt)
 	}
+	version := b[0]
 	r := reader{b: b[1:]}
 	e := new(Event)
 	var state string
@@ -117,6 +120,9 @@ func decodeEvent(b []byte) (*Event, error) {
 			a.Status = int(r.varint())
 			a.Duration = time.Duration(r.varint())
 			a.Error = r.string()
+			if version >= 3 {
+				a.Response = r.string()
+			}
 		}
 	}
 	if r.err != nil || len(r.b) != 0 {

@@ -25,7 +25,7 @@ func TestEventCodecRoundTrip(t *testing.T) {
 			Method: "POST", URI: "/", ReceivedAt: now, State: Dead, Manual: true, Attempts: 9, NextAt: now.Add(time.Hour),
 			LastStatus: 503, LastError: "timeout: ünïcode", DeliveredAt: now.Add(time.Minute),
 			Log: []Attempt{{N: 1, At: now, Status: 503, Duration: 1500 * time.Microsecond},
-				{N: 2, At: now.Add(time.Second), Manual: true, Error: "dial tcp: refused"}}}},
+				{N: 2, At: now.Add(time.Second), Manual: true, Error: "dial tcp: refused", Response: `{"error":"busy"}`}}}},
 		{"empty", Event{}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

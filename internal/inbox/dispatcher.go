@@ -19,6 +19,8 @@ type Result struct {
 	// RetryAfter is the app's Retry-After on a 429 or 503, zero otherwise.
 	RetryAfter time.Duration
 	Took       time.Duration
+	// Response is the start of the app's answer, for the history.
+	Response string
 }
 
 // Delivered reports whether the app took the event (2xx).
@@ -320,7 +322,7 @@ func settle(e *Event, retry []time.Duration, n int, res Result, now time.Time) {
 // An attempt refused at the door is logged too, with the refusal: it is
 // what the app's operator wants to see during a deploy.
 func logAttempt(e *Event, n int, at time.Time, res Result) {
-	a := Attempt{N: n, At: at, Manual: e.Manual, Status: res.Status, Duration: res.Took}
+	a := Attempt{N: n, At: at, Manual: e.Manual, Status: res.Status, Duration: res.Took, Response: res.Response}
 	if res.Err != nil {
 		a.Error = res.Err.Error()
 	}

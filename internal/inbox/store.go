@@ -80,6 +80,7 @@ type Attempt struct {
 	Status   int           // the app's status; 0 when it did not answer
 	Duration time.Duration // until the answer or the error
 	Error    string
+	Response string // the start of the app's answer (kept as long as the event)
 }
 
 // maxLog bounds an event's attempt log (a schedule has 9 attempts by
