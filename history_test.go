@@ -344,16 +344,8 @@ func TestHistoryCommands(t *testing.T) {
 	t.Parallel()
 	ta := newTally()
 	up := newUpstream(t)
-	var mu sync.Mutex
-	failing := true
-	up.setRespond(ta.app(func(string, int) int {
-		mu.Lock()
-		defer mu.Unlock()
-		if failing {
-			return http.StatusInternalServerError
-		}
-		return http.StatusOK
-	}))
+	app := &recovering{failWith: http.StatusInternalServerError}
+	up.setRespond(ta.app(app.decide))
 	c := startCaddy(t, historySite(t.TempDir(), up.Addr(), ""))
 	body, h := conversationEvent("cli", 1)
 	id := sendQueued(t, c.URL, body, h)
@@ -369,9 +361,7 @@ func TestHistoryCommands(t *testing.T) {
 		!regexpMatch(`(?m)^`+id+`\s.*\sdead\s+3\s+500$`, out) {
 		t.Fatalf("webhook inbox:\n%s", out)
 	}
-	mu.Lock()
-	failing = false
-	mu.Unlock()
+	app.recover()
 	out, ok = runCaddyCmd(t, nil, "webhook", "replay", "--dead", "--handler", "kapso", "--address", address)
 	if !ok || !strings.Contains(out, "1 dead events of kapso queued again") {
 		t.Fatalf("webhook replay --dead:\n%s", out)

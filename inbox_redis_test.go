@@ -189,9 +189,10 @@ func TestRedisInboxRidesOutARedisRestart(t *testing.T) {
 	ta.checkOrder(t)
 }
 
-// recovering is an app that answers 503 until recover is called, then
-// 200.
+// recovering is an app that answers failWith (503 when unset) until
+// recover is called, then 200.
 type recovering struct {
+	failWith  int
 	mu        sync.Mutex
 	recovered bool
 }
@@ -199,8 +200,11 @@ type recovering struct {
 func (r *recovering) decide(string, int) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.recovered {
+	switch {
+	case r.recovered:
 		return http.StatusOK
+	case r.failWith != 0:
+		return r.failWith
 	}
 	return http.StatusServiceUnavailable
 }

@@ -342,22 +342,23 @@ func jitter(d time.Duration) time.Duration {
 // retention, between a second and a minute, so that a short retention
 // (a privacy setting) is kept to within a tenth.
 func (d *Dispatcher) expireEvery() time.Duration {
+	return min(max(d.retention()/10, time.Second), time.Minute)
+}
+
+// retention is the longest of the queues' retentions: a file shared by
+// handlers keeps every event as long as the most patient of them wants.
+func (d *Dispatcher) retention() time.Duration {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var keep time.Duration
 	for _, q := range d.queues {
 		keep = max(keep, q.Retention)
 	}
-	return min(max(keep/10, time.Second), time.Minute)
+	return keep
 }
 
 func (d *Dispatcher) expire() {
-	d.mu.Lock()
-	var keep time.Duration
-	for _, q := range d.queues {
-		keep = max(keep, q.Retention)
-	}
-	d.mu.Unlock()
+	keep := d.retention()
 	if keep <= 0 {
 		return
 	}

@@ -97,31 +97,35 @@ end
 return n
 `)
 
-// Append stores events as pending, all or none, in one script.
+// Append stores events of one queue as pending, all or none, in one
+// script (a handler appends its own queue's events only).
 func (s *RedisStore) Append(events []*Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	queue := events[0].Queue
+	for _, e := range events {
+		if e.Queue != queue {
+			return errors.New("inbox: redis: one Append holds one queue's events")
+		}
+	}
 	ctx, cancel := s.ctx()
 	defer cancel()
 	last, err := s.client.IncrBy(ctx, s.prefix+"seq", int64(len(events))).Result()
 	if err != nil {
 		return fmt.Errorf("inbox: redis: %w", err)
 	}
-	byQueue := map[string][]*Event{}
+	args := []any{s.prefix, queue, len(events)}
 	for i, e := range events {
 		e.Seq = uint64(last) - uint64(len(events)) + uint64(i) + 1
 		e.Pos, e.State = e.Seq, Pending
 		if e.NextAt.IsZero() {
 			e.NextAt = e.ReceivedAt
 		}
-		byQueue[e.Queue] = append(byQueue[e.Queue], e)
+		args = append(args, e.Seq, e.ID, e.OrderKey, ms(e.NextAt), encodeEvent(e), e.Body)
 	}
-	for queue, es := range byQueue { // handlers append one queue at a time; this is for safety
-		args := []any{s.prefix, queue, len(es)}
-		for _, e := range es {
-			args = append(args, e.Seq, e.ID, e.OrderKey, ms(e.NextAt), encodeEvent(e), e.Body)
-		}
-		if err := appendScript.Run(ctx, s.client, nil, args...).Err(); err != nil {
-			return fmt.Errorf("inbox: redis: %w", err)
-		}
+	if err := appendScript.Run(ctx, s.client, nil, args...).Err(); err != nil {
+		return fmt.Errorf("inbox: redis: %w", err)
 	}
 	return nil
 }

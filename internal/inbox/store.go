@@ -382,17 +382,6 @@ func (s *Store) Body(seq uint64) ([]byte, error) {
 	return body, err
 }
 
-// Get returns the event with sequence seq, without its body.
-func (s *Store) Get(seq uint64) (*Event, error) {
-	var e *Event
-	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		e, err = getEvent(tx.Bucket(bucketEvents), seq)
-		return err
-	})
-	return e, err
-}
-
 // Counts returns how many events of each queue are in each state.
 func (s *Store) Counts() (map[string]map[State]int, error) {
 	counts := map[string]map[State]int{}
