@@ -242,6 +242,17 @@ func (k deliveryKeyset) storeKeys() []storeKey {
 	return keys
 }
 
+// inboxKeys are keys as an inbox store holds them: scoped, so that
+// handlers with different scopes never see each other's keys there
+// either.
+func (d *Dedupe) inboxKeys(keys []storeKey) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = d.Scope + "\x00" + string(k[:])
+	}
+	return out
+}
+
 // storeKeyOf is newStoreKey(kind + ":" + key), without building that
 // string for the usual short key: every delivery works its keys out.
 func storeKeyOf(kind, key string) storeKey {

@@ -30,6 +30,7 @@ import (
 //	GET  /inbox/events/<id>             one event: attempt log, headers, body
 //	POST /inbox/events/<id>/replay      deliver a delivered or dead event again
 //	POST /inbox/replay?handler=&status=dead
+//	POST /inbox/move?from=&to=            give a queue's events to another handler
 
 const (
 	recentPerHandler = 1000
@@ -73,12 +74,19 @@ type attemptView struct {
 }
 
 type handlerSummary struct {
-	Handler        string   `json:"handler"`
-	Inbox          bool     `json:"inbox"`
+	Handler string `json:"handler"`
+	Inbox   bool   `json:"inbox"`
+	// Served: a handler of the running config delivers this queue. An
+	// inbox queue that is not served was left by a handler that was
+	// renamed or removed; Orphaned when events of it are still pending.
+	Served         bool     `json:"served"`
+	Orphaned       bool     `json:"orphaned,omitempty"`
+	Error          string   `json:"error,omitempty"`
 	Total          int      `json:"total"`
 	Pending        int      `json:"pending"`
 	Delivered      int      `json:"delivered"`
 	Dead           int      `json:"dead"`
+	Damaged        int      `json:"damaged"`
 	Failed         int      `json:"failed"`
 	OldestPendingS float64  `json:"oldest_pending_seconds"`
 	SuccessRate    *float64 `json:"success_rate"` // delivered over delivered and dead (or failed); null before any
@@ -124,6 +132,10 @@ func serveHistory(w http.ResponseWriter, r *http.Request, path string) error {
 		if route(http.MethodPost) {
 			return replayAll(w, r.URL.Query())
 		}
+	case path == "/inbox/move":
+		if route(http.MethodPost) {
+			return moveQueue(w, r.URL.Query())
+		}
 	case len(parts) == 3 && parts[0] == "inbox" && parts[1] == "events":
 		if route(http.MethodGet) {
 			return showEvent(w, parts[2])
@@ -138,48 +150,76 @@ func serveHistory(w http.ResponseWriter, r *http.Request, path string) error {
 	return nil
 }
 
-// historyQueue is one inbox queue the history can read.
-type historyQueue struct {
-	name string
-	rt   *inboxRuntime
+// storedQueue is one queue of an open inbox store, as the history and
+// the metrics see it: served by a handler of the running config, or left
+// over from a handler that was renamed or removed (orphaned when events
+// of it are still pending).
+type storedQueue struct {
+	name   string
+	rt     *inboxRuntime
+	served bool
+	counts map[inbox.State]int
+	err    error // the store could not be read
 }
 
-// liveQueues lists the inbox queues of the running config, by name.
-func liveQueues() []historyQueue {
-	var out []historyQueue
+// oldestPending is the age of the queue's oldest pending event; zero
+// when none is pending.
+func (q storedQueue) oldestPending() time.Duration {
+	if q.counts[inbox.Pending] == 0 {
+		return 0
+	}
+	if at, ok, err := q.rt.store.OldestPending(q.name); err == nil && ok {
+		return time.Since(at)
+	}
+	return 0
+}
+
+// storedQueues lists every queue of the open inbox stores, by name: the
+// ones the running config serves, and any other the store holds events
+// of.
+func storedQueues() []storedQueue {
+	var out []storedQueue
 	for _, rt := range runtimes.list() {
+		counts, err := rt.store.Counts()
+		served := map[string]bool{}
 		for _, q := range rt.currentQueues() {
-			out = append(out, historyQueue{q.Name, rt})
+			served[q.Name] = true
+			out = append(out, storedQueue{name: q.Name, rt: rt, served: true, counts: counts[q.Name], err: err})
+		}
+		for name, c := range counts {
+			if !served[name] {
+				out = append(out, storedQueue{name: name, rt: rt, counts: c})
+			}
 		}
 	}
-	slices.SortFunc(out, func(a, b historyQueue) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(out, func(a, b storedQueue) int { return strings.Compare(a.name, b.name) })
 	return out
 }
 
-func findQueue(name string) (historyQueue, bool) {
-	for _, q := range liveQueues() {
+// findQueue is the stored queue named name, served or not.
+func findQueue(name string) (storedQueue, bool) {
+	for _, q := range storedQueues() {
 		if q.name == name {
 			return q, true
 		}
 	}
-	return historyQueue{}, false
+	return storedQueue{}, false
 }
 
 func summaries() []handlerSummary {
 	out := []handlerSummary{}
 	seen := map[string]bool{}
-	for _, q := range liveQueues() {
-		counts, err := q.rt.store.Counts()
-		if err != nil {
-			continue
-		}
-		c := counts[q.name]
-		s := handlerSummary{Handler: q.name, Inbox: true, Pending: c[inbox.Pending], Delivered: c[inbox.Delivered], Dead: c[inbox.Dead]}
-		s.Total = s.Pending + s.Delivered + s.Dead
-		if at, ok, err := q.rt.store.OldestPending(q.name); err == nil && ok && s.Pending > 0 {
-			s.OldestPendingS = time.Since(at).Seconds()
-		}
+	for _, q := range storedQueues() {
+		c := q.counts
+		s := handlerSummary{Handler: q.name, Inbox: true, Served: q.served, Pending: c[inbox.Pending],
+			Delivered: c[inbox.Delivered], Dead: c[inbox.Dead], Damaged: c[inbox.Damaged]}
+		s.Total = s.Pending + s.Delivered + s.Dead + s.Damaged
+		s.Orphaned = !q.served && s.Pending > 0
+		s.OldestPendingS = q.oldestPending().Seconds()
 		s.SuccessRate = rate(s.Delivered, s.Dead)
+		if q.err != nil {
+			s.Error = "the inbox could not be read"
+		}
 		out = append(out, s)
 		seen[q.name] = true
 	}
@@ -187,7 +227,7 @@ func summaries() []handlerSummary {
 		if seen[rh.name] {
 			continue
 		}
-		s := handlerSummary{Handler: rh.name}
+		s := handlerSummary{Handler: rh.name, Served: true}
 		for _, d := range rh.snapshot() {
 			s.Total++
 			switch d.Status {
@@ -212,7 +252,7 @@ func rate(ok, bad int) *float64 {
 	return &r
 }
 
-var inboxStates = []string{string(inbox.Pending), string(inbox.Delivered), string(inbox.Dead)}
+var inboxStates = []string{string(inbox.Pending), string(inbox.Delivered), string(inbox.Dead), string(inbox.Damaged)}
 
 func listEvents(w http.ResponseWriter, q url.Values) error {
 	for name := range q {
@@ -308,7 +348,10 @@ func showEvent(w http.ResponseWriter, id string) error {
 }
 
 func replayOne(w http.ResponseWriter, id string) error {
-	_, rt, err := lookup(id)
+	found, rt, err := lookup(id)
+	if err == nil && !served(rt, found.Queue) {
+		return answerNotServed(w, found.Queue)
+	}
 	if errors.Is(err, inbox.ErrNotFound) {
 		if _, ok := recent.find(id); ok {
 			return writeJSONError(w, http.StatusConflict, "not_replayable", "this delivery went through a handler without an inbox: its body was not kept")
@@ -320,6 +363,9 @@ func replayOne(w http.ResponseWriter, id string) error {
 	}
 	e, err := rt.store.Replay(id, time.Now())
 	switch {
+	case errors.Is(err, inbox.ErrNotReplayable) && found.State == inbox.Damaged:
+		return writeJSONError(w, http.StatusConflict, "not_replayable", "this event is damaged: its stored record cannot be "+
+			"delivered as it was received (caddy webhook inbox salvage copies what is readable of a file)")
 	case errors.Is(err, inbox.ErrNotReplayable):
 		return writeJSONError(w, http.StatusConflict, "not_replayable", "only delivered and dead events can be replayed; this one is pending")
 	case err != nil:
@@ -327,6 +373,46 @@ func replayOne(w http.ResponseWriter, id string) error {
 	}
 	rt.dispatcher.Wake()
 	return writeJSON(w, http.StatusOK, map[string]any{"status": "queued", "event": viewOf(e)})
+}
+
+// served reports whether a handler of the running config delivers queue.
+func served(rt *inboxRuntime, queue string) bool {
+	return slices.ContainsFunc(rt.currentQueues(), func(q inbox.Queue) bool { return q.Name == queue })
+}
+
+func answerNotServed(w http.ResponseWriter, queue string) error {
+	return writeJSONError(w, http.StatusConflict, "not_served", "no handler of the running config serves the queue "+
+		strconv.Quote(truncate(queue, 64))+": move its events to a handler that does first "+
+		"(POST …/inbox/move?from=OLD&to=NEW, or caddy webhook inbox move --from OLD --to NEW)")
+}
+
+// moveQueue gives every event of one queue to another that a handler
+// serves: the way to deliver what a renamed handler left behind.
+func moveQueue(w http.ResponseWriter, q url.Values) error {
+	from, to := q.Get("from"), q.Get("to")
+	if from == "" || to == "" || from == to {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", "from and to are required, and must differ: "+
+			"the queue to empty and the handler to give its events to")
+	}
+	src, ok := findQueue(from)
+	if !ok {
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no inbox queue named "+strconv.Quote(truncate(from, 64)))
+	}
+	if src.served {
+		return writeJSONError(w, http.StatusConflict, "served", "a handler of the running config serves "+
+			strconv.Quote(truncate(from, 64))+": only a queue that no handler serves can be moved")
+	}
+	dst, ok := findQueue(to)
+	if !ok || !dst.served || dst.rt != src.rt {
+		return writeJSONError(w, http.StatusConflict, "not_served", "no handler with an inbox on the same store serves "+
+			strconv.Quote(truncate(to, 64))+"; name a handler of the running config that uses "+src.rt.label)
+	}
+	n, err := src.rt.store.Move(from, to, time.Now())
+	if err != nil {
+		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the events could not be moved")
+	}
+	src.rt.dispatcher.Wake()
+	return writeJSON(w, http.StatusOK, map[string]any{"status": "moved", "moved": n, "from": from, "to": to})
 }
 
 func replayAll(w http.ResponseWriter, q url.Values) error {
@@ -343,6 +429,9 @@ func replayAll(w http.ResponseWriter, q url.Values) error {
 	queue, ok := findQueue(handler)
 	if !ok {
 		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler with an inbox named "+strconv.Quote(truncate(handler, 64)))
+	}
+	if !queue.served {
+		return answerNotServed(w, handler)
 	}
 	n, err := queue.rt.store.ReplayAll(handler, inbox.Dead, time.Now())
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -119,19 +120,20 @@ type Inbox struct {
 	// or dead. Default: 7 days.
 	Retention caddy.Duration `json:"retention,omitempty"`
 
-	deliver    caddyhttp.MiddlewareHandler
-	h          *Handler
-	path       string // the store's key in the pool: the file, or the Redis URL and prefix
-	storeLabel string // the store as log lines name it
-	openStore  func() (inbox.Backend, error)
-	opened     chan struct{} // closed once rt is set
-	retry      []time.Duration
-	timeout    time.Duration
-	keep       time.Duration
-	rateN      int
-	ratePer    time.Duration
-	rt         atomic.Pointer[inboxRuntime]     // set by the app's Start
-	server     atomic.Pointer[caddyhttp.Server] // the server the handler is in
+	deliver     caddyhttp.MiddlewareHandler
+	h           *Handler
+	path        string // the store's key in the pool: the file, or the Redis URL and prefix
+	storeLabel  string // the store as log lines name it
+	openStore   func() (inbox.Backend, error)
+	opened      chan struct{} // closed once rt is set
+	retry       []time.Duration
+	timeout     time.Duration
+	keep        time.Duration
+	rateN       int
+	ratePer     time.Duration
+	warnedOrder atomic.Bool
+	rt          atomic.Pointer[inboxRuntime]     // set by the app's Start
+	server      atomic.Pointer[caddyhttp.Server] // the server the handler is in
 }
 
 func (in *Inbox) provision(ctx caddy.Context, h *Handler) error {
@@ -203,7 +205,18 @@ func (in *Inbox) queue() inbox.Queue {
 		Rate:        in.rateN,
 		Per:         in.ratePer,
 		OnAttempt:   in.observeAttempt,
+		OnDamaged:   in.observeDamaged,
 	}
+}
+
+// observeDamaged logs (once: a record is set aside once) and counts a
+// record the store could not read.
+func (in *Inbox) observeDamaged(d inbox.Damage) {
+	metrics.inboxDamaged.WithLabelValues(in.h.name).Inc()
+	in.h.logger.Error("inbox event damaged: set aside, and the rest of its conversation goes on without it; "+
+		"the history lists it as damaged with the reason",
+		zap.String("handler", in.h.name), zap.String("store", in.storeLabel), zap.String("event_id", d.ID),
+		zap.Uint64("seq", d.Seq), zap.String("order_key", truncate(d.OrderKey, 256)), zap.String("reason", d.Reason))
 }
 
 // orderKey is the event's order key (see OrderBy).
@@ -214,7 +227,23 @@ func (in *Inbox) orderKey(repl *caddy.Replacer, body []byte) string {
 	case "":
 		return conversationKey(body)
 	}
-	return repl.ReplaceAll(in.OrderBy, "")
+	key := repl.ReplaceAll(in.OrderBy, "")
+	if key == "" {
+		in.warnEmptyOrderKey()
+	}
+	return key
+}
+
+// warnEmptyOrderKey says, once per handler, that order_by gave nothing
+// (a misspelt placeholder leaves every event unordered), and counts
+// every time it does.
+func (in *Inbox) warnEmptyOrderKey() {
+	metrics.inboxOrderKeyEmpty.WithLabelValues(in.h.name).Inc()
+	if in.warnedOrder.CompareAndSwap(false, true) {
+		in.h.logger.Warn("inbox: order_by evaluated empty, so this event waits for no other; if every event does, "+
+			"check the placeholder (caddy_webhook_guard_inbox_order_key_empty_total counts them)",
+			zap.String("handler", in.h.name), zap.String("order_by", in.OrderBy))
+	}
 }
 
 // conversationKey finds the conversation a body belongs to: Kapso's
@@ -266,7 +295,12 @@ func (d *delivery) newEvent(r *http.Request, body []byte, orderKey, name, key st
 	d.h.dropSignatures(hdr)
 	hdr.Del("Content-Length")
 	now := d.h.now()
+	var keysUntil time.Time
+	if d.h.Dedupe != nil {
+		keysUntil = now.Add(d.h.Dedupe.ttl)
+	}
 	return &inbox.Event{
+		KeysUntil:  keysUntil,
 		ID:         inbox.NewID(now),
 		Queue:      d.h.name,
 		Name:       name,
@@ -282,58 +316,58 @@ func (d *delivery) newEvent(r *http.Request, body []byte, orderKey, name, key st
 	}
 }
 
-// queueSingle stores one verified delivery and answers the sender.
+// queueSingle stores one verified delivery and answers the sender. With
+// dedupe, its keys are held by the inbox's own store, written with the
+// event: a redelivery is a duplicate after a restart too.
 func (d *delivery) queueSingle() error {
-	var c *claim
-	if d.h.Dedupe != nil {
-		keys := d.h.Dedupe.deliveryKeys(d.r, d.repl, d.scheme, d.event, d.body.bytes())
-		d.key = keys.primary
-		d.repl.Set("http.webhook.idempotency_key", keys.primary)
-		var proceed bool
-		var err error
-		if c, proceed, err = d.claimOrAnswer(keys.storeKeys()); !proceed {
-			return err
-		}
+	var keys []string
+	if dd := d.h.Dedupe; dd != nil {
+		ks := dd.deliveryKeys(d.r, d.repl, d.scheme, d.event, d.body.bytes())
+		d.key = ks.primary
+		d.repl.Set("http.webhook.idempotency_key", ks.primary)
+		d.repl.Set("http.webhook.duplicate", "false")
+		keys = dd.inboxKeys(ks.storeKeys())
 	}
 	orderKey := d.h.Inbox.orderKey(d.repl, d.body.bytes())
 	d.attachBody()
 	body, err := io.ReadAll(d.r.Body)
 	if err != nil {
-		d.release(c)
 		return writeJSONError(d.w, http.StatusInternalServerError, "internal", "the body could not be queued")
 	}
 	e := d.newEvent(d.r, body, orderKey, strings.Join(eventNames(d.event, body), ","), d.key)
+	e.Keys = keys
 	if err := d.h.Inbox.append([]*inbox.Event{e}); err != nil {
-		d.release(c)
 		return d.answerInboxDown(err)
 	}
-	d.commit(c)
+	if e.Duplicate {
+		return d.answerQueuedDuplicate(e.DuplicateOf)
+	}
 	d.h.countRequest(outcomeQueued)
 	d.h.logDelivery(d.event, d.key, d.scheme, outcomeQueued, http.StatusOK, 0, zap.String("event_id", e.ID))
 	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "queued", "id": e.ID})
 }
 
+// answerQueuedDuplicate answers a delivery the inbox already holds.
+func (d *delivery) answerQueuedDuplicate(of string) error {
+	if of != "" {
+		d.w.Header().Set(headerDeliveryID, of)
+	}
+	return d.answerDuplicate()
+}
+
 // queueBatch stores each item of a verified batch as its own event, all
-// in one commit, and answers the sender.
+// in one commit, and answers the sender. The batch's idempotency key is
+// held by the whole request; each item is known by its content key, so
+// that an item the batch repeats is queued once.
 func (d *delivery) queueBatch(env *batchEnvelope) error {
 	dd := d.h.Dedupe
 	batchKey := dd.primaryKey(d.r, d.repl, d.scheme, d.body.bytes())
 	d.batchKey, d.key = batchKey, batchKey
 	d.repl.Set("http.webhook.idempotency_key", batchKey)
-	batchClaim, proceed, err := d.claimOrAnswer([]storeKey{storeKeyOf("id", batchKey)})
-	if !proceed {
-		return err
-	}
-	claims := []*claim{batchClaim}
-	releaseAll := func() {
-		for _, c := range claims {
-			d.release(c)
-		}
-	}
+	d.repl.Set("http.webhook.duplicate", "false")
 	subscribed := d.h.subscribed(eventNames(env.event, nil))
 	var events []*inbox.Event
-	ids := []string{}
-	duplicates, ignored := 0, 0
+	ignored := 0
 	for i, it := range env.items {
 		item := d.body.bytes()[it.Start:it.End]
 		key := contentKey(env.event, item)
@@ -345,22 +379,6 @@ func (d *delivery) queueBatch(env *batchEnvelope) error {
 			d.h.countBatchItem(outcomeIgnored)
 			continue
 		}
-		if batchClaim != nil {
-			c, state := dd.acquire(d.r.Context(), []storeKey{storeKeyOf("content", key)})
-			switch {
-			case state == claimDuplicate:
-				duplicates++
-				d.h.countBatchItem(outcomeDuplicate)
-				continue
-			case state == claimBusy:
-				releaseAll()
-				return d.answerBusy()
-			case state == claimStoreDown && dd.rejectOnStoreError():
-				releaseAll()
-				return d.answerStoreDown()
-			}
-			claims = append(claims, c)
-		}
 		sub := d.r.Clone(d.r.Context())
 		d.itemHeaders(sub.Header, env, i, item, key)
 		orderKey := d.h.Inbox.orderKey(d.repl, item)
@@ -368,40 +386,36 @@ func (d *delivery) queueBatch(env *batchEnvelope) error {
 			orderKey = "conversation:" + env.conversationID
 		}
 		e := d.newEvent(sub, bytes.Clone(item), orderKey, env.event, key)
+		e.Keys = dd.inboxKeys([]storeKey{storeKeyOf("content", key)})
 		events = append(events, e)
-		ids = append(ids, e.ID)
 	}
 	if len(events) > 0 {
-		if err := d.h.Inbox.append(events); err != nil {
-			releaseAll()
+		if err := d.h.Inbox.append(events, dd.inboxKeys([]storeKey{storeKeyOf("id", batchKey)})...); err != nil {
 			return d.answerInboxDown(err)
 		}
 	}
-	for _, c := range claims {
-		d.commit(c)
-	}
-	for range events {
+	ids := []string{}
+	duplicates := 0
+	for _, e := range events {
+		if e.Duplicate {
+			duplicates++
+			d.h.countBatchItem(outcomeDuplicate)
+			continue
+		}
+		ids = append(ids, e.ID)
 		d.h.countBatchItem(outcomeQueued)
 	}
+	if len(events) > 0 && duplicates == len(events) {
+		return d.answerQueuedDuplicate("")
+	}
 	d.h.countRequest(outcomeQueued)
-	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "queued", "items": len(events), "ids": ids,
+	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "queued", "items": len(ids), "ids": ids,
 		"duplicates": duplicates, "ignored": ignored})
 }
 
-func (d *delivery) release(c *claim) {
-	if d.h.Dedupe != nil {
-		d.h.Dedupe.release(c)
-	}
-}
-
-func (d *delivery) commit(c *claim) {
-	if d.h.Dedupe != nil {
-		d.h.Dedupe.commit(c)
-	}
-}
-
-// append stores events durably and wakes the dispatcher.
-func (in *Inbox) append(events []*inbox.Event) error {
+// append stores events durably (deduplicated on their keys and shared)
+// and wakes the dispatcher.
+func (in *Inbox) append(events []*inbox.Event, shared ...string) error {
 	rt := in.rt.Load()
 	if rt == nil {
 		// Caddy starts its apps in no set order: the HTTP server may take
@@ -414,7 +428,7 @@ func (in *Inbox) append(events []*inbox.Event) error {
 			return errors.New("the inbox is not open yet")
 		}
 	}
-	if err := rt.store.Append(events); err != nil {
+	if err := rt.store.Append(events, shared...); err != nil {
 		return err
 	}
 	rt.dispatcher.Wake()
@@ -463,16 +477,17 @@ func (in *Inbox) deliverEvent(ctx context.Context, e *inbox.Event, attempt int) 
 		if p := recover(); p != nil {
 			// reverse_proxy aborts a response that broke after its
 			// headers by panicking: a 2xx already received counts.
-			res = inbox.Result{Status: mw.status, Took: res.Took}
+			res = inbox.Result{Status: mw.status, Took: res.Took, Response: res.Response}
 			if mw.status < 200 || mw.status > 299 {
-				res.Err = fmt.Errorf("deliver handler panicked: %v", p)
+				res.Err = attemptFailure{fmt.Sprintf("the app's answer (status %d) broke off after its headers", mw.status),
+					fmt.Errorf("deliver handler panicked: %v", p)}
 			}
 		}
 	}()
 	err = in.deliver.ServeHTTP(mw, req, noAnswer)
 	res.Status = mw.status
 	if err != nil {
-		res.Err, res.Status = err, errorStatus(err)
+		res.Err, res.Status = describeAttemptError(err, in.timeout), errorStatus(err)
 		// The app could not be reached at all (reverse_proxy wraps every
 		// dial failure, a refused connection included, in a DialError).
 		_, unreachable := errors.AsType[reverseproxy.DialError](err)
@@ -492,8 +507,61 @@ func (in *Inbox) deliverEvent(ctx context.Context, e *inbox.Event, attempt int) 
 
 // noAnswer ends a deliver handler that did not answer: the attempt fails.
 var noAnswer = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
-	return caddyhttp.Error(http.StatusBadGateway, errors.New("the inbox's deliver handler did not answer"))
+	return caddyhttp.Error(http.StatusBadGateway, errNoAnswer)
 })
+
+var errNoAnswer = errors.New("the inbox's deliver handler did not answer (it should end in reverse_proxy)")
+
+// attemptFailure is an attempt's error said in the operator's terms
+// (the attempt log and the history show it), keeping the cause for
+// errors.Is.
+type attemptFailure struct {
+	msg   string
+	cause error
+}
+
+func (f attemptFailure) Error() string { return f.msg }
+func (f attemptFailure) Unwrap() error { return f.cause }
+
+// describeAttemptError says what happened to an attempt that got no
+// answer from the app: "connection refused", "timed out after 30s",
+// rather than reverse_proxy's error with its trace.
+func describeAttemptError(err error, timeout time.Duration) error {
+	var msg string
+	_, dial := errors.AsType[reverseproxy.DialError](err)
+	dns, isDNS := errors.AsType[*net.DNSError](err)
+	netErr, isNet := errors.AsType[net.Error](err)
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || (isNet && netErr.Timeout()):
+		msg = "timed out after " + timeout.String()
+	case errors.Is(err, syscall.ECONNREFUSED):
+		msg = "connection refused"
+	case isDNS:
+		msg = "the app's host name " + strconv.Quote(dns.Name) + " did not resolve"
+	case errors.Is(err, syscall.ECONNRESET):
+		msg = "the app reset the connection"
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		msg = "the app closed the connection without answering"
+	case errors.Is(err, errNoAnswer):
+		msg = errNoAnswer.Error()
+	case dial:
+		msg = "could not connect to the app: " + innermost(err).Error()
+	default:
+		msg = innermost(err).Error()
+	}
+	return attemptFailure{msg, err}
+}
+
+// innermost is the error a chain of wrappers ends in.
+func innermost(err error) error {
+	for {
+		next := errors.Unwrap(err)
+		if next == nil {
+			return err
+		}
+		err = next
+	}
+}
 
 // observeAttempt logs every attempt and counts it.
 func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
@@ -519,6 +587,7 @@ func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
 type inboxRuntime struct {
 	store      inbox.Backend
 	dispatcher *inbox.Dispatcher
+	label      string // the store as log lines name it
 
 	mu     sync.Mutex
 	owners []inboxOwner // the configs using the file, oldest first
@@ -578,7 +647,7 @@ func openInbox(key, label string, open func() (inbox.Backend, error), logger *za
 			return nil, err
 		}
 		d := inbox.NewDispatcher(store, func(err error) { logger.Error("inbox", zap.String("store", label), zap.Error(err)) })
-		rt := &inboxRuntime{store: store, dispatcher: d}
+		rt := &inboxRuntime{store: store, dispatcher: d, label: label}
 		runtimes.track(rt, 1)
 		return rt, nil
 	})

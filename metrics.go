@@ -37,15 +37,17 @@ const (
 var metrics struct {
 	once sync.Once
 
-	requests       *prometheus.CounterVec
-	verifyFailures *prometheus.CounterVec
-	batchItems     *prometheus.CounterVec
-	storeEntries   *prometheus.GaugeVec
-	storeEvictions *prometheus.CounterVec
-	storeErrors    *prometheus.CounterVec
-	upstream       *prometheus.HistogramVec
-	inboxAttempts  *prometheus.CounterVec
-	inbox          *inboxCollector
+	requests           *prometheus.CounterVec
+	verifyFailures     *prometheus.CounterVec
+	batchItems         *prometheus.CounterVec
+	storeEntries       *prometheus.GaugeVec
+	storeEvictions     *prometheus.CounterVec
+	storeErrors        *prometheus.CounterVec
+	upstream           *prometheus.HistogramVec
+	inboxAttempts      *prometheus.CounterVec
+	inboxDamaged       *prometheus.CounterVec
+	inboxOrderKeyEmpty *prometheus.CounterVec
+	inbox              *inboxCollector
 }
 
 func initMetrics() {
@@ -84,11 +86,22 @@ func initMetrics() {
 			Namespace: ns, Subsystem: sub, Name: "inbox_attempts_total",
 			Help: "Inbox delivery attempts by handler and outcome (delivered, failed).",
 		}, []string{"handler", "outcome"})
+		metrics.inboxDamaged = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "inbox_damaged_total",
+			Help: "Inbox events whose stored record could not be read, set aside as damaged.",
+		}, []string{"handler"})
+		metrics.inboxOrderKeyEmpty = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "inbox_order_key_empty_total",
+			Help: "Events whose order_by placeholder evaluated empty (delivered unordered).",
+		}, []string{"handler"})
 		metrics.inbox = &inboxCollector{
 			events: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "inbox_events"),
-				"Events in the inbox by handler and state (pending, delivered, dead).", []string{"handler", "state"}, nil),
+				"Events in the inbox by handler and state (pending, delivered, dead, damaged).", []string{"handler", "state"}, nil),
 			oldest: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "inbox_oldest_pending_seconds"),
 				"Age of the oldest pending event of the handler's inbox; 0 when none is pending.", []string{"handler"}, nil),
+			orphaned: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "inbox_orphaned_events"),
+				"Pending events of a queue in the store that no handler of the running config serves (a renamed handler's).",
+				[]string{"handler"}, nil),
 		}
 	})
 }
@@ -103,7 +116,8 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
 	}
 	for _, c := range []prometheus.Collector{
 		metrics.requests, metrics.verifyFailures, metrics.batchItems, metrics.storeEntries,
-		metrics.storeEvictions, metrics.storeErrors, metrics.upstream, metrics.inboxAttempts, metrics.inbox,
+		metrics.storeEvictions, metrics.storeErrors, metrics.upstream, metrics.inboxAttempts, metrics.inboxDamaged,
+		metrics.inboxOrderKeyEmpty, metrics.inbox,
 	} {
 		if err := reg.Register(c); err != nil {
 			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {
@@ -153,32 +167,26 @@ func newHandlerMetrics(name string, filtersEvents bool) handlerMetrics {
 }
 
 // inboxCollector reads the inbox gauges when Prometheus scrapes: the
-// counts the store keeps with every write, and the dispatcher's oldest
-// pending event per queue.
+// counts the store keeps with every write, the oldest pending event per
+// queue, and the pending events of queues no handler serves.
 type inboxCollector struct {
-	events, oldest *prometheus.Desc
+	events, oldest, orphaned *prometheus.Desc
 }
 
 func (c *inboxCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.events
 	ch <- c.oldest
+	ch <- c.orphaned
 }
 
 func (c *inboxCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, rt := range runtimes.list() {
-		counts, err := rt.store.Counts()
-		if err != nil {
-			continue
+	for _, q := range storedQueues() {
+		for _, state := range inbox.States {
+			ch <- prometheus.MustNewConstMetric(c.events, prometheus.GaugeValue, float64(q.counts[state]), q.name, string(state))
 		}
-		for queue, byState := range counts {
-			for _, state := range []inbox.State{inbox.Pending, inbox.Delivered, inbox.Dead} {
-				ch <- prometheus.MustNewConstMetric(c.events, prometheus.GaugeValue, float64(byState[state]), queue, string(state))
-			}
-			age := 0.0
-			if t, ok, err := rt.store.OldestPending(queue); err == nil && ok && byState[inbox.Pending] > 0 {
-				age = time.Since(t).Seconds()
-			}
-			ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, age, queue)
+		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, q.oldestPending().Seconds(), q.name)
+		if !q.served {
+			ch <- prometheus.MustNewConstMetric(c.orphaned, prometheus.GaugeValue, float64(q.counts[inbox.Pending]), q.name)
 		}
 	}
 }

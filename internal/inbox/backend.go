@@ -2,21 +2,21 @@ package inbox
 
 import "time"
 
-// Backend is where a queue's events live. The bbolt Store is the one
-// there is; a shared store (Redis, for several Caddy instances) is to
-// implement the same contract, so that the dispatcher, the history and
-// the glue do not change with it.
+// Backend is where a queue's events live: the bbolt Store (one file, one
+// Caddy) or the RedisStore (shared by several instances). The
+// dispatcher, the history and the glue work the same on both.
 //
 // The contract the dispatcher relies on: Append is durable when it
-// returns; Due returns the due heads (each order key's first pending
-// event, and events without an order key) that busy does not report as
-// in flight in this process (a shared backend must also keep other
-// instances from taking the same heads, with a lease); Settle records an
-// attempt's result on such a head and makes the next event of its order
-// key due.
+// returns, and dedupes on the events' keys in the same write; Due
+// returns the due heads (each order key's first pending event, and
+// events without an order key) that busy does not report as in flight
+// in this process (a shared backend also keeps other instances from
+// taking the same heads, with a lease), and sets aside as Damaged, and
+// reports, the heads it cannot read; Settle records an attempt's result
+// on such a head and makes the next event of its order key due.
 type Backend interface {
-	Append(events []*Event) error
-	Due(queue string, now time.Time, limit int, busy func(orderKey string, seq uint64) bool) (due []*Event, next time.Time, err error)
+	Append(events []*Event, shared ...string) error
+	Due(queue string, now time.Time, limit int, busy func(orderKey string, seq uint64) bool) (due []*Event, damaged []Damage, next time.Time, err error)
 	Settle(e *Event) error
 	Expire(cutoff time.Time) (int, error)
 
@@ -27,6 +27,7 @@ type Backend interface {
 	Body(seq uint64) ([]byte, error)
 	Replay(id string, now time.Time) (*Event, error)
 	ReplayAll(queue string, state State, now time.Time) (int, error)
+	Move(from, to string, now time.Time) (int, error)
 
 	Close() error
 }

@@ -60,6 +60,9 @@ func (s *Store) enqueue(w write) error {
 // queue, and answers every write it took.
 func (s *Store) commitGroups() {
 	defer close(s.writerDone)
+	// A write that trips over a damaged page fails alone (commit turns
+	// the panic or the fault into an error); the writer goes on.
+	defer safeFaults()()
 	for first := range s.writes {
 		group := s.gather([]write{first})
 		s.commitGroup(group)
@@ -106,7 +109,7 @@ func (s *Store) gather(group []write) []write {
 // commitGroup commits group in one transaction; when that fails, each
 // write is tried alone, so one bad write does not fail the others.
 func (s *Store) commitGroup(group []write) {
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.commit(func(tx *bolt.Tx) error {
 		for _, w := range group {
 			if err := w.fn(tx); err != nil {
 				return err
@@ -121,6 +124,13 @@ func (s *Store) commitGroup(group []write) {
 		return
 	}
 	for _, w := range group {
-		w.done <- s.db.Update(w.fn)
+		w.done <- s.commit(w.fn)
 	}
+}
+
+// commit runs fn in one write transaction; a panic of bbolt on a damaged
+// page becomes the write's error.
+func (s *Store) commit(fn func(*bolt.Tx) error) (err error) {
+	defer contain(s.path, &err)
+	return s.db.Update(fn)
 }

@@ -3,6 +3,7 @@ package inbox
 import (
 	"context"
 	"math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -26,6 +27,18 @@ type Result struct {
 // Delivered reports whether the app took the event (2xx).
 func (r Result) Delivered() bool { return r.Err == nil && r.Status >= 200 && r.Status < 300 }
 
+// failure says what went wrong, as the history shows it: the error, or
+// the app's status; "" for an attempt that delivered.
+func (r Result) failure() string {
+	switch {
+	case r.Err != nil:
+		return r.Err.Error()
+	case !r.Delivered():
+		return "the app answered " + strconv.Itoa(r.Status)
+	}
+	return ""
+}
+
 // Deliverer sends one event to the app; attempt counts from 1.
 type Deliverer func(ctx context.Context, e *Event, attempt int) Result
 
@@ -43,6 +56,9 @@ type Queue struct {
 	Per  time.Duration
 	// OnAttempt, when set, is told of every attempt (for metrics and logs).
 	OnAttempt func(e *Event, attempt int, r Result)
+	// OnDamaged, when set, is told of each head the store set aside as
+	// Damaged, once.
+	OnDamaged func(d Damage)
 }
 
 // gap is the least time between two attempts' starts; zero without a rate.
@@ -224,12 +240,19 @@ func (d *Dispatcher) dispatchDue(ctx context.Context) time.Time {
 		if q.gap() > 0 {
 			free = min(free, 1) // the next start is spaced after this one
 		}
-		due, at, err := d.store.Due(name, now, free, func(order string, seq uint64) bool {
+		due, damaged, at, err := d.store.Due(name, now, free, func(order string, seq uint64) bool {
 			return d.inFlight[flightKey(name, order, seq)]
 		})
 		if err != nil {
-			d.onErr(err)
-			continue
+			d.onErr(err) // what was read is still started below
+		}
+		if q.OnDamaged != nil {
+			for _, dm := range damaged {
+				q.OnDamaged(dm)
+			}
+		}
+		if len(damaged) > 0 {
+			next = now // the heads behind them may be due
 		}
 		if !at.IsZero() {
 			next = minTime(next, at)
@@ -284,8 +307,8 @@ func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 	logAttempt(e, n, started, res)
 	if !res.Refused {
 		settle(e, q.Retry, n, res, now)
-	} else if res.Err != nil {
-		e.LastError = res.Err.Error()
+	} else {
+		e.LastError = res.failure()
 	}
 	if err := d.store.Settle(e); err != nil {
 		d.onErr(err)
@@ -303,10 +326,7 @@ func (d *Dispatcher) attempt(ctx context.Context, q Queue, e *Event) {
 func settle(e *Event, retry []time.Duration, n int, res Result, now time.Time) {
 	manual := e.Manual
 	e.Attempts, e.Manual = n, false
-	e.LastStatus, e.LastError = res.Status, ""
-	if res.Err != nil {
-		e.LastError = res.Err.Error()
-	}
+	e.LastStatus, e.LastError = res.Status, res.failure()
 	switch {
 	case res.Delivered():
 		e.State, e.DeliveredAt = Delivered, now
@@ -322,10 +342,7 @@ func settle(e *Event, retry []time.Duration, n int, res Result, now time.Time) {
 // An attempt refused at the door is logged too, with the refusal: it is
 // what the app's operator wants to see during a deploy.
 func logAttempt(e *Event, n int, at time.Time, res Result) {
-	a := Attempt{N: n, At: at, Manual: e.Manual, Status: res.Status, Duration: res.Took, Response: res.Response}
-	if res.Err != nil {
-		a.Error = res.Err.Error()
-	}
+	a := Attempt{N: n, At: at, Manual: e.Manual, Status: res.Status, Duration: res.Took, Response: res.Response, Error: res.failure()}
 	e.Log = append(e.Log, a)
 	if len(e.Log) > maxLog {
 		e.Log = append(e.Log[:0], e.Log[len(e.Log)-maxLog:]...)

@@ -16,16 +16,41 @@ var ErrNotReplayable = errors.New("inbox: only delivered and dead events can be 
 // Lookup returns the event with the given id, without its body.
 func (s *Store) Lookup(id string) (*Event, error) {
 	var e *Event
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketIDs).Get([]byte(id))
 		if len(v) != 8 {
 			return ErrNotFound
 		}
 		var err error
-		e, err = getEvent(tx.Bucket(bucketEvents), binary.BigEndian.Uint64(v))
+		e, err = readEvent(tx, binary.BigEndian.Uint64(v))
 		return err
 	})
 	return e, err
+}
+
+// readEvent is the event with sequence seq as the history shows it: a
+// record that does not decode is shown Damaged, with what could be read
+// of it and why.
+func readEvent(tx *bolt.Tx, seq uint64) (*Event, error) {
+	v := tx.Bucket(bucketEvents).Get(seqKey(seq))
+	if v == nil {
+		return nil, ErrNotFound
+	}
+	return recordView(tx, seq, v), nil
+}
+
+// recordView is readEvent of the record v, read already.
+func recordView(tx *bolt.Tx, seq uint64, v []byte) *Event {
+	e, err := decodeEvent(v)
+	if err != nil {
+		return unreadable(tx, seq, v, err)
+	}
+	if tx.Bucket(bucketDamaged).Get(seqKey(seq)) != nil {
+		// A record that decodes but was set aside: its body was damaged.
+		d := unreadable(tx, seq, nil, errCorrupt)
+		e.State, e.LastError = Damaged, d.LastError
+	}
+	return e
 }
 
 // Query selects events for List; empty fields select everything.
@@ -51,7 +76,7 @@ func (s *Store) List(q Query) (events []*Event, next string, err error) {
 	if scan <= 0 {
 		scan = 100000
 	}
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketEvents).Cursor()
 		k, v := c.Last()
 		if q.Before != "" {
@@ -66,9 +91,9 @@ func (s *Store) List(q Query) (events []*Event, next string, err error) {
 			if read++; read > scan {
 				return nil
 			}
-			e, err := decodeEvent(v)
-			if err != nil {
-				return err
+			e := recordView(tx, binary.BigEndian.Uint64(k), v)
+			if e.Queue == "" && q.Queue != "" {
+				e.Queue = q.Queue // unreadable, its queue unknown: listed everywhere rather than nowhere
 			}
 			if (q.Queue != "" && e.Queue != q.Queue) || (q.State != "" && e.State != q.State) || (q.Name != "" && e.Name != q.Name) {
 				continue
@@ -94,7 +119,7 @@ func (s *Store) Replay(id string, now time.Time) (*Event, error) {
 		if len(v) != 8 {
 			return ErrNotFound
 		}
-		e, err := getEvent(tx.Bucket(bucketEvents), binary.BigEndian.Uint64(v))
+		e, err := readEvent(tx, binary.BigEndian.Uint64(v))
 		if err != nil {
 			return err
 		}
@@ -120,7 +145,7 @@ func (s *Store) ReplayAll(queue string, state State, now time.Time) (int, error)
 		err := tx.Bucket(bucketEvents).ForEach(func(_, v []byte) error {
 			e, err := decodeEvent(v)
 			if err != nil {
-				return err
+				return nil // damaged: not replayable
 			}
 			if e.Queue == queue && e.State == state {
 				matches = append(matches, e)
@@ -146,6 +171,9 @@ func requeue(tx *bolt.Tx, e *Event, now time.Time) error {
 	if e.State != Delivered && e.State != Dead {
 		return fmt.Errorf("%w (event %s is %s)", ErrNotReplayable, e.ID, e.State)
 	}
+	if tx.Bucket(bucketDamaged).Get(seqKey(e.Seq)) != nil {
+		return fmt.Errorf("%w (event %s is damaged)", ErrNotReplayable, e.ID)
+	}
 	if tx.Bucket(bucketBodies).Get(seqKey(e.Seq)) == nil {
 		return fmt.Errorf("inbox: event %s has no body left to replay", e.ID)
 	}
@@ -164,4 +192,95 @@ func requeue(tx *bolt.Tx, e *Event, now time.Time) error {
 		return err
 	}
 	return addPending(tx, e)
+}
+
+// Move gives every event of queue from to queue to, and returns how many
+// it moved: the way to deliver what a renamed handler's queue holds.
+// Settled events keep their place in the history; pending ones go
+// behind the events already pending in to, conversation by
+// conversation, in their own order.
+func (s *Store) Move(from, to string, now time.Time) (int, error) {
+	n := 0
+	err := s.update(func(tx *bolt.Tx) error {
+		n = 0
+		var moving []*Event
+		damaged := map[uint64]Damage{}
+		c := tx.Bucket(bucketEvents).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			seq := binary.BigEndian.Uint64(k)
+			if e, err := decodeEvent(v); err == nil && e.Queue == from {
+				if d, ok := decodeDamage(tx.Bucket(bucketDamaged).Get(k)); ok {
+					damaged[seq] = d
+				}
+				moving = append(moving, e)
+			} else if d, ok := decodeDamage(tx.Bucket(bucketDamaged).Get(k)); ok && d.Queue == from {
+				damaged[seq] = d
+			}
+		}
+		for _, e := range moving { // not while iterating: this writes to the bucket
+			if err := moveEvent(tx, e, to, damaged[e.Seq].Queue != ""); err != nil {
+				return err
+			}
+			n++
+		}
+		for seq, d := range damaged {
+			d.Queue = to
+			if err := tx.Bucket(bucketDamaged).Put(seqKey(seq), encodeDamage(d)); err != nil {
+				return err
+			}
+		}
+		return moveCounts(tx, from, to)
+	})
+	return n, err
+}
+
+// moveEvent rewrites one event into queue to; a pending one leaves its
+// old queue's indexes and joins to's behind what is pending there.
+func moveEvent(tx *bolt.Tx, e *Event, to string, setAside bool) error {
+	if e.State != Pending || setAside {
+		e.Queue = to
+		return putEvent(tx.Bucket(bucketEvents), e)
+	}
+	if err := tx.Bucket(bucketArrivals).Delete(arrivalKey(e.Queue, e.Seq)); err != nil {
+		return err
+	}
+	pend := tx.Bucket(bucketPending)
+	if v := pend.Get(pendingKey(e)); v != nil {
+		if at, seq, err := splitPendingValue(v); err == nil {
+			if err := tx.Bucket(bucketDue).Delete(dueKey(e.Queue, at, seq)); err != nil {
+				return err
+			}
+		}
+		if err := pend.Delete(pendingKey(e)); err != nil {
+			return err
+		}
+	}
+	pos, err := tx.Bucket(bucketEvents).NextSequence()
+	if err != nil {
+		return err
+	}
+	e.Queue, e.Pos = to, pos
+	if err := putEvent(tx.Bucket(bucketEvents), e); err != nil {
+		return err
+	}
+	return addPending(tx, e)
+}
+
+// moveCounts adds from's counts to to's and clears from's.
+func moveCounts(tx *bolt.Tx, from, to string) error {
+	b := tx.Bucket(bucketCounts)
+	for _, state := range States {
+		k := append(append([]byte(from), 0), state...)
+		v := b.Get(k)
+		if len(v) != 8 {
+			continue
+		}
+		if err := addCount(tx, to, state, int(binary.BigEndian.Uint64(v))); err != nil {
+			return err
+		}
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
 }

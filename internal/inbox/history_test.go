@@ -114,7 +114,7 @@ func TestReplayGoesBehindItsConversation(t *testing.T) {
 	if got := dueIDs(t, s, "q", now); !slices.Equal(got, []string{"x-1", "y-3"}) {
 		t.Fatalf("due after the replay: %v; the replay must wait behind x-1", got)
 	}
-	due, _, _ := s.Due("q", now, 10, nil)
+	due, _, _, _ := s.Due("q", now, 10, nil)
 	for _, e := range due {
 		if e.ID == "x-1" {
 			e.State = Delivered

@@ -177,7 +177,7 @@ func TestStoreSurvivesReopen(t *testing.T) {
 
 func dueIDs(t *testing.T, s *Store, queue string, now time.Time) []string {
 	t.Helper()
-	due, _, err := s.Due(queue, now, 100, nil)
+	due, _, _, err := s.Due(queue, now, 100, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +220,7 @@ func TestDueIndexFollowsSettles(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("x's head waits for its retry", "y-2", "-3", "-5")
-	if _, next, _ := s.Due("q", now, 100, nil); !next.Equal(evs[0].NextAt.Round(0)) && next.UnixNano() != evs[0].NextAt.UnixNano() {
+	if _, _, next, _ := s.Due("q", now, 100, nil); !next.Equal(evs[0].NextAt.Round(0)) && next.UnixNano() != evs[0].NextAt.UnixNano() {
 		t.Fatalf("next due %v, want %v", next, evs[0].NextAt)
 	}
 
@@ -239,7 +239,7 @@ func TestDueIndexFollowsSettles(t *testing.T) {
 		t.Fatalf("oldest pending %v %v %v, want x-1's arrival", at, ok, err)
 	}
 	busy := func(order string, _ uint64) bool { return order == "x" }
-	if due, _, _ := s.Due("q", now, 1, busy); len(due) != 1 || due[0].ID != "y-2" {
+	if due, _, _, _ := s.Due("q", now, 1, busy); len(due) != 1 || due[0].ID != "y-2" {
 		t.Fatalf("with x in flight and one slot: %v", due)
 	}
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,10 +38,11 @@ import (
 // their keys from a prefix: they need one Redis (with or without
 // replicas), not a cluster.
 type RedisStore struct {
-	client *redis.Client
-	prefix string
-	owner  string // this process's lease token
-	lease  time.Duration
+	client   *redis.Client
+	prefix   string
+	owner    string // this process's lease token
+	instance string // this process as attempt logs name it
+	lease    time.Duration
 
 	mu   sync.Mutex
 	held map[string]string // queue \x00 seq → lease key, for renewal
@@ -54,8 +56,10 @@ type RedisStore struct {
 func OpenRedis(client *redis.Client, prefix string, lease time.Duration) *RedisStore {
 	var token [12]byte
 	_, _ = rand.Read(token[:])
+	host, _ := os.Hostname()
 	s := &RedisStore{client: client, prefix: prefix, owner: hex.EncodeToString(token[:]), lease: lease,
-		held: map[string]string{}, stop: make(chan struct{}), done: make(chan struct{})}
+		instance: fmt.Sprintf("%s/%d", host, os.Getpid()),
+		held:     map[string]string{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go s.renewLeases()
 	return s
 }
@@ -76,38 +80,127 @@ func (s *RedisStore) ctx() (context.Context, context.CancelFunc) {
 
 func ms(t time.Time) int64 { return max(t.UnixMilli(), 0) }
 
+// appendScript stores one request's events, deduplicating on their keys
+// in the same script: it answers, per event, "" when stored or the id of
+// the event that holds one of its keys ("?" when that is unknown). A key
+// holds its event's id; it has no expiry while its event is pending,
+// and its time (the keys list's first element) is set when the event
+// settles.
 var appendScript = redis.NewScript(`
-local P, Q, n = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local P, Q, n, untilMs, nshared = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local qp = P .. 'q:' .. Q .. ':'
-redis.call('SADD', P .. 'queues', Q)
-for i = 0, n - 1 do
-  local b = 4 + i * 6
-  local seq, id, order, at, blob, body = ARGV[b], ARGV[b+1], ARGV[b+2], ARGV[b+3], ARGV[b+4], ARGV[b+5]
-  redis.call('SET', P .. 'ev:' .. seq, blob)
-  redis.call('SET', P .. 'body:' .. seq, body)
-  redis.call('SET', P .. 'id:' .. id, seq)
-  redis.call('SET', P .. 'state:' .. seq, 'pending')
-  redis.call('ZADD', qp .. 'all', seq, seq)
-  redis.call('ZADD', qp .. 'pending', seq, seq)
-  redis.call('HINCRBY', qp .. 'counts', 'pending', 1)
-  if order == '' or redis.call('RPUSH', qp .. 'conv:' .. order, seq) == 1 then
-    redis.call('ZADD', qp .. 'due', at, seq)
+local out = {}
+local function held(keys)
+  for _, k in ipairs(keys) do
+    local v = redis.call('GET', P .. 'key:' .. k)
+    if v then return v end
+  end
+  return nil
+end
+local shared = {}
+for i = 1, nshared do shared[i] = ARGV[5 + i] end
+local a = 6 + nshared
+local events = {}
+for i = 1, n do
+  local e = {seq = ARGV[a], id = ARGV[a+1], order = ARGV[a+2], at = ARGV[a+3], blob = ARGV[a+4], body = ARGV[a+5], keys = {}}
+  local nk = tonumber(ARGV[a+6])
+  for j = 1, nk do e.keys[j] = ARGV[a+6+j] end
+  a = a + 7 + nk
+  events[i] = e
+end
+local sharedHolder = held(shared)
+local first = nil
+for i, e in ipairs(events) do
+  local holder = sharedHolder or held(e.keys)
+  if holder then
+    out[i] = holder
+  else
+    out[i] = ''
+    redis.call('SET', P .. 'ev:' .. e.seq, e.blob)
+    redis.call('SET', P .. 'body:' .. e.seq, e.body)
+    redis.call('SET', P .. 'id:' .. e.id, e.seq)
+    redis.call('SET', P .. 'state:' .. e.seq, 'pending')
+    if e.order ~= '' then redis.call('SET', P .. 'order:' .. e.seq, e.order) end
+    redis.call('ZADD', qp .. 'all', e.seq, e.seq)
+    redis.call('ZADD', qp .. 'pending', e.seq, e.seq)
+    redis.call('HINCRBY', qp .. 'counts', 'pending', 1)
+    if e.order == '' or redis.call('RPUSH', qp .. 'conv:' .. e.order, e.seq) == 1 then
+      redis.call('ZADD', qp .. 'due', e.at, e.seq)
+    end
+    local keys = e.keys
+    if not first then
+      first = e
+      for _, k in ipairs(shared) do table.insert(keys, k) end
+    end
+    if #keys > 0 then
+      redis.call('RPUSH', P .. 'keys:' .. e.seq, untilMs)
+      for _, k in ipairs(keys) do
+        redis.call('SET', P .. 'key:' .. k, e.id)
+        redis.call('RPUSH', P .. 'keys:' .. e.seq, k)
+      end
+    end
   end
 end
-return n
+if not first and not sharedHolder and #shared > 0 and tonumber(untilMs) > 0 then
+  for _, k in ipairs(shared) do redis.call('SET', P .. 'key:' .. k, '?', 'PXAT', untilMs) end
+end
+redis.call('SADD', P .. 'queues', Q)
+return out
 `)
 
+// releaseKeys is the Lua that gives a settled event's keys their time
+// (shared by the scripts that take an event out of pending).
+const releaseKeys = `
+local function releaseKeys(P, seq, nowMs)
+  local kl = P .. 'keys:' .. seq
+  local ks = redis.call('LRANGE', kl, 0, -1)
+  if #ks == 0 then return end
+  local untilMs = tonumber(ks[1])
+  for i = 2, #ks do
+    if untilMs > tonumber(nowMs) then
+      redis.call('PEXPIREAT', P .. 'key:' .. ks[i], untilMs)
+    else
+      redis.call('DEL', P .. 'key:' .. ks[i])
+    end
+  end
+  redis.call('DEL', kl)
+end
+`
+
+// leavePending is the Lua that moves a pending event to its final state:
+// counts, the next event of its conversation made due, its keys released.
+const leavePending = releaseKeys + `
+local function leavePending(P, qp, seq, state, order, nowMs)
+  redis.call('SET', P .. 'state:' .. seq, state)
+  redis.call('ZREM', qp .. 'due', seq)
+  redis.call('ZREM', qp .. 'pending', seq)
+  redis.call('HINCRBY', qp .. 'counts', 'pending', -1)
+  redis.call('HINCRBY', qp .. 'counts', state, 1)
+  if order ~= '' then
+    local ck = qp .. 'conv:' .. order
+    redis.call('LREM', ck, 1, seq)
+    local nxt = redis.call('LINDEX', ck, 0)
+    if nxt then redis.call('ZADD', qp .. 'due', nowMs, nxt) end
+  end
+  releaseKeys(P, seq, nowMs)
+end
+`
+
 // Append stores events of one queue as pending, all or none, in one
-// script (a handler appends its own queue's events only).
-func (s *RedisStore) Append(events []*Event) error {
+// script (a handler appends its own queue's events only), deduplicating
+// on their keys and shared as Store.Append does.
+func (s *RedisStore) Append(events []*Event, shared ...string) error {
 	if len(events) == 0 {
 		return nil
 	}
 	queue := events[0].Queue
+	var until time.Time
 	for _, e := range events {
 		if e.Queue != queue {
 			return errors.New("inbox: redis: one Append holds one queue's events")
 		}
+		until = maxTime(until, e.KeysUntil)
+		e.Duplicate, e.DuplicateOf = false, ""
 	}
 	ctx, cancel := s.ctx()
 	defer cancel()
@@ -115,17 +208,29 @@ func (s *RedisStore) Append(events []*Event) error {
 	if err != nil {
 		return fmt.Errorf("inbox: redis: %w", err)
 	}
-	args := []any{s.prefix, queue, len(events)}
+	args := []any{s.prefix, queue, len(events), ms(until), len(shared)}
+	for _, k := range shared {
+		args = append(args, hex.EncodeToString([]byte(k)))
+	}
 	for i, e := range events {
 		e.Seq = uint64(last) - uint64(len(events)) + uint64(i) + 1
-		e.Pos, e.State = e.Seq, Pending
+		e.Pos, e.State, e.BodySum = e.Seq, Pending, bodySum(e.Body)
 		if e.NextAt.IsZero() {
 			e.NextAt = e.ReceivedAt
 		}
-		args = append(args, e.Seq, e.ID, e.OrderKey, ms(e.NextAt), encodeEvent(e), e.Body)
+		args = append(args, e.Seq, e.ID, e.OrderKey, ms(e.NextAt), encodeEvent(e), e.Body, len(e.Keys))
+		for _, k := range e.Keys {
+			args = append(args, hex.EncodeToString([]byte(k)))
+		}
 	}
-	if err := appendScript.Run(ctx, s.client, nil, args...).Err(); err != nil {
+	res, err := appendScript.Run(ctx, s.client, nil, args...).StringSlice()
+	if err != nil {
 		return fmt.Errorf("inbox: redis: %w", err)
+	}
+	for i, holder := range res {
+		if i < len(events) && holder != "" {
+			events[i].Duplicate, events[i].DuplicateOf = true, strings.TrimPrefix(holder, "?")
+		}
 	}
 	return nil
 }
@@ -152,36 +257,68 @@ return out
 // Due takes up to limit due heads of queue, each with a lease that this
 // store renews until the head is settled. busy is not needed: heads in
 // flight here are leased, and a lease is taken only once.
-func (s *RedisStore) Due(queue string, now time.Time, limit int, _ func(string, uint64) bool) ([]*Event, time.Time, error) {
+//
+// A head whose blob does not decode, or whose body does not match its
+// checksum, is set aside as Damaged (under its lease) and reported; the
+// other heads taken in the same call are returned all the same.
+func (s *RedisStore) Due(queue string, now time.Time, limit int, _ func(string, uint64) bool) (due []*Event, damaged []Damage, next time.Time, err error) {
 	if limit <= 0 {
-		return nil, time.Time{}, nil
+		return nil, nil, time.Time{}, nil
 	}
 	ctx, cancel := s.ctx()
 	defer cancel()
 	res, err := claimScript.Run(ctx, s.client, nil, s.prefix, queue, ms(now), limit, s.owner, s.lease.Milliseconds()).StringSlice()
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("inbox: redis: %w", err)
+		return nil, nil, time.Time{}, fmt.Errorf("inbox: redis: %w", err)
 	}
-	var due []*Event
 	for i := 0; i+2 < len(res); i += 3 {
 		seq, blob, body := res[i], res[i+1], res[i+2]
 		s.hold(queue, seq)
-		e, err := decodeEvent([]byte(blob))
-		if err != nil {
+		e, derr := decodeEvent([]byte(blob))
+		if derr == nil && e.summed && bodySum([]byte(body)) != e.BodySum {
+			derr = errBodyDamaged
+		}
+		if derr != nil {
+			n, _ := strconv.ParseUint(seq, 10, 64)
+			d := Damage{Queue: queue, Seq: n, ID: peekEvent([]byte(blob)).ID, Reason: derr.Error(), At: now}
+			if qerr := s.quarantine(ctx, &d); qerr != nil {
+				err = errors.Join(err, fmt.Errorf("inbox: redis: setting aside damaged event %s: %w", seq, qerr))
+			} else {
+				damaged = append(damaged, d)
+			}
 			s.release(queue, seq)
-			return due, time.Time{}, fmt.Errorf("inbox: redis event %s: %w", seq, err)
+			continue
 		}
 		e.Body = []byte(body)
 		due = append(due, e)
 	}
-	var next time.Time
-	if at, err := strconv.ParseFloat(res[len(res)-1], 64); err == nil {
+	if at, perr := strconv.ParseFloat(res[len(res)-1], 64); perr == nil {
 		next = time.UnixMilli(int64(at))
 	}
-	return due, next, nil
+	return due, damaged, next, err
 }
 
-var settleScript = redis.NewScript(`
+var quarantineScript = redis.NewScript(leavePending + `
+local P, Q, seq, owner, reason, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local qp = P .. 'q:' .. Q .. ':'
+if redis.call('GET', qp .. 'lease:' .. seq) ~= owner or redis.call('GET', P .. 'state:' .. seq) ~= 'pending' then
+  return 0
+end
+redis.call('SET', P .. 'damage:' .. seq, reason)
+redis.call('DEL', qp .. 'lease:' .. seq)
+leavePending(P, qp, seq, 'damaged', redis.call('GET', P .. 'order:' .. seq) or '', now)
+return 1
+`)
+
+// quarantine sets a leased head aside as Damaged and makes the next event
+// of its conversation due.
+func (s *RedisStore) quarantine(ctx context.Context, d *Damage) error {
+	seq := strconv.FormatUint(d.Seq, 10)
+	d.OrderKey, _ = s.client.Get(ctx, s.prefix+"order:"+seq).Result()
+	return quarantineScript.Run(ctx, s.client, nil, s.prefix, d.Queue, seq, s.owner, d.Reason, ms(d.At)).Err()
+}
+
+var settleScript = redis.NewScript(leavePending + `
 local P, Q, seq, owner, order, state, at, blob, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local qp = P .. 'q:' .. Q .. ':'
 local holder = redis.call('GET', qp .. 'lease:' .. seq)
@@ -194,32 +331,72 @@ if state == 'pending' then
   redis.call('ZADD', qp .. 'due', at, seq)
   return 1
 end
-redis.call('SET', P .. 'state:' .. seq, state)
-redis.call('ZREM', qp .. 'due', seq)
-redis.call('ZREM', qp .. 'pending', seq)
-redis.call('HINCRBY', qp .. 'counts', 'pending', -1)
-redis.call('HINCRBY', qp .. 'counts', state, 1)
-if order ~= '' then
-  local ck = qp .. 'conv:' .. order
-  redis.call('LREM', ck, 1, seq)
-  local nxt = redis.call('LINDEX', ck, 0)
-  if nxt then redis.call('ZADD', qp .. 'due', now, nxt) end
-end
+leavePending(P, qp, seq, state, order, now)
 return 1
 `)
 
-// Settle records an attempt's result on a head this store leased.
+// ErrLate is a result that came after the attempt's lease had lapsed:
+// another instance took the event over, and the result was not taken.
+var ErrLate = errors.New("the attempt ended after this instance's lease on the event had lapsed (was the process paused?); " +
+	"another instance took it over, so its result was not taken; the attempt is in the event's log as late")
+
+// Settle records an attempt's result on a head this store leased. A
+// result that comes too late is not taken, but the attempt is still
+// added to the event's log as late, since the app received it.
 func (s *RedisStore) Settle(e *Event) error {
 	seq := strconv.FormatUint(e.Seq, 10)
 	defer s.release(e.Queue, seq)
+	if n := len(e.Log); n > 0 && e.Log[n-1].Instance == "" {
+		e.Log[n-1].Instance = s.instance
+	}
 	ctx, cancel := s.ctx()
 	defer cancel()
 	err := settleScript.Run(ctx, s.client, nil, s.prefix, e.Queue, seq, s.owner, e.OrderKey, string(e.State),
 		ms(e.NextAt), encodeEvent(e), ms(time.Now())).Err()
+	if err != nil && strings.Contains(err.Error(), "LEASE") && len(e.Log) > 0 {
+		late := e.Log[len(e.Log)-1]
+		late.Late = true
+		if rerr := s.recordLate(ctx, seq, late); rerr != nil {
+			return fmt.Errorf("inbox: redis: event %s: %w (and recording it failed: %v)", e.ID, ErrLate, rerr)
+		}
+		return fmt.Errorf("inbox: redis: event %s: %w", e.ID, ErrLate)
+	}
 	if err != nil {
 		return fmt.Errorf("inbox: redis: settling %s: %w", e.ID, err)
 	}
 	return nil
+}
+
+var swapScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+`)
+
+// recordLate adds a late attempt to the stored event's log, whatever
+// became of the event meanwhile (compare and swap, retried a few times
+// against the instance that now holds it).
+func (s *RedisStore) recordLate(ctx context.Context, seq string, a Attempt) error {
+	key := s.prefix + "ev:" + seq
+	for range 5 {
+		blob, err := s.client.Get(ctx, key).Result()
+		if err != nil {
+			return err
+		}
+		cur, err := decodeEvent([]byte(blob))
+		if err != nil {
+			return err
+		}
+		cur.Log = append(cur.Log, a)
+		if len(cur.Log) > maxLog {
+			cur.Log = cur.Log[len(cur.Log)-maxLog:]
+		}
+		swapped, err := swapScript.Run(ctx, s.client, []string{key}, blob, encodeEvent(cur)).Int()
+		if err != nil || swapped == 1 {
+			return err
+		}
+	}
+	return errors.New("the event kept changing")
 }
 
 func (s *RedisStore) hold(queue, seq string) {
@@ -272,7 +449,8 @@ var expireScript = redis.NewScript(`
 local P, Q, seq, id, state = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local qp = P .. 'q:' .. Q .. ':'
 if redis.call('GET', P .. 'state:' .. seq) ~= state then return 0 end
-redis.call('DEL', P .. 'ev:' .. seq, P .. 'body:' .. seq, P .. 'id:' .. id, P .. 'state:' .. seq)
+redis.call('DEL', P .. 'ev:' .. seq, P .. 'body:' .. seq, P .. 'id:' .. id, P .. 'state:' .. seq,
+  P .. 'order:' .. seq, P .. 'damage:' .. seq, P .. 'keys:' .. seq)
 redis.call('ZREM', qp .. 'all', seq)
 redis.call('HINCRBY', qp .. 'counts', state, -1)
 return 1
@@ -324,25 +502,38 @@ func (s *RedisStore) Expire(cutoff time.Time) (int, error) {
 }
 
 // events reads and decodes the events with the given sequences (missing
-// ones are skipped).
+// ones are skipped). A blob that does not decode, or an event set aside,
+// is returned Damaged with what could be read of it and why.
 func (s *RedisStore) events(ctx context.Context, seqs []string) ([]*Event, error) {
-	keys := make([]string, len(seqs))
-	for i, seq := range seqs {
-		keys[i] = s.prefix + "ev:" + seq
+	keys := make([]string, 0, 2*len(seqs))
+	for _, seq := range seqs {
+		keys = append(keys, s.prefix+"ev:"+seq)
 	}
-	blobs, err := s.client.MGet(ctx, keys...).Result()
+	for _, seq := range seqs {
+		keys = append(keys, s.prefix+"damage:"+seq)
+	}
+	vals, err := s.client.MGet(ctx, keys...).Result()
 	if err != nil {
 		return nil, err
 	}
-	out := make([]*Event, 0, len(blobs))
-	for _, b := range blobs {
-		str, ok := b.(string)
+	out := make([]*Event, 0, len(seqs))
+	for i, seq := range seqs {
+		blob, ok := vals[i].(string)
 		if !ok {
 			continue
 		}
-		e, err := decodeEvent([]byte(str))
+		reason, damaged := vals[len(seqs)+i].(string)
+		e, err := decodeEvent([]byte(blob))
 		if err != nil {
-			return nil, err
+			e = peekEvent([]byte(blob))
+			e.Seq, _ = strconv.ParseUint(seq, 10, 64)
+			e.State, e.LastError = Damaged, err.Error()
+			if e.ReceivedAt.IsZero() {
+				e.ReceivedAt = idTime(e.ID)
+			}
+		}
+		if damaged {
+			e.State, e.LastError = Damaged, reason
 		}
 		out = append(out, e)
 	}
@@ -536,6 +727,69 @@ func (s *RedisStore) ReplayAll(queue string, state State, now time.Time) (int, e
 		}
 		before = next
 	}
+}
+
+var moveScript = redis.NewScript(`
+local P, from, to, seq, blob = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local fp, tp = P .. 'q:' .. from .. ':', P .. 'q:' .. to .. ':'
+if redis.call('ZREM', fp .. 'all', seq) == 0 then return 0 end
+redis.call('SET', P .. 'ev:' .. seq, blob)
+redis.call('ZADD', tp .. 'all', seq, seq)
+local st = redis.call('GET', P .. 'state:' .. seq) or 'unknown'
+redis.call('HINCRBY', fp .. 'counts', st, -1)
+redis.call('HINCRBY', tp .. 'counts', st, 1)
+if st == 'pending' then
+  redis.call('ZREM', fp .. 'pending', seq)
+  redis.call('ZADD', tp .. 'pending', seq, seq)
+  local at = redis.call('ZSCORE', fp .. 'due', seq)
+  redis.call('ZREM', fp .. 'due', seq)
+  local order = redis.call('GET', P .. 'order:' .. seq)
+  if order then
+    redis.call('LREM', fp .. 'conv:' .. order, 1, seq)
+    if redis.call('RPUSH', tp .. 'conv:' .. order, seq) == 1 then redis.call('ZADD', tp .. 'due', at or ARGV[6], seq) end
+  else
+    redis.call('ZADD', tp .. 'due', at or ARGV[6], seq)
+  end
+end
+redis.call('SADD', P .. 'queues', to)
+return 1
+`)
+
+// Move gives every event of queue from to queue to, as Store.Move does.
+func (s *RedisStore) Move(from, to string, now time.Time) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	n := 0
+	for {
+		seqs, err := s.client.ZRange(ctx, s.prefix+"q:"+from+":all", 0, 199).Result()
+		if err != nil || len(seqs) == 0 {
+			return n, err
+		}
+		blobs, err := s.client.MGet(ctx, prefixed(s.prefix+"ev:", seqs)...).Result()
+		if err != nil {
+			return n, err
+		}
+		for i, seq := range seqs {
+			blob, _ := blobs[i].(string)
+			if e, err := decodeEvent([]byte(blob)); err == nil {
+				e.Queue = to
+				blob = string(encodeEvent(e))
+			}
+			moved, err := moveScript.Run(ctx, s.client, nil, s.prefix, from, to, seq, blob, ms(now)).Int()
+			if err != nil {
+				return n, err
+			}
+			n += moved
+		}
+	}
+}
+
+func prefixed(prefix string, names []string) []string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		out[i] = prefix + n
+	}
+	return out
 }
 
 // Close stops renewing leases (those still held expire, and their events

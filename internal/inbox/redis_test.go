@@ -73,11 +73,11 @@ func TestRedisLeaseHandsOverADeadInstancesHead(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	got, _, err := a.Due("q", now, 1, nil)
+	got, _, _, err := a.Due("q", now, 1, nil)
 	if err != nil || len(got) != 1 || got[0].ID != "x-0" || string(got[0].Body) != "{}" {
 		t.Fatalf("a took %v, %v", got, err)
 	}
-	other, _, _ := b.Due("q", now, 10, nil)
+	other, _, _, _ := b.Due("q", now, 10, nil)
 	if len(other) != 1 || other[0].ID != "y-2" {
 		t.Fatalf("b took %v; want only y-2 (x-0 is leased, x-1 waits behind it)", idsOf(other))
 	}
@@ -87,7 +87,7 @@ func TestRedisLeaseHandsOverADeadInstancesHead(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("b never took over x-0 after a's lease expired")
 		}
-		taken, _, _ = b.Due("q", time.Now(), 10, nil)
+		taken, _, _, _ = b.Due("q", time.Now(), 10, nil)
 	}
 	if len(taken) != 1 || taken[0].ID != "x-0" {
 		t.Fatalf("b took over %v, want x-0", idsOf(taken))
@@ -100,7 +100,7 @@ func TestRedisLeaseHandsOverADeadInstancesHead(t *testing.T) {
 	if err := a.Settle(got[0]); err == nil {
 		t.Fatal("the dead instance's late result was recorded over b's")
 	}
-	next, _, _ := b.Due("q", time.Now(), 10, nil)
+	next, _, _, _ := b.Due("q", time.Now(), 10, nil)
 	if len(next) != 1 || next[0].ID != "x-1" {
 		t.Fatalf("after x-0: %v, want x-1", idsOf(next))
 	}
@@ -130,7 +130,7 @@ func TestRedisHistory(t *testing.T) {
 	if err := s.Append(evs); err != nil {
 		t.Fatal(err)
 	}
-	due, _, _ := s.Due("q", time.Now(), 1, nil)
+	due, _, _, _ := s.Due("q", time.Now(), 1, nil)
 	if len(due) != 1 || due[0].ID != "x-0" {
 		t.Fatalf("first head %v", idsOf(due))
 	}
@@ -145,7 +145,7 @@ func TestRedisHistory(t *testing.T) {
 	if err != nil || !r.Manual || r.Attempts != 3 {
 		t.Fatalf("replay: %+v %v", r, err)
 	}
-	heads, _, _ := s.Due("q", time.Now(), 10, nil)
+	heads, _, _, _ := s.Due("q", time.Now(), 10, nil)
 	if got := idsOf(heads); len(got) != 2 || !slices.Contains(got, "x-1") || !slices.Contains(got, "y-2") {
 		t.Fatalf("heads after the replay %v; x-0 must wait behind x-1", got)
 	}
@@ -155,7 +155,7 @@ func TestRedisHistory(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	heads, _, _ = s.Due("q", time.Now(), 10, nil)
+	heads, _, _, _ = s.Due("q", time.Now(), 10, nil)
 	if len(heads) != 1 || heads[0].ID != "x-0" || !heads[0].Manual {
 		t.Fatalf("after x-1: %v", idsOf(heads))
 	}

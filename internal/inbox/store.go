@@ -16,6 +16,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,7 +32,15 @@ const (
 	Pending   State = "pending"   // waiting for its turn or its next attempt
 	Delivered State = "delivered" // the app answered 2xx
 	Dead      State = "dead"      // every attempt of its schedule failed
+	// Damaged is a record that could not be read back (a byte changed on
+	// disk, a body that no longer matches its checksum): it is set aside
+	// with the reason, and the rest of its conversation goes on without
+	// it, as after a dead event.
+	Damaged State = "damaged"
 )
+
+// States lists every state, in the order summaries show them.
+var States = []State{Pending, Delivered, Dead, Damaged}
 
 // Event is one webhook event as it will be delivered: the request the
 // gateway would have forwarded (signature headers removed), and its
@@ -66,6 +76,23 @@ type Event struct {
 	Manual bool
 	Log    []Attempt // the attempts so far, the latest maxLog
 
+	// Keys are the dedupe keys the event is known by (opaque to the
+	// store); while one is held, an Append of an event with the same key
+	// is a duplicate. They are held until KeysUntil, and for as long as the
+	// event is pending.
+	Keys      []string
+	KeysUntil time.Time
+	// BodySum is the checksum of Body, set by Append.
+	BodySum uint32
+
+	// DuplicateOf is set by Append on an event it did not store because a
+	// key of it is held: the id of the event that holds it ("" when that
+	// event is gone or unreadable, the key still being held).
+	Duplicate   bool
+	DuplicateOf string
+
+	// summed: BodySum was read from the record (older records have none).
+	summed bool
 	// dueAt is the NextAt the store holds for the event (in its due and
 	// pending entries), so that Settle can find them without reading the
 	// event back.
@@ -74,9 +101,14 @@ type Event struct {
 
 // Attempt is one delivery attempt, as the history shows it.
 type Attempt struct {
-	N        int
-	At       time.Time
-	Manual   bool          // a replay asked for it
+	N      int
+	At     time.Time
+	Manual bool // a replay asked for it
+	// Late is an attempt that ran after its instance's lease had lapsed
+	// (a paused process, with Redis): another instance may have delivered
+	// the event meanwhile, and its result was not taken.
+	Late     bool
+	Instance string        // the instance that made it, when several share the queue
 	Status   int           // the app's status; 0 when it did not answer
 	Duration time.Duration // until the answer or the error
 	Error    string
@@ -100,6 +132,13 @@ var (
 	bucketDue = []byte("due") // queue \x00 nextAt seq → order key
 	// bucketArrivals finds a queue's oldest pending event.
 	bucketArrivals = []byte("arrivals") // queue \x00 seq → nothing
+	// bucketKeys holds the dedupe keys of stored events, so that a
+	// sender's redelivery is a duplicate after a restart too.
+	bucketKeys = []byte("keys") // key → until (ns) seq
+	// bucketDamaged holds what is known of each record set aside.
+	bucketDamaged = []byte("damaged") // seq → Damage (encodeDamage)
+
+	allBuckets = [][]byte{bucketEvents, bucketIDs, bucketBodies, bucketPending, bucketCounts, bucketKeys, bucketDamaged}
 )
 
 // ErrNotFound is returned for an event that is not in the store.
@@ -107,7 +146,8 @@ var ErrNotFound = errors.New("inbox: no such event")
 
 // Store is the bbolt file of one or more queues.
 type Store struct {
-	db *bolt.DB
+	db   *bolt.DB
+	path string
 
 	mu         sync.RWMutex // closed, against writes queued after Close
 	closed     bool
@@ -118,31 +158,78 @@ type Store struct {
 
 // Open opens (creating it and its directory when missing) the store at
 // path. The file is locked: a second Open of the same path waits up to
-// lockTimeout, then fails.
-func Open(path string, lockTimeout time.Duration) (*Store, error) {
+// lockTimeout, then fails with a *FileError that says so; a damaged file
+// fails with a *FileError that says what to do, never with a panic.
+//
+// Every commit is fsynced, with bbolt's default options: that is what
+// acknowledged means, and no setting or environment changes it.
+func Open(path string, lockTimeout time.Duration) (s *Store, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("inbox: %w", err)
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, NoSync: os.Getenv("XNOSYNC") != "", NoFreelistSync: os.Getenv("XNFS") != "", FreelistType: bolt.FreelistType(os.Getenv("XFLT"))})
+	db, err := openFile(path, &bolt.Options{Timeout: lockTimeout})
 	if err != nil {
+		return nil, err
+	}
+	s = &Store{db: db, path: path, writes: make(chan write, maxGroup), writerDone: make(chan struct{})}
+	err = s.prepare()
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	go s.commitGroups()
+	return s, nil
+}
+
+// openFile opens the bbolt file with its panics and faults contained,
+// and its errors said in the user's terms.
+func openFile(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	defer safeFaults()()
+	defer contain(path, &err)
+	db, err = bolt.Open(path, 0o600, opts)
+	switch {
+	case errors.Is(err, bolt.ErrTimeout):
+		return nil, &FileError{Path: path, Locked: true}
+	case errors.Is(err, bolt.ErrInvalid), errors.Is(err, bolt.ErrVersionMismatch), errors.Is(err, bolt.ErrChecksum),
+		err != nil && strings.Contains(err.Error(), "file size too small"):
+		return nil, &FileError{Path: path, Cause: err.Error()}
+	case err != nil:
 		return nil, fmt.Errorf("inbox: opening %s: %w", path, err)
 	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketEvents, bucketIDs, bucketBodies, bucketPending, bucketCounts} {
+	return db, nil
+}
+
+// prepare creates the buckets a new file lacks and the indexes an older
+// one lacks, and reads the root of every bucket, so that a file damaged
+// where every pass would trip over it is refused at once.
+func (s *Store) prepare() (err error) {
+	defer safeFaults()()
+	defer contain(s.path, &err)
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		for _, b := range allBuckets {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return ensureIndexes(tx)
+		if err := ensureIndexes(tx); err != nil {
+			return err
+		}
+		for _, b := range append(allBuckets, bucketDue, bucketArrivals) {
+			tx.Bucket(b).Cursor().First()
+		}
+		return nil
 	})
 	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("inbox: preparing %s: %w", path, err)
+		if _, ok := errors.AsType[*FileError](err); ok {
+			return err
+		}
+		return &FileError{Path: s.path, Cause: err.Error()}
 	}
-	s := &Store{db: db, writes: make(chan write, maxGroup), writerDone: make(chan struct{})}
-	go s.commitGroups()
-	return s, nil
+	return nil
 }
+
+// Path is the store's file.
+func (s *Store) Path() string { return s.path }
 
 // Close finishes the writes queued so far and closes the file; later
 // writes fail with ErrClosed.
@@ -165,41 +252,85 @@ func NewID(now time.Time) string {
 	return "evt_" + hex.EncodeToString(b[:])
 }
 
-// Append stores events as pending, all or none, and returns once they are
-// on disk (fsynced). Concurrent calls share one commit. Each event gets its
-// Seq and State here.
-func (s *Store) Append(events []*Event) error {
+// Append stores the events of one request as pending, all or none, and
+// returns once they are on disk (fsynced). Concurrent calls share one
+// commit. Each stored event gets its Seq, State and BodySum here.
+//
+// Deduplication happens in the same transaction: an event is not stored,
+// and is marked Duplicate, when one of its Keys is held (by an event
+// stored earlier, in this call or before); every event is a duplicate
+// when one of shared (the request's own keys, such as a batch's
+// idempotency key) is held. The keys of what is stored, and shared, are
+// held until the events' KeysUntil, and while their event is pending.
+func (s *Store) Append(events []*Event, shared ...string) error {
 	// The function may run again (alone) when the group it was committed
 	// with failed: every value is set afresh on each run.
 	return s.update(func(tx *bolt.Tx) error {
-		evb := tx.Bucket(bucketEvents)
+		now, until := time.Now(), time.Time{}
+		if len(events) > 0 && !events[0].ReceivedAt.IsZero() {
+			now = events[0].ReceivedAt // the clock the keys' times were set by
+		}
 		for _, e := range events {
-			seq, err := evb.NextSequence()
-			if err != nil {
+			e.Duplicate, e.DuplicateOf = false, ""
+			until = maxTime(until, e.KeysUntil)
+		}
+		if holder, held := heldKey(tx, shared, now); held {
+			for _, e := range events {
+				e.Duplicate, e.DuplicateOf = true, holder
+			}
+			return nil
+		}
+		var first uint64
+		for _, e := range events {
+			if holder, held := heldKey(tx, e.Keys, now); held {
+				e.Duplicate, e.DuplicateOf = true, holder
+				continue
+			}
+			if err := s.store(tx, e); err != nil {
 				return err
 			}
-			e.Seq, e.Pos, e.State = seq, seq, Pending
-			if e.NextAt.IsZero() {
-				e.NextAt = e.ReceivedAt
-			}
-			if err := putEvent(evb, e); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketBodies).Put(seqKey(seq), e.Body); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketIDs).Put([]byte(e.ID), seqKey(seq)); err != nil {
-				return err
-			}
-			if err := addPending(tx, e); err != nil {
-				return err
-			}
-			if err := addCount(tx, e.Queue, Pending, 1); err != nil {
-				return err
+			if first == 0 {
+				first = e.Seq
 			}
 		}
-		return nil
+		return holdKeys(tx, shared, until, first)
 	})
+}
+
+// store writes one new event and its indexes.
+func (s *Store) store(tx *bolt.Tx, e *Event) error {
+	evb := tx.Bucket(bucketEvents)
+	seq, err := evb.NextSequence()
+	if err != nil {
+		return err
+	}
+	e.Seq, e.Pos, e.State, e.BodySum = seq, seq, Pending, bodySum(e.Body)
+	if e.NextAt.IsZero() {
+		e.NextAt = e.ReceivedAt
+	}
+	if err := putEvent(evb, e); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketBodies).Put(seqKey(seq), e.Body); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketIDs).Put([]byte(e.ID), seqKey(seq)); err != nil {
+		return err
+	}
+	if err := addPending(tx, e); err != nil {
+		return err
+	}
+	if err := holdKeys(tx, e.Keys, e.KeysUntil, seq); err != nil {
+		return err
+	}
+	return addCount(tx, e.Queue, Pending, 1)
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // addPending puts a pending event into the indexes: the pending order,
@@ -310,13 +441,16 @@ func timeValue(t time.Time) []byte {
 // key's first pending event, and pending events without one), the longest
 // due first, with their bodies, skipping those busy reports (already in
 // flight). next is when the first head not yet due will be; zero when
-// there is none.
-func (s *Store) Due(queue string, now time.Time, limit int, busy func(orderKey string, seq uint64) bool) (due []*Event, next time.Time, err error) {
+// there is none. A head that cannot be read (its record or its body
+// damaged) is set aside as Damaged and returned in damaged, so that it
+// holds back nothing; the others are returned even when setting one
+// aside failed (err then says why).
+func (s *Store) Due(queue string, now time.Time, limit int, busy func(orderKey string, seq uint64) bool) (due []*Event, damaged []Damage, next time.Time, err error) {
 	if limit <= 0 {
-		return nil, time.Time{}, nil
+		return nil, nil, time.Time{}, nil
 	}
 	prefix := append([]byte(queue), 0)
-	err = s.db.View(func(tx *bolt.Tx) error {
+	err = s.view(func(tx *bolt.Tx) error {
 		evb, c := tx.Bucket(bucketEvents), tx.Bucket(bucketDue).Cursor()
 		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+16; k, v = c.Next() {
 			at := time.Unix(0, int64(binary.BigEndian.Uint64(k[len(prefix):])))
@@ -328,41 +462,64 @@ func (s *Store) Due(queue string, now time.Time, limit int, busy func(orderKey s
 			if busy != nil && busy(string(v), seq) {
 				continue
 			}
-			e, err := getEvent(evb, seq)
+			e, err := readHead(tx, evb, seq)
 			if err != nil {
-				return err
+				damaged = append(damaged, Damage{Queue: queue, Seq: seq, OrderKey: string(v), Reason: err.Error(), dueAt: at})
+				continue
 			}
 			e.dueAt = at
-			body := tx.Bucket(bucketBodies).Get(seqKey(seq))
-			if body == nil {
-				return fmt.Errorf("inbox: event %d has no body", seq)
-			}
-			e.Body = bytes.Clone(body) // bbolt's bytes live only as long as the transaction
 			if due = append(due, e); len(due) == limit {
 				return nil
 			}
 		}
 		return nil
 	})
-	return due, next, err
+	if err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	for i := range damaged {
+		damaged[i].At = now
+		if qerr := s.quarantine(&damaged[i]); qerr != nil {
+			err = errors.Join(err, fmt.Errorf("inbox: setting aside damaged event %d: %w", damaged[i].Seq, qerr))
+		}
+	}
+	return due, damaged, next, err
+}
+
+// readHead reads a head's record and body, checking the body against its
+// checksum.
+func readHead(tx *bolt.Tx, evb *bolt.Bucket, seq uint64) (*Event, error) {
+	e, err := getEvent(evb, seq)
+	if err != nil {
+		return nil, err
+	}
+	body := tx.Bucket(bucketBodies).Get(seqKey(seq))
+	if body == nil {
+		return nil, errors.New("inbox: the event's body is missing")
+	}
+	if e.summed && bodySum(body) != e.BodySum {
+		return nil, errBodyDamaged
+	}
+	e.Body = bytes.Clone(body) // bbolt's bytes live only as long as the transaction
+	return e, nil
 }
 
 // OldestPending returns when queue's oldest pending event arrived; false
-// when it has none.
+// when it has none. An unreadable record is passed over (the dispatcher
+// sets it aside when it comes to it), so that the age is that of what is
+// really pending.
 func (s *Store) OldestPending(queue string) (time.Time, bool, error) {
 	var at time.Time
 	var found bool
 	prefix := append([]byte(queue), 0)
-	err := s.db.View(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(bucketArrivals).Cursor().Seek(prefix)
-		if k == nil || !bytes.HasPrefix(k, prefix) || len(k) != len(prefix)+8 {
-			return nil
+	err := s.view(func(tx *bolt.Tx) error {
+		evb, c := tx.Bucket(bucketEvents), tx.Bucket(bucketArrivals).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) && len(k) == len(prefix)+8; k, _ = c.Next() {
+			if e, err := getEvent(evb, binary.BigEndian.Uint64(k[len(prefix):])); err == nil {
+				at, found = e.ReceivedAt, true
+				return nil
+			}
 		}
-		e, err := getEvent(tx.Bucket(bucketEvents), binary.BigEndian.Uint64(k[len(prefix):]))
-		if err != nil {
-			return err
-		}
-		at, found = e.ReceivedAt, true
 		return nil
 	})
 	return at, found, err
@@ -371,7 +528,7 @@ func (s *Store) OldestPending(queue string) (time.Time, bool, error) {
 // Body returns the body of the event with sequence seq.
 func (s *Store) Body(seq uint64) ([]byte, error) {
 	var body []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketBodies).Get(seqKey(seq))
 		if v == nil {
 			return ErrNotFound
@@ -385,7 +542,7 @@ func (s *Store) Body(seq uint64) ([]byte, error) {
 // Counts returns how many events of each queue are in each state.
 func (s *Store) Counts() (map[string]map[State]int, error) {
 	counts := map[string]map[State]int{}
-	err := s.db.View(func(tx *bolt.Tx) error {
+	err := s.view(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketCounts).ForEach(func(k, v []byte) error {
 			queue, state, ok := bytes.Cut(k, []byte{0})
 			if !ok || len(v) != 8 {
@@ -413,41 +570,77 @@ func addCount(tx *bolt.Tx, queue string, state State, delta int) error {
 	return b.Put(k, seqKey(n))
 }
 
-// Expire deletes delivered and dead events received before cutoff, and
-// their bodies with them; pending events are kept whatever their age.
-// bbolt reuses the freed pages for new events; the file does not shrink.
+// Expire deletes delivered, dead and damaged events received before
+// cutoff, and their bodies with them; pending events are kept whatever
+// their age. It also lets go of the dedupe keys whose time is up. bbolt
+// reuses the freed pages for new events; the file does not shrink.
 func (s *Store) Expire(cutoff time.Time) (int, error) {
 	n := 0
-	err := s.db.Update(func(tx *bolt.Tx) error {
+	err := s.updateNow(func(tx *bolt.Tx) error {
+		n = 0
 		c := tx.Bucket(bucketEvents).Cursor()
 		for k, v := c.First(); k != nil; k, v = c.Next() {
+			seq := binary.BigEndian.Uint64(k)
 			e, err := decodeEvent(v)
 			if err != nil {
-				return err
-			}
-			if !e.ReceivedAt.Before(cutoff) {
+				// An unreadable record has no reliable arrival time but its
+				// id's; it goes when that is past and it is not pending.
+				e = unreadable(tx, seq, v, err)
+				if e.ReceivedAt.IsZero() || !e.ReceivedAt.Before(cutoff) || e.Queue == "" ||
+					tx.Bucket(bucketArrivals).Get(arrivalKey(e.Queue, seq)) != nil {
+					continue
+				}
+			} else if !e.ReceivedAt.Before(cutoff) {
 				break // events are in arrival order
+			} else if tx.Bucket(bucketDamaged).Get(k) != nil {
+				e.State = Damaged // set aside for its body
 			}
 			if e.State == Pending {
 				continue
 			}
-			if err := tx.Bucket(bucketBodies).Delete(bytes.Clone(k)); err != nil {
-				return err
-			}
-			if err := tx.Bucket(bucketIDs).Delete([]byte(e.ID)); err != nil {
-				return err
-			}
-			if err := c.Delete(); err != nil {
-				return err
-			}
-			if err := addCount(tx, e.Queue, e.State, -1); err != nil {
+			if err := forget(tx, c, seq, e); err != nil {
 				return err
 			}
 			n++
 		}
 		return nil
 	})
-	return n, err
+	if err != nil {
+		return n, err
+	}
+	return n, s.expireKeys(time.Now())
+}
+
+// forget deletes a settled event under the cursor, with its body, id and
+// count.
+func forget(tx *bolt.Tx, c *bolt.Cursor, seq uint64, e *Event) error {
+	if err := tx.Bucket(bucketBodies).Delete(seqKey(seq)); err != nil {
+		return err
+	}
+	if e.ID != "" {
+		if err := tx.Bucket(bucketIDs).Delete([]byte(e.ID)); err != nil {
+			return err
+		}
+	}
+	if err := tx.Bucket(bucketDamaged).Delete(seqKey(seq)); err != nil {
+		return err
+	}
+	if err := c.Delete(); err != nil {
+		return err
+	}
+	if e.Queue == "" || !slices.Contains(States, e.State) {
+		return nil // an unreadable record's state: counted nowhere that can be told
+	}
+	return addCount(tx, e.Queue, e.State, -1)
+}
+
+// updateNow runs fn in a write transaction of its own, outside the
+// commit groups (retention, which may take a while and must not hold up
+// a group), with damage contained.
+func (s *Store) updateNow(fn func(*bolt.Tx) error) (err error) {
+	defer safeFaults()()
+	defer contain(s.path, &err)
+	return s.db.Update(fn)
 }
 
 func putEvent(b *bolt.Bucket, e *Event) error {
@@ -464,6 +657,21 @@ func getEvent(b *bolt.Bucket, seq uint64) (*Event, error) {
 		return nil, fmt.Errorf("inbox: event %d: %w", seq, err)
 	}
 	return e, nil
+}
+
+// pendingPrefix is where an order key's entries start in bucketPending.
+func pendingPrefix(queue, order string) []byte {
+	k := make([]byte, 0, len(queue)+len(order)+2)
+	k = append(k, queue...)
+	k = append(k, 0)
+	k = append(k, order...)
+	return append(k, 0)
+}
+
+// hasPendingPrefix reports whether k is an entry of the order key whose
+// entries start with prefix.
+func hasPendingPrefix(k, prefix []byte) bool {
+	return len(k) == len(prefix)+8 && bytes.HasPrefix(k, prefix)
 }
 
 // ensureIndexes creates the due and arrivals indexes, filling them from the
