@@ -1,16 +1,17 @@
 package webhookguard
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/webhookguard/webhookguard/internal/inbox"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -24,8 +25,11 @@ func init() {
 // request would be answered before webhook_guard runs.
 type App struct {
 	ctx     caddy.Context
-	inboxes map[string]*Inbox        // this config's, by handler name
-	opened  map[string]*inboxRuntime // the inbox files Start took a reference on
+	inboxes map[string]*Inbox // this config's, by handler name
+	names   map[string]bool   // every handler's name in this config
+	// orderChecked is set once the first handler checked the routes.
+	orderChecked bool
+	opened       map[string]*inboxRuntime // the inbox files Start took a reference on
 }
 
 // CaddyModule returns the Caddy module information.
@@ -40,7 +44,21 @@ func (App) CaddyModule() caddy.ModuleInfo {
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.inboxes = map[string]*Inbox{}
+	a.names = map[string]bool{}
 	return nil
+}
+
+// addHandler notes a handler's name. Two handlers of one name would share
+// one history and one metric series without saying so: the second is
+// warned about (an inbox's name, which names its queue, is refused by
+// addInbox).
+func (a *App) addHandler(h *Handler) {
+	if a.names[h.name] {
+		h.logger.Warn("two webhook_guard handlers have the same name: they share one history and one set of "+
+			"metric series, and their deliveries cannot be told apart; give each a name of its own (name …)",
+			zap.String("handler", h.name))
+	}
+	a.names[h.name] = true
 }
 
 // addInbox registers a handler's inbox; its queue is named by the
@@ -54,7 +72,8 @@ func (a *App) addInbox(in *Inbox) error {
 	return nil
 }
 
-// Start checks where each webhook_guard handler stands in its routes.
+// Start checks where each webhook_guard handler stands in its routes,
+// now that all are provisioned, and opens the inboxes.
 func (a *App) Start() error {
 	httpApp, err := a.ctx.AppIfConfigured("http")
 	if errors.Is(err, caddy.ErrNotConfigured) {
@@ -63,16 +82,8 @@ func (a *App) Start() error {
 	if err != nil {
 		return err
 	}
-	servers := httpApp.(*caddyhttp.App).Servers
-	names := make([]string, 0, len(servers))
-	for name := range servers {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		if err := checkGuardOrder(servers[name].Routes, "server "+name, servers[name]); err != nil {
-			return err
-		}
+	if err := checkServers(httpApp.(*caddyhttp.App), true); err != nil {
+		return err
 	}
 	return a.openInboxes()
 }
@@ -108,8 +119,31 @@ func (a *App) openInboxes() error {
 		}
 		rt.use(a, queues)
 		rt.dispatcher.Start()
+		a.warnOrphaned(rt)
 	}
 	return nil
+}
+
+// warnOrphaned logs each queue of rt's store that holds pending events
+// no handler serves: a renamed handler leaves its queue behind, and
+// nothing else would say so.
+func (a *App) warnOrphaned(rt *inboxRuntime) {
+	counts, err := rt.store.Counts()
+	if err != nil {
+		return // the history and metrics say the store cannot be read
+	}
+	served := map[string]bool{}
+	for _, q := range rt.currentQueues() {
+		served[q.Name] = true
+	}
+	for _, name := range slices.Sorted(maps.Keys(counts)) {
+		if n := counts[name][inbox.Pending]; n > 0 && !served[name] {
+			a.ctx.Logger().Warn("an inbox queue holds pending events that no handler serves (was the handler renamed?): "+
+				"they are not delivered. Name the handler after the queue again, or move them: "+
+				"caddy webhook inbox move --from <queue> --to <handler>",
+				zap.String("queue", name), zap.Int("pending", n), zap.String("store", rt.label))
+		}
+	}
 }
 
 // Stop lets go of this config's inbox files; the last config to let go of
@@ -141,53 +175,143 @@ var terminalHandlers = []string{
 // A terminal route with a matcher is not refused (it may well cover
 // other paths); neither is one in a separate route list.
 //
-// It also tells each handler which server it is in: an inbox delivers
-// through that server's context.
-func checkGuardOrder(routes caddyhttp.RouteList, where string, srv *caddyhttp.Server) error {
+// It also tells each provisioned handler which server it is in: an inbox
+// delivers through that server's context.
+func checkGuardOrder(routes []routeView, where string, srv *caddyhttp.Server) error {
 	var terminal string // "<handler> in <route>", once one answers everything
 	for i, r := range routes {
 		at := fmt.Sprintf("%s, route %d", where, i)
-		for _, h := range r.Handlers {
-			switch h := h.(type) {
-			case *Handler:
+		for _, h := range r.handlers {
+			if h.module == guardModule {
 				if terminal != "" {
-					return guardOrderError(h, terminal)
+					return guardOrderError(h.name, terminal)
 				}
-				if h.Inbox != nil {
-					h.Inbox.server.Store(srv)
-				}
-			case *caddyhttp.Subroute:
-				if err := checkGuardOrder(h.Routes, at+" > subroute", srv); err != nil {
-					return err
+				if h.guard != nil && h.guard.Inbox != nil && srv != nil {
+					h.guard.Inbox.server.Store(srv)
 				}
 			}
-			if terminal == "" && len(r.MatcherSets) == 0 && isTerminal(h) {
-				terminal = shortName(moduleName(h)) + " (" + at + ")"
+			if err := checkGuardOrder(h.routes, at+" > subroute", srv); err != nil {
+				return err
+			}
+			if terminal == "" && !r.matched && h.terminal() {
+				terminal = shortName(h.module) + " (" + at + ")"
 			}
 		}
 	}
 	return nil
 }
 
-func guardOrderError(h *Handler, terminal string) error {
+func guardOrderError(name, terminal string) error {
 	return fmt.Errorf("webhook_guard %q comes after %s, which answers every request first: "+
 		"requests would reach the app unverified. Put webhook_guard before it, for example "+
 		"route { webhook_guard {…} reverse_proxy … }, or use handle, where directives are sorted "+
-		"and webhook_guard comes before reverse_proxy", h.name, terminal)
+		"and webhook_guard comes before reverse_proxy", name, terminal)
 }
 
-// isTerminal reports whether h answers every request it gets: a terminal
+// checkOrderAtProvision runs checkGuardOrder over the HTTP app being
+// provisioned, once per config, from the first handler's Provision: caddy
+// validate provisions but never starts, and must refuse what run refuses.
+// Routes not provisioned yet are read from their JSON.
+func (a *App) checkOrderAtProvision(ctx caddy.Context) error {
+	if a.orderChecked {
+		return nil
+	}
+	a.orderChecked = true
+	for _, m := range ctx.Modules() {
+		if httpApp, ok := m.(*caddyhttp.App); ok {
+			return checkServers(httpApp, false)
+		}
+	}
+	return nil
+}
+
+// checkServers checks every server's routes in name order; at Start
+// (started) it also hands each inbox its server.
+func checkServers(httpApp *caddyhttp.App, started bool) error {
+	for _, name := range slices.Sorted(maps.Keys(httpApp.Servers)) {
+		srv := httpApp.Servers[name]
+		if !started {
+			srv = nil
+		}
+		if err := checkGuardOrder(viewRoutes(httpApp.Servers[name].Routes), "server "+name, srv); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+const guardModule = "http.handlers.webhook_guard"
+
+// routeView is a route as checkGuardOrder needs it, whether its handlers
+// are provisioned yet or still JSON.
+type routeView struct {
+	matched  bool
+	handlers []handlerView
+}
+
+type handlerView struct {
+	module string      // module ID
+	name   string      // a webhook_guard's name, for messages
+	guard  *Handler    // a provisioned webhook_guard
+	routes []routeView // a subroute's
+}
+
+// terminal reports whether h answers every request it gets: a terminal
 // handler, or a subroute whose own routes end in one for every request.
-func isTerminal(h caddyhttp.MiddlewareHandler) bool {
-	if sub, ok := h.(*caddyhttp.Subroute); ok {
-		for _, r := range sub.Routes {
-			if len(r.MatcherSets) == 0 && slices.ContainsFunc(r.Handlers, isTerminal) {
+func (h handlerView) terminal() bool {
+	if h.module == "http.handlers.subroute" {
+		for _, r := range h.routes {
+			if !r.matched && slices.ContainsFunc(r.handlers, handlerView.terminal) {
 				return true
 			}
 		}
 		return false
 	}
-	return slices.Contains(terminalHandlers, moduleName(h))
+	return slices.Contains(terminalHandlers, h.module)
+}
+
+func viewRoutes(routes caddyhttp.RouteList) []routeView {
+	out := make([]routeView, 0, len(routes))
+	for _, r := range routes {
+		v := routeView{matched: len(r.MatcherSets) > 0 || len(r.MatcherSetsRaw) > 0}
+		for _, h := range r.Handlers {
+			v.handlers = append(v.handlers, viewHandler(h))
+		}
+		if len(r.Handlers) == 0 {
+			for _, raw := range r.HandlersRaw {
+				v.handlers = append(v.handlers, viewRawHandler(raw))
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+func viewHandler(h caddyhttp.MiddlewareHandler) handlerView {
+	v := handlerView{module: moduleName(h)}
+	switch h := h.(type) {
+	case *Handler:
+		v.name, v.guard = h.name, h
+	case *caddyhttp.Subroute:
+		v.routes = viewRoutes(h.Routes)
+	}
+	return v
+}
+
+// viewRawHandler reads a handler not provisioned yet; JSON it cannot read
+// is left to Caddy's own loading, which will say what is wrong.
+func viewRawHandler(raw json.RawMessage) handlerView {
+	var h struct {
+		Handler string              `json:"handler"`
+		Name    string              `json:"name"`
+		Routes  caddyhttp.RouteList `json:"routes"`
+	}
+	_ = json.Unmarshal(raw, &h)
+	v := handlerView{module: "http.handlers." + h.Handler, name: h.Name, routes: viewRoutes(h.Routes)}
+	if v.module == guardModule && v.name == "" {
+		v.name = "webhook_guard"
+	}
+	return v
 }
 
 // moduleName is the module ID of a handler, "" for one that is not a

@@ -148,6 +148,9 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(m.Verify) == 0 {
 		return directive("webhook_guard needs at least one verify line: it never forwards unverified requests")
 	}
+	if err := m.checkInboxName(); err != nil {
+		return directive("%s", err)
+	}
 	return nil
 }
 

@@ -5,13 +5,19 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+	"github.com/webhookguard/webhookguard/internal/inbox"
 )
 
 // historyOptions are the flags shared by the history commands: where the
@@ -87,10 +93,102 @@ func newInboxCommand() *cobra.Command {
 		},
 	}
 	o.addFlags(cmd)
+	cmd.AddCommand(newInboxCheckCommand(), newInboxSalvageCommand(), newInboxMoveCommand())
 	cmd.Flags().StringVar(&handler, "handler", "", "only this handler's events (default: every handler's)")
 	cmd.Flags().StringVar(&status, "status", "", "only events in this state: pending, delivered or dead (in memory: delivered, failed, …)")
 	cmd.Flags().IntVar(&limit, "limit", 20, "events per handler")
 	return cmd
+}
+
+func newInboxCheckCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "check <file>",
+		Short: "Reports what is readable in an inbox file, without changing it (Caddy must not have it open)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := inbox.Check(args[0])
+			if err != nil {
+				return err
+			}
+			printReport(cmd.OutOrStdout(), r)
+			if r.OpenError != "" || !r.Walked || r.Unreadable > 0 || r.NoBody > 0 {
+				return fmt.Errorf("%s is damaged: caddy webhook inbox salvage %s --output <new file> copies the %d readable events",
+					args[0], args[0], r.Readable())
+			}
+			return nil
+		},
+	}
+}
+
+func newInboxSalvageCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "salvage <file> --output <new file>",
+		Short: "Copies every readable event of a damaged inbox file into a new file",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if output == "" {
+				return errors.New("--output is required: salvage writes a new file and never changes the damaged one")
+			}
+			r, err := inbox.Salvage(args[0], output)
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			printReport(w, r)
+			fmt.Fprintf(w, "wrote %d events to %s: with Caddy stopped, move %s aside and put %s in its place\n",
+				r.Written, output, args[0], output)
+			return nil
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "the new file to write (must not exist)")
+	return cmd
+}
+
+func newInboxMoveCommand() *cobra.Command {
+	var o historyOptions
+	var from, to string
+	cmd := &cobra.Command{
+		Use:   "move --from <queue> --to <handler>",
+		Short: "Moves the events of a queue no handler serves (an orphaned queue) to a handler's queue",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from == "" || to == "" {
+				return errors.New("--from and --to are both required")
+			}
+			var r struct{ Moved int }
+			if err := o.call(http.MethodPost, "/inbox/move?"+url.Values{"from": {from}, "to": {to}}.Encode(), &r); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d events moved from %s to %s\n", r.Moved, terminalSafe(from), terminalSafe(to))
+			return nil
+		},
+	}
+	o.addFlags(cmd)
+	cmd.Flags().StringVar(&from, "from", "", "the orphaned queue")
+	cmd.Flags().StringVar(&to, "to", "", "the handler whose queue takes its events")
+	return cmd
+}
+
+// printReport says what Check or Salvage found.
+func printReport(w io.Writer, r *inbox.Report) {
+	if r.OpenError != "" {
+		fmt.Fprintf(w, "bbolt could not open the file: %s\n", r.OpenError)
+	}
+	switch {
+	case r.Walked:
+		fmt.Fprintln(w, "every bucket was read to its end")
+	case r.PageScan:
+		fmt.Fprintln(w, "the file could not be read through bbolt to its end: it was read page by page")
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "QUEUE\tPENDING\tDELIVERED\tDEAD\tDAMAGED")
+	for _, q := range slices.Sorted(maps.Keys(r.Events)) {
+		c := r.Events[q]
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", terminalSafe(q), c[inbox.Pending], c[inbox.Delivered], c[inbox.Dead], c[inbox.Damaged])
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(w, "%d events readable, %d records unreadable, %d events without their body\n", r.Readable(), r.Unreadable, r.NoBody)
 }
 
 func newReplayCommand() *cobra.Command {
@@ -132,7 +230,7 @@ func newReplayCommand() *cobra.Command {
 
 func printSummaries(w io.Writer, hs []handlerSummary) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HANDLER\tKIND\tTOTAL\tDELIVERED\tPENDING\tDEAD\tFAILED\tSUCCESS\tOLDEST PENDING")
+	fmt.Fprintln(tw, "HANDLER\tKIND\tTOTAL\tDELIVERED\tPENDING\tDEAD\tDAMAGED\tFAILED\tSUCCESS\tOLDEST PENDING")
 	for _, h := range hs {
 		kind, rate := "memory", "-"
 		if h.Inbox {
@@ -145,7 +243,11 @@ func printSummaries(w io.Writer, hs []handlerSummary) {
 		if h.OldestPendingS > 0 {
 			oldest = (time.Duration(h.OldestPendingS) * time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", h.Handler, kind, h.Total, h.Delivered, h.Pending, h.Dead, h.Failed, rate, oldest)
+		name := terminalSafe(h.Handler)
+		if h.Orphaned {
+			name += " (orphaned: no handler serves it)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", name, kind, h.Total, h.Delivered, h.Pending, h.Dead, h.Damaged, h.Failed, rate, oldest)
 	}
 	_ = tw.Flush()
 }
@@ -160,7 +262,36 @@ func printEvents(w io.Writer, es []eventView) {
 		} else if e.LastError != "" {
 			app = "error"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", e.ID, e.ReceivedAt.Local().Format(time.DateTime), truncate(e.Event, 40), e.Status, e.Attempts, app)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", terminalSafe(e.ID), e.ReceivedAt.Local().Format(time.DateTime),
+			terminalSafe(truncate(e.Event, 40)), e.Status, e.Attempts, app)
 	}
 	_ = tw.Flush()
+}
+
+// terminalSafe writes s with its control characters (escape sequences
+// that would move the cursor, recolour or retitle the operator's
+// terminal) and bidirectional overrides (which reorder what is shown)
+// spelled out: text a sender wrote reaches the terminal as text.
+func terminalSafe(s string) string {
+	if !strings.ContainsFunc(s, unsafeForTerminal) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == utf8.RuneError:
+			b.WriteString(`\ufffd`)
+		case unsafeForTerminal(r) && r < 0x100:
+			fmt.Fprintf(&b, `\x%02x`, r)
+		case unsafeForTerminal(r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func unsafeForTerminal(r rune) bool {
+	return unicode.IsControl(r) || (r >= 0x202a && r <= 0x202e) || (r >= 0x2066 && r <= 0x2069) || r == 0x200e || r == 0x200f
 }

@@ -173,6 +173,43 @@ func (d *Dedupe) provision(ctx caddy.Context, logger *zap.Logger, handler string
 	return d.provisionMemory(ctx, handler)
 }
 
+// provisionForInbox sets the defaults a handler with an inbox uses: its
+// keys are kept by the inbox's own store, committed with the event, so
+// no dedupe store is opened and the store's options are not used.
+func (d *Dedupe) provisionForInbox(logger *zap.Logger, now func() time.Time) {
+	d.logger, d.now = logger, now
+	if d.Key == "" {
+		d.Key = defaultKey
+	}
+	d.keyHeader = headerOfPlaceholder(d.Key)
+	d.ttl = durationOr(d.TTL, defaultTTL)
+	if d.Scope == "" {
+		d.Scope = defaultScope
+	}
+	if unused := d.storeOptions(); len(unused) > 0 {
+		logger.Warn("with an inbox, dedupe keys are kept in the inbox's store, committed with each event; "+
+			"these dedupe options are not used", zap.Strings("options", unused))
+	}
+}
+
+// storeOptions names the options set that only a dedupe store uses.
+func (d *Dedupe) storeOptions() []string {
+	var set []string
+	for _, o := range []struct {
+		name string
+		set  bool
+	}{
+		{"capacity", d.Capacity != 0}, {"wait", d.Wait != 0}, {"lease", d.Lease != 0},
+		{"redis", d.Redis != ""}, {"prefix", d.Prefix != ""},
+		{"on_store_error", d.OnStoreError != ""},
+	} {
+		if o.set {
+			set = append(set, o.name)
+		}
+	}
+	return set
+}
+
 func durationOr(v caddy.Duration, def time.Duration) time.Duration {
 	if v > 0 {
 		return time.Duration(v)
@@ -182,7 +219,7 @@ func durationOr(v caddy.Duration, def time.Duration) time.Duration {
 
 func (d *Dedupe) validate() error {
 	switch d.OnStoreError {
-	case storeErrorPass, storeErrorReject:
+	case storeErrorPass, storeErrorReject, "": // "" with an inbox, which has no dedupe store
 	default:
 		return fmt.Errorf("on_store_error must be pass or reject, not %q", d.OnStoreError)
 	}

@@ -125,6 +125,25 @@ func startCaddyErr(t *testing.T, site string, env ...string) string {
 	return c.log.String()
 }
 
+// caddyValidate runs caddy validate on site, as a CI pipeline does
+// before it deploys, and returns its output and whether it refused.
+func caddyValidate(t *testing.T, site string) (string, bool) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cfg, []byte(siteCaddyfile(freePort(t), freePort(t), site)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "validate", "--config", cfg, "--adapter", "caddyfile")
+	cmd.Env = append(os.Environ(), asCaddyEnv+"=1", "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"))
+	out, err := cmd.CombinedOutput()
+	return string(out), err != nil
+}
+
 func (c *caddyInstance) command(cfg string, env []string) *exec.Cmd {
 	exe, err := os.Executable()
 	if err != nil {

@@ -64,13 +64,17 @@ type eventDetail struct {
 }
 
 type attemptView struct {
-	N          int       `json:"n"`
-	At         time.Time `json:"at"`
-	Trigger    string    `json:"trigger"` // auto or manual
-	Status     int       `json:"status"`
-	DurationMS float64   `json:"duration_ms"`
-	Error      string    `json:"error,omitempty"`
-	Response   string    `json:"response"` // the start (1 KB) of the app's answer
+	N  int       `json:"n"`
+	At time.Time `json:"at"`
+	// Trigger is auto, manual (a replay) or late: an attempt made after
+	// its instance's lease had lapsed (a paused process, with Redis),
+	// whose result was not taken; the app may have got the event twice.
+	Trigger    string  `json:"trigger"`
+	Instance   string  `json:"instance,omitempty"` // with Redis: the instance that made it
+	Status     int     `json:"status"`
+	DurationMS float64 `json:"duration_ms"`
+	Error      string  `json:"error,omitempty"`
+	Response   string  `json:"response"` // the start (1 KB) of the app's answer
 }
 
 type handlerSummary struct {
@@ -329,11 +333,14 @@ func showEvent(w http.ResponseWriter, id string) error {
 	detail := eventDetail{eventView: viewOf(e), AttemptLog: make([]attemptView, 0, len(e.Log)), Headers: redactHeaders(e.Header)}
 	for _, a := range e.Log {
 		trigger := "auto"
-		if a.Manual {
+		switch {
+		case a.Late:
+			trigger = "late"
+		case a.Manual:
 			trigger = "manual"
 		}
 		detail.AttemptLog = append(detail.AttemptLog, attemptView{N: a.N, At: a.At, Trigger: trigger, Status: a.Status,
-			DurationMS: float64(a.Duration.Microseconds()) / 1000, Error: a.Error, Response: a.Response})
+			DurationMS: float64(a.Duration.Microseconds()) / 1000, Error: a.Error, Response: a.Response, Instance: a.Instance})
 	}
 	if body, err := rt.store.Body(e.Seq); err == nil {
 		if utf8.Valid(body) {

@@ -355,12 +355,16 @@ func TestInboxReloadMidBacklog(t *testing.T) {
 }
 
 // TestInboxConfigErrors guards the inbox's load errors: no destination,
-// and two inbox handlers sharing a name (which names the queue).
+// two inbox handlers sharing a name (which names the queue), and an inbox
+// handler without a name, refused with its file and line (a name worked
+// out from its schemes would change when verify is edited, stranding its
+// pending events).
 func TestInboxConfigErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	for _, tc := range []struct{ name, site, want string }{
 		{"no destination", `webhook_guard {
+		name q
 		verify kapso s
 		inbox {
 			path ` + filepath.Join(dir, "a.db") + `
@@ -368,6 +372,7 @@ func TestInboxConfigErrors(t *testing.T) {
 	}`, "inbox needs to <upstreams...> or a deliver block"},
 		{"two queues named alike", `handle /a {
 		webhook_guard {
+			name kapso
 			verify kapso s
 			inbox {
 				to 127.0.0.1:9
@@ -377,6 +382,7 @@ func TestInboxConfigErrors(t *testing.T) {
 	}
 	handle /b {
 		webhook_guard {
+			name kapso
 			verify kapso t
 			inbox {
 				to 127.0.0.1:9
@@ -385,6 +391,7 @@ func TestInboxConfigErrors(t *testing.T) {
 		}
 	}`, `two webhook_guard handlers with an inbox are named \"kapso\"`},
 		{"rate per day", `webhook_guard {
+		name q
 		verify kapso s
 		inbox {
 			to 127.0.0.1:9
@@ -392,6 +399,7 @@ func TestInboxConfigErrors(t *testing.T) {
 		}
 	}`, `rate \"10/d\" is not <n>/<s|m|h>`},
 		{"file and redis", `webhook_guard {
+		name q
 		verify kapso s
 		inbox {
 			to 127.0.0.1:9
@@ -400,12 +408,19 @@ func TestInboxConfigErrors(t *testing.T) {
 		}
 	}`, "path and redis given together"},
 		{"lease without redis", `webhook_guard {
+		name q
 		verify kapso s
 		inbox {
 			to 127.0.0.1:9
 			lease 5s
 		}
 	}`, "prefix and lease are for redis"},
+		{"inbox without a name", `webhook_guard {
+		verify kapso s
+		inbox {
+			to 127.0.0.1:9
+		}
+	}`, "a webhook_guard handler with an inbox needs a name (name …): it names the queue in the inbox's store, and must not change when verify lines are edited, or pending events stay behind, at /"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if out := startCaddyErr(t, tc.site); !strings.Contains(out, tc.want) {

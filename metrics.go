@@ -101,7 +101,7 @@ func initMetrics() {
 				"Age of the oldest pending event of the handler's inbox; 0 when none is pending.", []string{"handler"}, nil),
 			orphaned: prometheus.NewDesc(prometheus.BuildFQName(ns, sub, "inbox_orphaned_events"),
 				"Pending events of a queue in the store that no handler of the running config serves (a renamed handler's).",
-				[]string{"handler"}, nil),
+				[]string{"queue"}, nil),
 		}
 	})
 }

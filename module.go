@@ -166,6 +166,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 		h.app = app.(*App)
+		if err := h.app.checkOrderAtProvision(ctx); err != nil {
+			return err
+		}
 	}
 	if h.now == nil {
 		h.now = time.Now
@@ -173,6 +176,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.name = h.Name
 	if h.name == "" {
 		h.name = h.defaultName()
+	}
+	if h.app != nil {
+		h.app.addHandler(h)
 	}
 	registerMetrics(ctx, h.logger)
 	h.metrics = newHandlerMetrics(h.name, len(h.Events) > 0)
@@ -213,7 +219,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.Dedupe = new(Dedupe)
 		}
 	}
-	if h.Dedupe != nil {
+	if h.Dedupe != nil && h.Inbox != nil {
+		h.Dedupe.provisionForInbox(h.logger, h.now)
+	} else if h.Dedupe != nil {
 		if err := h.Dedupe.provision(ctx, h.logger, h.name, h.now); err != nil {
 			return fmt.Errorf("dedupe: %w", err)
 		}
@@ -250,6 +258,9 @@ func (h *Handler) Validate() error {
 	if err := validateEvents(h.Events); err != nil {
 		return err
 	}
+	if err := h.checkInboxName(); err != nil {
+		return err
+	}
 	if h.Inbox != nil {
 		if err := h.Inbox.validate(); err != nil {
 			return err
@@ -274,6 +285,18 @@ func (h *Handler) Cleanup() error {
 	}
 	if h.Dedupe != nil {
 		return h.Dedupe.cleanup()
+	}
+	return nil
+}
+
+// checkInboxName refuses an inbox handler without a name of its own: the
+// name is its queue's in the store, and a name worked out from the
+// schemes would change with a routine edit of verify, leaving the pending
+// events of the old queue behind.
+func (h *Handler) checkInboxName() error {
+	if h.Inbox != nil && h.Name == "" {
+		return errors.New("a webhook_guard handler with an inbox needs a name (name …): it names the queue in the " +
+			"inbox's store, and must not change when verify lines are edited, or pending events stay behind")
 	}
 	return nil
 }

@@ -432,8 +432,9 @@ func BenchmarkVerifyPath(b *testing.B) {
 // inside a route block the written order is kept, so a reverse_proxy (or
 // respond, or file_server) written before webhook_guard would answer
 // every request unverified. Such a config must fail to load with a
-// message that says how to fix it; the right order, matched terminal
-// routes and handle blocks (which sort webhook_guard first) still load.
+// message that says how to fix it, from caddy run and from caddy
+// validate alike; the right order, matched terminal routes and handle
+// blocks (which sort webhook_guard first) still load.
 func TestRefusesGuardAfterTerminalHandler(t *testing.T) {
 	up := newUpstream(t)
 	guard := `webhook_guard {
@@ -464,6 +465,11 @@ func TestRefusesGuardAfterTerminalHandler(t *testing.T) {
 				if !strings.Contains(out, want) {
 					t.Fatalf("the error does not say %q:\n%s", want, out)
 				}
+			}
+			// caddy validate, which never starts apps, refuses it too.
+			out, refused := caddyValidate(t, tc.site)
+			if !refused || !strings.Contains(out, "answers every request first") {
+				t.Fatalf("caddy validate did not refuse it (refused=%v):\n%s", refused, out)
 			}
 		})
 	}

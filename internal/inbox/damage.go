@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"os"
 	"runtime/debug"
 	"strings"
 	"time"
@@ -236,3 +238,62 @@ func dropPendingEntry(tx *bolt.Tx, queue, order string, seq uint64) error {
 	}
 	return tx.Bucket(bucketDue).Put(dueKey(queue, at, nseq), []byte(order))
 }
+
+// checkLength refuses a file shorter than its own pages before bbolt
+// opens it: bbolt would panic reading its free list past the end, and a
+// panic inside bolt.Open leaves the file mapped and locked for the rest
+// of the process. bbolt's two meta pages (16-byte page header, then
+// magic, version, page size, flags, root bucket, free list, high-water
+// page, txid, checksum) say how many pages the file has; the newer meta
+// whose checksum holds is believed. A file that is new, or whose metas
+// are both unreadable, is left to bbolt, which says what is wrong.
+func checkLength(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil // a new file, or an error bolt.Open reports better
+	}
+	defer f.Close()
+	info, err := f.Stat()
+	if err != nil || info.Size() == 0 {
+		return nil
+	}
+	var best struct {
+		txid, pages uint64
+		pageSize    uint32
+		ok          bool
+	}
+	for _, at := range []int64{0, -1} {
+		buf := make([]byte, metaSize)
+		off := at
+		if at < 0 {
+			if !best.ok {
+				off = defaultPageSize
+			} else {
+				off = int64(best.pageSize)
+			}
+		}
+		if _, err := f.ReadAt(buf, off); err != nil {
+			continue
+		}
+		m := buf[pageHeaderSize:]
+		h := fnv.New64a()
+		_, _ = h.Write(m[:56])
+		if binary.LittleEndian.Uint32(m) != boltMagic || h.Sum64() != binary.LittleEndian.Uint64(m[56:]) {
+			continue
+		}
+		txid := binary.LittleEndian.Uint64(m[48:])
+		if !best.ok || txid > best.txid {
+			best.txid, best.pages, best.pageSize, best.ok = txid, binary.LittleEndian.Uint64(m[40:]), binary.LittleEndian.Uint32(m[8:]), true
+		}
+	}
+	if best.ok && uint64(info.Size()) < best.pages*uint64(best.pageSize) {
+		return &FileError{Path: path, Cause: fmt.Sprintf("it is %d bytes long, shorter than the %d pages of %d bytes its header counts: "+
+			"it was cut short", info.Size(), best.pages, best.pageSize)}
+	}
+	return nil
+}
+
+const (
+	boltMagic = 0xED0CDAED
+	metaSize  = pageHeaderSize + 64
+)

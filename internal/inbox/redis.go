@@ -119,6 +119,7 @@ for i, e in ipairs(events) do
     redis.call('SET', P .. 'ev:' .. e.seq, e.blob)
     redis.call('SET', P .. 'body:' .. e.seq, e.body)
     redis.call('SET', P .. 'id:' .. e.id, e.seq)
+    redis.call('SET', P .. 'eid:' .. e.seq, e.id)
     redis.call('SET', P .. 'state:' .. e.seq, 'pending')
     if e.order ~= '' then redis.call('SET', P .. 'order:' .. e.seq, e.order) end
     redis.call('ZADD', qp .. 'all', e.seq, e.seq)
@@ -449,7 +450,8 @@ var expireScript = redis.NewScript(`
 local P, Q, seq, id, state = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local qp = P .. 'q:' .. Q .. ':'
 if redis.call('GET', P .. 'state:' .. seq) ~= state then return 0 end
-redis.call('DEL', P .. 'ev:' .. seq, P .. 'body:' .. seq, P .. 'id:' .. id, P .. 'state:' .. seq,
+id = redis.call('GET', P .. 'eid:' .. seq) or id
+redis.call('DEL', P .. 'ev:' .. seq, P .. 'body:' .. seq, P .. 'id:' .. id, P .. 'eid:' .. seq, P .. 'state:' .. seq,
   P .. 'order:' .. seq, P .. 'damage:' .. seq, P .. 'keys:' .. seq)
 redis.call('ZREM', qp .. 'all', seq)
 redis.call('HINCRBY', qp .. 'counts', state, -1)
@@ -512,6 +514,9 @@ func (s *RedisStore) events(ctx context.Context, seqs []string) ([]*Event, error
 	for _, seq := range seqs {
 		keys = append(keys, s.prefix+"damage:"+seq)
 	}
+	for _, seq := range seqs {
+		keys = append(keys, s.prefix+"eid:"+seq)
+	}
 	vals, err := s.client.MGet(ctx, keys...).Result()
 	if err != nil {
 		return nil, err
@@ -526,6 +531,9 @@ func (s *RedisStore) events(ctx context.Context, seqs []string) ([]*Event, error
 		e, err := decodeEvent([]byte(blob))
 		if err != nil {
 			e = peekEvent([]byte(blob))
+			if id, ok := vals[2*len(seqs)+i].(string); ok {
+				e.ID = id
+			}
 			e.Seq, _ = strconv.ParseUint(seq, 10, 64)
 			e.State, e.LastError = Damaged, err.Error()
 			if e.ReceivedAt.IsZero() {
@@ -640,6 +648,9 @@ func (s *RedisStore) List(q Query) ([]*Event, string, error) {
 			return nil, "", err
 		}
 		for _, e := range events {
+			if e.Queue == "" {
+				e.Queue = q.Queue // a damaged blob's
+			}
 			if (q.State != "" && e.State != q.State) || (q.Name != "" && e.Name != q.Name) {
 				continue
 			}

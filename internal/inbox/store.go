@@ -184,6 +184,22 @@ func Open(path string, lockTimeout time.Duration) (s *Store, err error) {
 // openFile opens the bbolt file with its panics and faults contained,
 // and its errors said in the user's terms.
 func openFile(path string, opts *bolt.Options) (db *bolt.DB, err error) {
+	// A panic inside bolt.Open leaves the file open and locked: keep it
+	// to close, so that check and salvage can open it next.
+	var file *os.File
+	opts.OpenFile = func(name string, flag int, mode os.FileMode) (*os.File, error) {
+		f, err := os.OpenFile(name, flag, mode)
+		file = f
+		return f, err
+	}
+	defer func() {
+		if _, ok := err.(*FileError); ok && db == nil && file != nil {
+			_ = file.Close()
+		}
+	}()
+	if err := checkLength(path); err != nil {
+		return nil, err
+	}
 	defer safeFaults()()
 	defer contain(path, &err)
 	db, err = bolt.Open(path, 0o600, opts)
