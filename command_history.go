@@ -40,7 +40,11 @@ func (o *historyOptions) call(method, uri string, out any) error {
 	if err != nil {
 		return err
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, "/webhook_guard"+uri, nil, nil)
+	var hdr http.Header
+	if method != http.MethodGet {
+		hdr = http.Header{headerFromPage: {"cli"}}
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, method, "/webhook_guard"+uri, hdr, nil)
 	if err != nil {
 		return err
 	}
@@ -52,9 +56,9 @@ func (o *historyOptions) call(method, uri string, out any) error {
 	if resp.StatusCode >= 300 {
 		var e errorBody
 		if json.Unmarshal(b, &e) == nil && e.Message != "" {
-			return fmt.Errorf("%s: %s", e.Error, e.Message)
+			return fmt.Errorf("%s: %s", terminalSafe(e.Error), terminalSafe(e.Message))
 		}
-		return fmt.Errorf("admin API answered %d: %s", resp.StatusCode, b)
+		return fmt.Errorf("admin API answered %d: %s", resp.StatusCode, terminalSafe(string(b)))
 	}
 	return json.Unmarshal(b, out)
 }

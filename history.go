@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"cmp"
 	_ "embed"
 	"encoding/base64"
 	"errors"
@@ -13,7 +14,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/webhookguard/webhookguard/internal/inbox"
+	"go.uber.org/zap"
 )
 
 // The delivery history: a JSON API and a page over every handler's
@@ -34,12 +37,14 @@ import (
 
 const (
 	recentPerHandler = 1000
+	recentRefusals   = 100
 	defaultPageSize  = 50
 	maxPageSize      = 500
 )
 
 // eventView is an event as the API lists it.
 type eventView struct {
+	seq         uint64     // order among a memory handler's views
 	ID          string     `json:"id"`
 	Handler     string     `json:"handler"`
 	Event       string     `json:"event"`
@@ -83,15 +88,18 @@ type handlerSummary struct {
 	// Served: a handler of the running config delivers this queue. An
 	// inbox queue that is not served was left by a handler that was
 	// renamed or removed; Orphaned when events of it are still pending.
-	Served         bool     `json:"served"`
-	Orphaned       bool     `json:"orphaned,omitempty"`
-	Error          string   `json:"error,omitempty"`
-	Total          int      `json:"total"`
-	Pending        int      `json:"pending"`
-	Delivered      int      `json:"delivered"`
-	Dead           int      `json:"dead"`
-	Damaged        int      `json:"damaged"`
-	Failed         int      `json:"failed"`
+	Served    bool   `json:"served"`
+	Orphaned  bool   `json:"orphaned,omitempty"`
+	Error     string `json:"error,omitempty"`
+	Total     int    `json:"total"`
+	Pending   int    `json:"pending"`
+	Delivered int    `json:"delivered"`
+	Dead      int    `json:"dead"`
+	Damaged   int    `json:"damaged"`
+	Failed    int    `json:"failed"`
+	// Refused counts the refusals a handler without an inbox remembers
+	// (their own ring of the last 100, apart from its deliveries).
+	Refused        int      `json:"refused,omitempty"`
 	OldestPendingS float64  `json:"oldest_pending_seconds"`
 	SuccessRate    *float64 `json:"success_rate"` // delivered over delivered and dead (or failed); null before any
 }
@@ -118,6 +126,15 @@ func serveHistory(w http.ResponseWriter, r *http.Request, path string) error {
 		w.Header().Set("Allow", strings.Join(methods, ", "))
 		_ = writeJSONError(w, http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed here; use "+strings.Join(methods, " or "))
 		return false
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if why := notFromPage(r); why != "" {
+			caddy.Log().Named("webhook_guard.history").Warn("history write refused: it may come from another site",
+				zap.String("method", r.Method), zap.String("path", truncate(r.URL.Path, 256)),
+				zap.String("origin", truncate(r.Header.Get("Origin"), 256)), zap.String("remote_addr", r.RemoteAddr),
+				zap.String("sec_fetch_site", truncate(r.Header.Get("Sec-Fetch-Site"), 32)))
+			return writeJSONError(w, http.StatusForbidden, "cross_site", why)
+		}
 	}
 	switch {
 	case path == "/":
@@ -152,6 +169,44 @@ func serveHistory(w http.ResponseWriter, r *http.Request, path string) error {
 		return writeJSONError(w, http.StatusNotFound, "not_found", "no such history endpoint: "+truncate(path, 128))
 	}
 	return nil
+}
+
+// headerFromPage is the header every write to the history must carry. A
+// browser sends a header of a script's choosing only with a CORS request
+// it preflights first, and the history answers no preflight; an HTML
+// form and a no-cors fetch cannot send it at all. The page and the CLI
+// send it.
+const headerFromPage = "X-Webhook-Guard-History"
+
+// notFromPage says why a state-changing request is refused as possibly
+// made by another site ("" when it is not): the browser's own
+// Sec-Fetch-Site and Origin say where it comes from, and the header says
+// that a script of the page, or a tool, made it. Cookies and basic_auth
+// credentials a browser sends along prove nothing.
+func notFromPage(r *http.Request) string {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "cross-site", "same-site":
+		return "the request comes from another site (Sec-Fetch-Site: " + r.Header.Get("Sec-Fetch-Site") +
+			"): the history's writes are made from its own page or the caddy webhook command"
+	}
+	if origin := r.Header.Get("Origin"); origin != "" && origin != ownOrigin(r) {
+		return "the request's Origin is not the history's own: its writes are made from its own page or the " +
+			"caddy webhook command"
+	}
+	if r.Header.Get(headerFromPage) == "" {
+		return "a write to the history needs the " + headerFromPage + " header, which its page and the caddy " +
+			"webhook command send (and which a form on another site cannot)"
+	}
+	return ""
+}
+
+// ownOrigin is the origin the request was made to.
+func ownOrigin(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host
 }
 
 // storedQueue is one queue of an open inbox store, as the history and
@@ -239,6 +294,8 @@ func summaries() []handlerSummary {
 				s.Delivered++
 			case "failed":
 				s.Failed++
+			case string(outcomeInvalidSignature), string(outcomeTooLarge), string(outcomeBadRequest):
+				s.Refused++
 			}
 		}
 		s.SuccessRate = rate(s.Delivered, s.Failed)
@@ -297,6 +354,9 @@ func listEvents(w http.ResponseWriter, q url.Values) error {
 	rh := recent.handler(handler)
 	if rh == nil {
 		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler named "+strconv.Quote(truncate(handler, 64)))
+	}
+	if status != "" && !slices.Contains(memoryStates, status) {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be one of "+strings.Join(memoryStates, ", "))
 	}
 	views, next, ok := rh.page(status, event, before, limit)
 	if !ok {
@@ -474,37 +534,54 @@ func (s *runtimeSet) list() []*inboxRuntime {
 	return out
 }
 
-// recentDelivery is what a handler without an inbox remembers of one
-// delivery: no body, no headers.
+// recentHandler is what a handler without an inbox remembers of its
+// last deliveries: no body, no headers. Refusals (unsigned or malformed
+// requests, which need no secret to send) have a smaller ring of their
+// own, so that nobody without a secret can push what verified senders
+// did out of the history.
 type recentHandler struct {
-	name string
-	mu   sync.Mutex
-	ring []eventView // the last recentPerHandler, oldest overwritten first
-	next int
-	seq  uint64
+	name       string
+	mu         sync.Mutex
+	deliveries ring // the last recentPerHandler verified deliveries
+	refusals   ring // the last recentRefusals refused requests
+	seq        uint64
 }
 
-func (rh *recentHandler) add(v eventView) {
+// ring keeps the last size views, oldest overwritten first.
+type ring struct {
+	views []eventView
+	next  int
+}
+
+func (g *ring) add(v eventView, size int) {
+	if len(g.views) < size {
+		g.views = append(g.views, v)
+		return
+	}
+	g.views[g.next] = v
+	g.next = (g.next + 1) % size
+}
+
+func (rh *recentHandler) add(v eventView, refused bool) {
 	rh.mu.Lock()
 	defer rh.mu.Unlock()
 	rh.seq++
 	v.ID = "req_" + strconv.FormatInt(v.ReceivedAt.UnixNano(), 36) + "_" + strconv.FormatUint(rh.seq, 36)
-	if len(rh.ring) < recentPerHandler {
-		rh.ring = append(rh.ring, v)
-		return
+	v.seq = rh.seq
+	if refused {
+		rh.refusals.add(v, recentRefusals)
+	} else {
+		rh.deliveries.add(v, recentPerHandler)
 	}
-	rh.ring[rh.next] = v
-	rh.next = (rh.next + 1) % recentPerHandler
 }
 
-// snapshot returns the deliveries newest first.
+// snapshot returns the deliveries and refusals newest first.
 func (rh *recentHandler) snapshot() []eventView {
 	rh.mu.Lock()
-	defer rh.mu.Unlock()
-	out := make([]eventView, 0, len(rh.ring))
-	for i := range rh.ring {
-		out = append(out, rh.ring[(rh.next+len(rh.ring)-1-i)%len(rh.ring)])
-	}
+	out := make([]eventView, 0, len(rh.deliveries.views)+len(rh.refusals.views))
+	out = append(append(out, rh.deliveries.views...), rh.refusals.views...)
+	rh.mu.Unlock()
+	slices.SortFunc(out, func(a, b eventView) int { return cmp.Compare(b.seq, a.seq) })
 	return out
 }
 
@@ -605,13 +682,18 @@ func historyStatus(result outcome, status int) string {
 
 // remember adds a delivery to the handler's in-memory history (handlers
 // with an inbox have their store instead).
-func (h *Handler) remember(event, key string, result outcome, status int, took time.Duration) {
+func (h *Handler) remember(event, key string, result outcome, status int, took time.Duration, refused bool) {
 	if h.recent == nil {
 		return
 	}
 	h.recent.add(eventView{Handler: h.name, Event: truncate(event, 128), Key: truncate(key, 256),
-		Status: historyStatus(result, status), Attempts: 1, LastStatus: status, ReceivedAt: h.now().Add(-took)})
+		Status: historyStatus(result, status), Attempts: 1, LastStatus: status, ReceivedAt: h.now().Add(-took)}, refused)
 }
+
+// memoryStates are the statuses a handler without an inbox records.
+var memoryStates = []string{"delivered", "failed", string(outcomeDuplicate), string(outcomeIgnored),
+	string(outcomeInvalidSignature), string(outcomeTooLarge), string(outcomeBadRequest), string(outcomeHandshake),
+	string(outcomeInFlight), string(outcomeStoreUnavailable)}
 
 //go:embed page/index.html
 var historyPage []byte
@@ -633,11 +715,13 @@ func servePage(w http.ResponseWriter) error {
 // redactHeaders is the forwarded headers as the history shows them:
 // signature headers are never stored, and credentials a sender put in
 // other headers (basic auth on the webhook URL, a token) are kept for
-// delivery but not shown.
+// delivery but not shown. The rule errs towards hiding: a header is shown
+// only when its name contains none of credentialWords and none of its
+// values looks like a credential.
 func redactHeaders(h http.Header) http.Header {
 	out := make(http.Header, len(h))
 	for name, values := range h {
-		if isCredentialHeader(name) {
+		if isCredentialHeader(name) || slices.ContainsFunc(values, looksLikeCredential) {
 			out[name] = []string{"[redacted]"}
 			continue
 		}
@@ -646,16 +730,26 @@ func redactHeaders(h http.Header) http.Header {
 	return out
 }
 
+// credentialWords hide a header whose name contains one of them, in any
+// case (README, History, lists them).
+var credentialWords = []string{"auth", "key", "token", "secret", "signature", "sig", "password", "passwd", "pwd",
+	"pass", "session", "cookie", "credential", "private", "jwt", "bearer", "csrf", "xsrf", "nonce"}
+
 func isCredentialHeader(name string) bool {
 	lower := strings.ToLower(name)
-	switch lower {
-	case "authorization", "proxy-authorization", "cookie":
+	return slices.ContainsFunc(credentialWords, func(w string) bool { return strings.Contains(lower, w) })
+}
+
+// credentialSchemes start a value that carries a credential, whatever
+// the header's name (an Authorization-style value under another name).
+var credentialSchemes = []string{"bearer ", "basic ", "digest ", "token ", "negotiate ", "hmac ", "aws4-hmac-"}
+
+// looksLikeCredential reports whether a header value carries a
+// credential: an authorization scheme followed by its secret, or a JWT.
+func looksLikeCredential(v string) bool {
+	lower := strings.ToLower(strings.TrimSpace(v))
+	if slices.ContainsFunc(credentialSchemes, func(s string) bool { return strings.HasPrefix(lower, s) }) {
 		return true
 	}
-	for _, word := range []string{"secret", "token", "signature", "api-key", "apikey", "password"} {
-		if strings.Contains(lower, word) {
-			return true
-		}
-	}
-	return false
+	return strings.HasPrefix(lower, "eyj") && strings.Count(v, ".") == 2
 }

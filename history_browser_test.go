@@ -37,6 +37,23 @@ func chromiumPath(t *testing.T) string {
 	return ""
 }
 
+// newBrowser starts a headless Chromium at path for the test, which it
+// outlives by nothing: it stops at the test's end or after 90 s.
+func newBrowser(t *testing.T, path string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path),
+		chromedp.NoSandbox, // CI runs as root, where Chromium's sandbox cannot start
+		chromedp.WindowSize(1400, 900),
+		chromedp.Flag("disable-dev-shm-usage", true),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
+	t.Cleanup(func() { cancelTimeout(); cancel(); cancelAlloc() })
+	return ctx
+}
+
 // TestHistoryPageInBrowser guards the history page as a user sees it, in
 // a real headless Chromium against a real Caddy with a real inbox, the
 // page mounted on a site with webhook_guard_history: the
@@ -72,18 +89,7 @@ func TestHistoryPageInBrowser(t *testing.T) {
 		return e.Status == "dead"
 	})
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser),
-		chromedp.NoSandbox, // CI runs as root, where Chromium's sandbox cannot start
-		chromedp.WindowSize(1400, 900),
-		chromedp.Flag("disable-dev-shm-usage", true),
-	)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(allocCtx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
-	defer cancelTimeout()
+	ctx := newBrowser(t, browser)
 
 	card := func(handler, name string) string {
 		return `[data-handler="` + handler + `"] [data-card="` + name + `"] .value`

@@ -53,6 +53,9 @@ func apiCall(t *testing.T, method, url string, out any) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if method != http.MethodGet {
+		req.Header.Set(headerFromPage, "test") // as the page and the CLI do
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -303,7 +303,7 @@ func (h *Handler) rejectBody(w http.ResponseWriter, r *http.Request, event strin
 // never a body, a query string, a signature or a secret.
 func (h *Handler) logRejection(r *http.Request, event string, result outcome, reason string) {
 	h.countRequest(result)
-	h.remember(event, "", result, 0, 0)
+	h.remember(event, "", result, 0, 0, true)
 	if c := h.logger.Check(zap.InfoLevel, "webhook rejected"); c != nil {
 		c.Write(
 			zap.String("outcome", string(result)),
@@ -321,7 +321,7 @@ func (h *Handler) logRejection(r *http.Request, event string, result outcome, re
 // what it was, what became of it and how long the upstream took. Keys and
 // event names are logged; bodies and signatures never are.
 func (h *Handler) logDelivery(event, key, scheme string, result outcome, status int, took time.Duration, extra ...zap.Field) {
-	h.remember(event, key, result, status, took)
+	h.remember(event, key, result, status, took, false)
 	if c := h.logger.Check(zap.InfoLevel, "webhook delivery"); c != nil {
 		fields := append([]zap.Field{
 			zap.String("handler", h.name),
