@@ -101,7 +101,7 @@ func (a *App) openInboxes() error {
 		rt, err := openInbox(path, ins[0].storeLabel, ins[0].openStore, a.ctx.Logger())
 		if err != nil {
 			_ = a.Stop() // Caddy stops only the apps that started
-			return fmt.Errorf("inbox: %w", err)
+			return err   // it names the store
 		}
 		if a.opened == nil {
 			a.opened = map[string]*inboxRuntime{}

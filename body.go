@@ -2,12 +2,17 @@ package webhookguard
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
 )
 
 // bodyPool recycles request bodies, buffer and bookkeeping together, so
@@ -133,13 +138,13 @@ func setBody(r *http.Request, p []byte, owner *pooledBody, reader *bodyReader) {
 
 // setContentLength sets the header unless it already says n, which it
 // does for every body forwarded unchanged with its length announced.
-func setContentLength(h http.Header, n int) {
+func setContentLength(hdr http.Header, n int) {
 	var buf [20]byte
 	num := strconv.AppendInt(buf[:0], int64(n), 10)
-	if v := h["Content-Length"]; len(v) == 1 && v[0] == string(num) {
+	if v := hdr["Content-Length"]; len(v) == 1 && v[0] == string(num) {
 		return
 	}
-	h.Set("Content-Length", string(num))
+	hdr.Set("Content-Length", string(num))
 }
 
 type bodyReader struct {
@@ -177,3 +182,18 @@ func (br *bodyReader) Close() error {
 }
 
 var errBodyClosed = errors.New("webhook body already closed")
+
+// rejectBody answers a body that could not be read: 413 when too large,
+// 400 otherwise (for example a client that disconnected mid-body).
+func (h *Handler) rejectBody(w http.ResponseWriter, r *http.Request, event string, err error) error {
+	if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+		h.logRejection(r, event, outcomeTooLarge, "body over max_body")
+		return writeJSONError(w, http.StatusRequestEntityTooLarge, "too_large",
+			fmt.Sprintf("request body is larger than the %s limit", humanize.Bytes(uint64(h.maxBody))))
+	}
+	if errors.Is(err, context.Canceled) {
+		return caddyhttp.Error(499, err)
+	}
+	h.logRejection(r, event, outcomeBadRequest, "body could not be read")
+	return writeJSONError(w, http.StatusBadRequest, "bad_request", "request body could not be read")
+}

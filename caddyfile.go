@@ -21,11 +21,11 @@ func init() {
 	httpcaddyfile.RegisterDirectiveOrder("webhook_guard", httpcaddyfile.Before, "reverse_proxy")
 }
 
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
-	m := new(Handler)
-	m.helper = &h // an inbox's deliver block is parsed as a subroute
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
+func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	h := new(Handler)
+	h.helper = &helper // an inbox's deliver block is parsed as a subroute
+	err := h.UnmarshalCaddyfile(helper.Dispenser)
+	return h, err
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -87,7 +87,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // on_store_error or normalize value, a redis URL of another scheme) are
 // reported here, with the file and line, so that caddy adapt shows them;
 // Validate checks the same for JSON configs.
-func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	directive := errorAt(d)
 	if d.NextArg() {
@@ -97,47 +97,47 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		var err error
 		switch d.Val() {
 		case "name":
-			err = parseString(d, &m.Name)
+			err = parseString(d, &h.Name)
 		case "verify":
-			err = m.unmarshalVerify(d)
+			err = h.unmarshalVerify(d)
 		case "max_body":
-			err = parseSize(d, &m.MaxBody)
+			err = parseSize(d, &h.MaxBody)
 		case "dedupe":
-			if m.Dedupe != nil {
+			if h.Dedupe != nil {
 				return d.Err("dedupe given twice")
 			}
-			m.Dedupe = new(Dedupe)
-			err = m.Dedupe.unmarshalCaddyfile(d)
+			h.Dedupe = new(Dedupe)
+			err = h.Dedupe.unmarshalCaddyfile(d)
 		case "unbatch":
-			if m.Unbatch != nil {
+			if h.Unbatch != nil {
 				return d.Err("unbatch given twice")
 			}
-			m.Unbatch = new(Unbatch)
-			err = m.Unbatch.unmarshalCaddyfile(d)
+			h.Unbatch = new(Unbatch)
+			err = h.Unbatch.unmarshalCaddyfile(d)
 		case "forward_secret":
-			err = parseString(d, &m.ForwardSecret)
+			err = parseString(d, &h.ForwardSecret)
 		case "normalize":
-			if err = parseString(d, &m.Normalize); err == nil && m.Normalize != normalizeFormatMeta {
-				err = d.Errf("normalize: unknown format %q (want meta)", m.Normalize)
+			if err = parseString(d, &h.Normalize); err == nil && h.Normalize != normalizeFormatMeta {
+				err = d.Errf("normalize: unknown format %q (want meta)", h.Normalize)
 			}
 		case "inbox":
-			if m.Inbox != nil {
+			if h.Inbox != nil {
 				return d.Err("inbox given twice")
 			}
-			m.Inbox = new(Inbox)
-			err = m.unmarshalInbox(d)
+			h.Inbox = new(Inbox)
+			err = h.unmarshalInbox(d)
 		case "events":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.Err("events needs at least one pattern, such as whatsapp.message.* or *")
 			}
-			m.Events = append(m.Events, args...)
+			h.Events = append(h.Events, args...)
 		case "verify_token":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			m.VerifyTokens = append(m.VerifyTokens, args...)
+			h.VerifyTokens = append(h.VerifyTokens, args...)
 		default:
 			return d.Errf("unrecognized subdirective %q", d.Val())
 		}
@@ -145,17 +145,17 @@ func (m *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if len(m.Verify) == 0 {
+	if len(h.Verify) == 0 {
 		return directive("webhook_guard needs at least one verify line: it never forwards unverified requests")
 	}
-	if err := m.checkInboxName(); err != nil {
+	if err := h.checkInboxName(); err != nil {
 		return directive("%s", err)
 	}
 	return nil
 }
 
-func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
-	in := m.Inbox
+func (h *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
+	in := h.Inbox
 	inboxLine := errorAt(d)
 	if d.NextArg() {
 		return d.ArgErr()
@@ -172,7 +172,7 @@ func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
 			if in.DeliverRaw != nil {
 				return d.Err("inbox: to and deliver given together, or twice: use one")
 			}
-			err = in.parseDeliver(d, m.helper)
+			err = in.parseDeliver(d, h.helper)
 		case "path":
 			err = parseString(d, &in.Path)
 		case "redis":
@@ -188,8 +188,8 @@ func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
 			}
 			for _, a := range args {
 				dur, perr := caddy.ParseDuration(a)
-				if perr != nil || dur <= 0 {
-					return d.Errf("retry: %q is not a positive duration", a)
+				if perr != nil {
+					return d.Errf("retry: %q is not a duration", a)
 				}
 				in.Retry = append(in.Retry, caddy.Duration(dur))
 			}
@@ -199,11 +199,6 @@ func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
 			err = parseInt(d, &in.Concurrency)
 		case "rate":
 			err = parseString(d, &in.Rate)
-			if err == nil {
-				if _, _, rerr := parseRate(in.Rate); rerr != nil {
-					err = d.Err(rerr.Error())
-				}
-			}
 		case "timeout":
 			err = parseDuration(d, &in.Timeout)
 		case "retention":
@@ -215,14 +210,8 @@ func (m *Handler) unmarshalInbox(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if in.DeliverRaw == nil {
-		return inboxLine("inbox needs to <upstreams...> or a deliver block: where events are delivered")
-	}
-	if in.Redis != "" && in.Path != "" {
-		return inboxLine("inbox: path and redis given together: the queue is in one or the other")
-	}
-	if in.Redis == "" && (in.Prefix != "" || in.Lease != 0) {
-		return inboxLine("inbox: prefix and lease are for redis; without redis the queue is the file at path")
+	if err := in.checkOptions(); err != nil {
+		return inboxLine("inbox: %v", err)
 	}
 	return nil
 }
@@ -268,7 +257,7 @@ func errorAt(d *caddyfile.Dispenser) func(format string, args ...any) error {
 	}
 }
 
-func (m *Handler) unmarshalVerify(d *caddyfile.Dispenser) error {
+func (h *Handler) unmarshalVerify(d *caddyfile.Dispenser) error {
 	verifyLine := errorAt(d)
 	if !d.NextArg() {
 		return d.Err("verify needs a scheme: kapso, meta, hmac or standard")
@@ -306,46 +295,43 @@ func (m *Handler) unmarshalVerify(d *caddyfile.Dispenser) error {
 	if err := v.checkOptions(); err != nil {
 		return verifyLine("verify %s: %v", v.Scheme, err)
 	}
-	m.Verify = append(m.Verify, v)
+	h.Verify = append(h.Verify, v)
 	return nil
 }
 
-func (dd *Dedupe) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	if d.NextArg() {
-		return d.ArgErr()
+func (d *Dedupe) unmarshalCaddyfile(disp *caddyfile.Dispenser) error {
+	if disp.NextArg() {
+		return disp.ArgErr()
 	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
+	for nesting := disp.Nesting(); disp.NextBlock(nesting); {
 		var err error
-		switch d.Val() {
+		switch disp.Val() {
 		case "key":
-			err = parseString(d, &dd.Key)
+			err = parseString(disp, &d.Key)
 		case "capacity":
-			err = parseInt(d, &dd.Capacity)
+			err = parseInt(disp, &d.Capacity)
 		case "ttl":
-			err = parseDuration(d, &dd.TTL)
+			err = parseDuration(disp, &d.TTL)
 		case "wait":
-			err = parseDuration(d, &dd.Wait)
+			err = parseDuration(disp, &d.Wait)
 		case "lease":
-			err = parseDuration(d, &dd.Lease)
+			err = parseDuration(disp, &d.Lease)
 		case "scope":
-			err = parseString(d, &dd.Scope)
+			err = parseString(disp, &d.Scope)
 		case "redis":
-			if err = parseString(d, &dd.Redis); err == nil {
-				if e := checkRedisURL(dd.Redis); e != nil {
-					err = d.Errf("redis: %v", e)
-				}
-			}
+			err = parseString(disp, &d.Redis)
 		case "prefix":
-			err = parseString(d, &dd.Prefix)
+			err = parseString(disp, &d.Prefix)
 		case "on_store_error":
-			if err = parseString(d, &dd.OnStoreError); err == nil && dd.OnStoreError != storeErrorPass && dd.OnStoreError != storeErrorReject {
-				err = d.Errf("on_store_error must be pass or reject, not %q", dd.OnStoreError)
-			}
+			err = parseString(disp, &d.OnStoreError)
 		default:
-			return d.Errf("unrecognized dedupe option %q", d.Val())
+			return disp.Errf("unrecognized dedupe option %q", disp.Val())
+		}
+		if err == nil {
+			err = d.checkOptions()
 		}
 		if err != nil {
-			return err
+			return disp.Errf("dedupe: %v", err)
 		}
 	}
 	return nil

@@ -241,9 +241,7 @@ func (o *sendOptions) build() ([]byte, http.Header, error) {
 			// the content key of message events from it.
 			event = "whatsapp.message.received"
 		}
-		if event != "" {
-			h.Set(headerEvent, event)
-		}
+		h.Set(headerEvent, event)
 		h.Set("X-Webhook-Payload-Version", "v2")
 		key := o.key
 		if key == "" {

@@ -8,12 +8,13 @@ import (
 	"math"
 	"net/http"
 	"net/textproto"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/webhookguard/webhookguard/internal/jsonscan"
+	"github.com/webhookguard/webhookguard/internal/payload"
 	"go.uber.org/zap"
 )
 
@@ -217,14 +218,18 @@ func durationOr(v caddy.Duration, def time.Duration) time.Duration {
 	return def
 }
 
-func (d *Dedupe) validate() error {
+// checkOptions checks what can be checked of the options as given; the
+// Caddyfile parser (with the file and line) and Validate both call it.
+func (d *Dedupe) checkOptions() error {
 	switch d.OnStoreError {
-	case storeErrorPass, storeErrorReject, "": // "" with an inbox, which has no dedupe store
+	case storeErrorPass, storeErrorReject, "": // "" until provisioned, and with an inbox
 	default:
 		return fmt.Errorf("on_store_error must be pass or reject, not %q", d.OnStoreError)
 	}
 	if d.Redis != "" {
-		return checkRedisURL(d.Redis)
+		if err := checkRedisURL(d.Redis); err != nil {
+			return fmt.Errorf("redis: %w", err)
+		}
 	}
 	return nil
 }
@@ -308,7 +313,7 @@ func storeKeyOf(kind, key string) storeKey {
 
 // deliveryKeys works out the keys of a single (non-batched) delivery.
 func (d *Dedupe) deliveryKeys(r *http.Request, repl *caddy.Replacer, scheme, event string, body []byte) deliveryKeyset {
-	return deliveryKeyset{primary: d.primaryKey(r, repl, scheme, body), content: contentKey(event, body)}
+	return deliveryKeyset{primary: d.primaryKey(r, repl, scheme, body), content: payload.ContentKey(event, body)}
 }
 
 // primaryKey evaluates the configured key. When it is empty, a Standard
@@ -352,24 +357,6 @@ func headerOfPlaceholder(key string) string {
 		return ""
 	}
 	return textproto.CanonicalMIMEHeaderKey(name)
-}
-
-// contentKey is "<event>:<message.id>" for a Kapso message event. Status
-// events (sent, delivered, read, failed) share the message id, so the
-// event is part of the key.
-func contentKey(event string, item []byte) string {
-	if !strings.HasPrefix(event, "whatsapp.message.") {
-		return ""
-	}
-	v, ok := jsonscan.FieldPath(item, "message", "id")
-	if !ok {
-		return ""
-	}
-	id, ok := jsonscan.StringValue(item, v)
-	if !ok || id == "" {
-		return ""
-	}
-	return event + ":" + id
 }
 
 // acquire claims keys for one delivery, waiting while another delivery
@@ -461,4 +448,131 @@ func (d *Dedupe) release(c *claim) {
 		d.logger.Warn("dedupe release failed: the claim lapses when its lease ends",
 			zap.String("scope", d.Scope), zap.Error(err))
 	}
+}
+
+// workOutKeys finds the keys the request and its items are known by. A
+// single delivery's are its idempotency key and content key; a batch is
+// known by its own idempotency key, and each item by its content key (or
+// its place in the batch when it has none).
+func (d *delivery) workOutKeys() {
+	dd := d.h.Dedupe
+	if dd == nil {
+		return
+	}
+	if d.batch == nil {
+		ks := dd.deliveryKeys(d.r, d.repl, d.scheme, d.event, d.body.bytes())
+		d.key = ks.primary
+		d.items[0].key, d.items[0].keys = ks.primary, ks.storeKeys()
+	} else {
+		d.key = dd.primaryKey(d.r, d.repl, d.scheme, d.body.bytes())
+		d.shared = []storeKey{storeKeyOf("id", d.key)}
+		for i := range d.items {
+			it := &d.items[i]
+			if it.key = payload.ContentKey(d.batch.Event, it.body); it.key == "" {
+				it.key = d.key + "#" + strconv.Itoa(i)
+			}
+			it.keys = []storeKey{storeKeyOf("content", it.key)}
+		}
+	}
+	d.repl.Set("http.webhook.idempotency_key", d.key)
+	d.repl.Set("http.webhook.duplicate", "false")
+}
+
+// claimKeys claims the request's keys and each item's, for the direct
+// sink. When the request goes no further (a duplicate, one still in
+// flight elsewhere, the store down under on_store_error reject) it
+// answers the sender and reports answered. A batch item whose claim
+// cannot be taken is marked blocked: the items before it go on, and the
+// rest wait for the sender's retry. An item that repeats an earlier item
+// of the same request is its duplicate: a request never waits on a claim
+// of its own.
+func (d *delivery) claimKeys() (answered bool, err error) {
+	dd := d.h.Dedupe
+	if dd == nil {
+		return false, nil
+	}
+	if len(d.shared) > 0 {
+		c, state := dd.acquire(d.r.Context(), d.shared)
+		switch state {
+		case claimDuplicate:
+			return true, d.answerDuplicate("")
+		case claimBusy:
+			return true, d.answerBusy()
+		case claimStoreDown:
+			if dd.rejectOnStoreError() {
+				return true, d.answerStoreDown()
+			}
+			return false, nil // on without the store
+		}
+		d.claim = c
+	}
+	for i := range d.items {
+		it := &d.items[i]
+		if d.repeatsEarlierItem(i) {
+			d.record(it, outcomeDuplicate, http.StatusOK, 0)
+			continue
+		}
+		c, state := dd.acquire(d.r.Context(), it.keys)
+		switch {
+		case state == claimDuplicate && d.batch == nil:
+			return true, d.answerDuplicate("")
+		case state == claimDuplicate:
+			d.record(it, outcomeDuplicate, http.StatusOK, 0)
+		case state == claimBusy && d.batch == nil:
+			return true, d.answerBusy()
+		case state == claimBusy:
+			it.blocked, it.status = "item still in flight", http.StatusConflict
+			return false, nil
+		case state == claimStoreDown && dd.rejectOnStoreError() && d.batch == nil:
+			return true, d.answerStoreDown()
+		case state == claimStoreDown && dd.rejectOnStoreError():
+			it.blocked, it.status = "dedupe store unreachable", http.StatusServiceUnavailable
+			return false, nil
+		}
+		it.claim = c
+	}
+	return false, nil
+}
+
+// repeatsEarlierItem reports whether item i shares a key with an earlier
+// item of the request.
+func (d *delivery) repeatsEarlierItem(i int) bool {
+	for _, k := range d.items[i].keys {
+		for _, earlier := range d.items[:i] {
+			if slices.Contains(earlier.keys, k) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// answerDuplicate answers a delivery already delivered (or queued); of,
+// when known, is the event that holds it.
+func (d *delivery) answerDuplicate(of string) error {
+	if d.batch == nil {
+		d.record(&d.items[0], outcomeDuplicate, http.StatusOK, 0)
+	} else {
+		d.h.countRequest(outcomeDuplicate)
+		d.h.logDelivery(d.batch.Event, d.key, d.scheme, outcomeDuplicate, http.StatusOK, 0)
+	}
+	d.repl.Set("http.webhook.duplicate", "true")
+	d.w.Header().Set(headerDuplicate, "true")
+	if of != "" {
+		d.w.Header().Set(headerDeliveryID, of)
+	}
+	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "duplicate"})
+}
+
+func (d *delivery) answerBusy() error {
+	d.w.Header().Set("Retry-After", d.h.Dedupe.retryAfter())
+	d.h.logRejection(d.r, d.event, outcomeInFlight, "an identical delivery is still being forwarded")
+	return writeJSONError(d.w, http.StatusConflict, "in_flight",
+		"an identical delivery is still being processed; retry later")
+}
+
+func (d *delivery) answerStoreDown() error {
+	d.h.logRejection(d.r, d.event, outcomeStoreUnavailable, "dedupe store unreachable and on_store_error is reject")
+	return writeJSONError(d.w, http.StatusServiceUnavailable, "store_unavailable",
+		"the dedupe store is unreachable; retry later")
 }

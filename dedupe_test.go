@@ -81,7 +81,7 @@ func TestMemoryStoreTTLAndCapacity(t *testing.T) {
 		r, _ := s.claim(ctx, keysOf(k))
 		_ = s.commit(ctx, r.claim)
 	}
-	if entries, evictions := s.stats(); entries != 3 || evictions != 2 {
+	if entries, evictions := storeStats(s); entries != 3 || evictions != 2 {
 		t.Fatalf("entries %d evictions %d, want 3 and 2", entries, evictions)
 	}
 	if r, _ := s.claim(ctx, keysOf("k1")); r.state != claimOwned {
@@ -102,36 +102,8 @@ func TestMemoryStoreTTLAndCapacity(t *testing.T) {
 	}
 	// An expired key is dropped, not evicted: the evictions metric counts
 	// only keys forgotten to stay within capacity.
-	if entries, evictions := s.stats(); entries != 2 || evictions != 2 {
+	if entries, evictions := storeStats(s); entries != 2 || evictions != 2 {
 		t.Fatalf("after expiry: entries %d evictions %d, want 2 and 2", entries, evictions)
-	}
-}
-
-// TestContentKey guards which deliveries get a content key: Kapso message
-// events with a message id, keyed by event so status events of one
-// message stay distinct.
-func TestContentKey(t *testing.T) {
-	t.Parallel()
-	tests := []struct {
-		event, body, want string
-	}{
-		{"whatsapp.message.received", `{"message":{"id":"wamid.1"}}`, "whatsapp.message.received:wamid.1"},
-		{"whatsapp.message.delivered", `{"message":{"type":"text","id":"wamid.1"}}`, "whatsapp.message.delivered:wamid.1"},
-		{"whatsapp.message.received", `{"message":{"id":"wamid.\u0031"}}`, "whatsapp.message.received:wamid.1"},
-		{"whatsapp.message.received", `{"message":{"id":""}}`, ""},
-		{"whatsapp.message.received", `{"message":{"id":7}}`, ""},
-		{"whatsapp.message.received", `{"conversation":{"id":"conv"}}`, ""},
-		{"whatsapp.message.received", `not json`, ""},
-		{"whatsapp.message.received", `{"message":{"id":"wamid.1"`, ""},
-		{"whatsapp.conversation.created", `{"message":{"id":"wamid.1"}}`, ""},
-		{"", `{"message":{"id":"wamid.1"}}`, ""},
-	}
-	for _, tc := range tests {
-		t.Run(tc.event+" "+tc.body, func(t *testing.T) {
-			if got := contentKey(tc.event, []byte(tc.body)); got != tc.want {
-				t.Fatalf("got %q, want %q", got, tc.want)
-			}
-		})
 	}
 }
 
@@ -538,7 +510,7 @@ func BenchmarkMemoryStoreBytesPerKey(b *testing.B) {
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		if entries, _ := s.stats(); entries != n {
+		if entries, _ := storeStats(s); entries != n {
 			b.Fatalf("entries %d", entries)
 		}
 		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/key")
@@ -706,4 +678,11 @@ func TestSharedScopeSettingsWarn(t *testing.T) {
 			return
 		}
 	}
+}
+
+// storeStats reports the number of committed keys and evictions so far.
+func storeStats(s *memoryStore) (entries int, evictions uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.committed.Len(), s.evictions
 }

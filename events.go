@@ -2,11 +2,10 @@ package webhookguard
 
 import (
 	"errors"
+	"github.com/webhookguard/webhookguard/internal/payload"
 	"net/http"
 	"slices"
 	"strings"
-
-	"github.com/webhookguard/webhookguard/internal/jsonscan"
 )
 
 // The event filter: a route subscribes to the events its app handles
@@ -15,54 +14,21 @@ import (
 // counts a 404 from the app as a failure (Kapso pauses a webhook that
 // keeps failing); an ignored event is a success that says what it was.
 
-// eventNames returns the names a verified delivery is known by: the
-// X-Webhook-Event header when there is one (Kapso), else the body's
-// top-level "type" (Standard Webhooks and platforms that put the event in
-// an envelope), else every change's "field" of a raw Meta payload. A
-// delivery with none of these has no name.
-func eventNames(header string, body []byte) []string {
-	if header != "" {
-		return []string{header}
+// filter applies the route's event filter (no filter passes all): it
+// returns the names the request is known by and whether it passes. A
+// Kapso batch carries one type for all its items, so a batch passes or
+// is ignored whole.
+func (d *delivery) filter() ([]string, bool) {
+	if len(d.h.Events) == 0 {
+		return nil, true
 	}
-	if v, ok, _ := jsonscan.ObjectField(body, 0, "type"); ok {
-		if name, ok := jsonscan.StringValue(body, v); ok && name != "" {
-			return []string{name}
-		}
+	var names []string
+	if d.batch != nil {
+		names = payload.EventNames(d.batch.Event, nil)
+	} else {
+		names = payload.EventNames(d.event, d.body.bytes())
 	}
-	return metaFields(body)
-}
-
-// metaFields lists the distinct entry[].changes[].field values of a raw
-// Meta payload, in order; nil for anything else.
-func metaFields(body []byte) []string {
-	var fields []string
-	entries := arrayMember(body, jsonscan.Span{}, "entry")
-	for _, e := range entries {
-		for _, c := range arrayMember(body, e, "changes") {
-			v, ok, _ := jsonscan.ObjectField(body, c.Start, "field")
-			if !ok {
-				continue
-			}
-			if name, ok := jsonscan.StringValue(body, v); ok && name != "" && !slices.Contains(fields, name) {
-				fields = append(fields, name)
-			}
-		}
-	}
-	return fields
-}
-
-// arrayMember returns the items of obj's member key when obj is an object
-// and the member an array, else nil.
-func arrayMember(body []byte, obj jsonscan.Span, key string) []jsonscan.Span {
-	if i := jsonscan.SkipSpace(body, obj.Start); i >= len(body) || body[i] != '{' {
-		return nil
-	}
-	v, ok, err := jsonscan.ObjectField(body, obj.Start, key)
-	if !ok || err != nil || body[v.Start] != '[' {
-		return nil
-	}
-	items, _ := jsonscan.ArrayItems(body, v.Start)
-	return items
+	return names, d.h.subscribed(names)
 }
 
 // subscribed reports whether a delivery known by names passes the filter:
@@ -117,9 +83,15 @@ func validateEvents(patterns []string) error {
 }
 
 // answerIgnored tells the sender its event was received and is not for
-// this route's app.
+// this route's app; a batch's items are each recorded as ignored.
 func (d *delivery) answerIgnored(names []string) error {
 	d.h.countRequest(outcomeIgnored)
-	d.h.logDelivery(strings.Join(names, ","), d.key, d.scheme, outcomeIgnored, http.StatusOK, 0)
-	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "ignored"})
+	if d.batch == nil {
+		d.h.logDelivery(strings.Join(names, ","), d.key, d.scheme, outcomeIgnored, http.StatusOK, 0)
+		return writeJSON(d.w, http.StatusOK, map[string]any{"status": "ignored"})
+	}
+	for i := range d.items {
+		d.record(&d.items[i], outcomeIgnored, http.StatusOK, 0)
+	}
+	return writeJSON(d.w, http.StatusOK, batchResult{Status: string(outcomeIgnored), Items: len(d.items), Ignored: len(d.items)})
 }

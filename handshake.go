@@ -6,6 +6,12 @@ import (
 	"net/http"
 )
 
+// isHandshake tells Meta's subscription check, on a route with a
+// verify_token.
+func (h *Handler) isHandshake(r *http.Request) bool {
+	return len(h.verifyTokens) > 0 && r.Method == http.MethodGet && r.URL.Query().Has("hub.mode")
+}
+
 // answerHandshake answers Meta's subscription check (GET with hub.mode,
 // hub.verify_token and hub.challenge). The challenge goes back byte for
 // byte; the token is compared in constant time, through a hash so that

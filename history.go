@@ -238,7 +238,7 @@ func (q storedQueue) oldestPending() time.Duration {
 // of.
 func storedQueues() []storedQueue {
 	var out []storedQueue
-	for _, rt := range runtimes.list() {
+	for _, rt := range openRuntimes() {
 		counts, err := rt.store.Counts()
 		served := map[string]bool{}
 		for _, q := range rt.currentQueues() {
@@ -282,7 +282,7 @@ func summaries() []handlerSummary {
 		out = append(out, s)
 		seen[q.name] = true
 	}
-	for _, rh := range recent.handlers() {
+	for _, rh := range recentHandlers() {
 		if seen[rh.name] {
 			continue
 		}
@@ -351,7 +351,7 @@ func listEvents(w http.ResponseWriter, q url.Values) error {
 		}
 		return writeJSON(w, http.StatusOK, map[string]any{"events": views, "next": next})
 	}
-	rh := recent.handler(handler)
+	rh := recentHandlerNamed(handler)
 	if rh == nil {
 		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler named "+strconv.Quote(truncate(handler, 64)))
 	}
@@ -367,7 +367,7 @@ func listEvents(w http.ResponseWriter, q url.Values) error {
 
 // lookup finds an event by id in the open inboxes.
 func lookup(id string) (*inbox.Event, *inboxRuntime, error) {
-	for _, rt := range runtimes.list() {
+	for _, rt := range openRuntimes() {
 		e, err := rt.store.Lookup(id)
 		if err == nil {
 			return e, rt, nil
@@ -382,7 +382,7 @@ func lookup(id string) (*inbox.Event, *inboxRuntime, error) {
 func showEvent(w http.ResponseWriter, id string) error {
 	e, rt, err := lookup(id)
 	if errors.Is(err, inbox.ErrNotFound) {
-		if d, ok := recent.find(id); ok {
+		if d, ok := findRecent(id); ok {
 			return writeJSON(w, http.StatusOK, eventDetail{eventView: d, AttemptLog: []attemptView{}})
 		}
 		return writeJSONError(w, http.StatusNotFound, "not_found", "no event with id "+strconv.Quote(truncate(id, 64)))
@@ -420,7 +420,7 @@ func replayOne(w http.ResponseWriter, id string) error {
 		return answerNotServed(w, found.Queue)
 	}
 	if errors.Is(err, inbox.ErrNotFound) {
-		if _, ok := recent.find(id); ok {
+		if _, ok := findRecent(id); ok {
 			return writeJSONError(w, http.StatusConflict, "not_replayable", "this delivery went through a handler without an inbox: its body was not kept")
 		}
 		return writeJSONError(w, http.StatusNotFound, "not_found", "no event with id "+strconv.Quote(truncate(id, 64)))
@@ -508,29 +508,14 @@ func replayAll(w http.ResponseWriter, q url.Values) error {
 	return writeJSON(w, http.StatusOK, map[string]any{"status": "queued", "replayed": n})
 }
 
-// runtimes are the open inbox files, for the history and the metrics.
-var runtimes = &runtimeSet{open: map[*inboxRuntime]int{}}
-
-type runtimeSet struct {
-	mu   sync.Mutex
-	open map[*inboxRuntime]int // references
-}
-
-func (s *runtimeSet) track(rt *inboxRuntime, delta int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.open[rt] += delta; s.open[rt] <= 0 {
-		delete(s.open, rt)
-	}
-}
-
-func (s *runtimeSet) list() []*inboxRuntime {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*inboxRuntime, 0, len(s.open))
-	for rt := range s.open {
-		out = append(out, rt)
-	}
+// openRuntimes are the open inbox stores (the inboxes pool's), for the
+// history and the metrics.
+func openRuntimes() []*inboxRuntime {
+	var out []*inboxRuntime
+	inboxes.Range(func(_, v any) bool {
+		out = append(out, v.(*inboxRuntime))
+		return true
+	})
 	return out
 }
 
@@ -608,57 +593,46 @@ func (rh *recentHandler) page(status, event, before string, limit int) ([]eventV
 	return out, "", true
 }
 
-// recentSet holds the in-memory histories by handler name. A handler
-// registers when provisioned and leaves on Cleanup; a reload's new
-// handler of the same name keeps the history.
-type recentSet struct {
-	mu    sync.Mutex
-	byKey map[string]*recentHandler
-	refs  map[string]int
+// recent holds the in-memory histories by handler name: a handler takes
+// a reference when provisioned and lets go on Cleanup, so that a reload's
+// new handler of the same name keeps the history.
+var recent = caddy.NewUsagePool()
+
+func acquireRecent(name string) *recentHandler {
+	v, _ := recent.LoadOrStore(name, &recentHandler{name: name})
+	return v.(*recentHandler)
 }
 
-var recent = &recentSet{byKey: map[string]*recentHandler{}, refs: map[string]int{}}
+// Destruct lets a history go once no handler of its name is left.
+func (rh *recentHandler) Destruct() error { return nil }
 
-func (s *recentSet) acquire(name string) *recentHandler {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.refs[name]++
-	if s.byKey[name] == nil {
-		s.byKey[name] = &recentHandler{name: name}
-	}
-	return s.byKey[name]
-}
-
-func (s *recentSet) release(name string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.refs[name]--; s.refs[name] <= 0 {
-		delete(s.refs, name)
-		delete(s.byKey, name)
-	}
-}
-
-func (s *recentSet) handler(name string) *recentHandler {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.byKey[name]
-}
-
-func (s *recentSet) handlers() []*recentHandler {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*recentHandler, 0, len(s.byKey))
-	for _, rh := range s.byKey {
-		out = append(out, rh)
-	}
+// recentHandlers are the in-memory histories of the handlers loaded now.
+func recentHandlers() []*recentHandler {
+	var out []*recentHandler
+	recent.Range(func(_, v any) bool {
+		out = append(out, v.(*recentHandler))
+		return true
+	})
 	return out
 }
 
-func (s *recentSet) find(id string) (eventView, bool) {
+func recentHandlerNamed(name string) *recentHandler {
+	var found *recentHandler
+	recent.Range(func(k, v any) bool {
+		if k == name {
+			found = v.(*recentHandler)
+		}
+		return found == nil
+	})
+	return found
+}
+
+// findRecent finds a delivery of a handler without an inbox by its id.
+func findRecent(id string) (eventView, bool) {
 	if !strings.HasPrefix(id, "req_") {
 		return eventView{}, false
 	}
-	for _, rh := range s.handlers() {
+	for _, rh := range recentHandlers() {
 		for _, v := range rh.snapshot() {
 			if v.ID == id {
 				return v, true
@@ -666,28 +640,6 @@ func (s *recentSet) find(id string) (eventView, bool) {
 		}
 	}
 	return eventView{}, false
-}
-
-// historyStatus is how a delivery through a handler without an inbox
-// shows in the history.
-func historyStatus(result outcome, status int) string {
-	switch {
-	case result == outcomeForwarded && status >= 200 && status < 300:
-		return "delivered"
-	case result == outcomeForwarded, result == outcomeFailed, result == outcomeUpstreamError:
-		return "failed"
-	}
-	return string(result)
-}
-
-// remember adds a delivery to the handler's in-memory history (handlers
-// with an inbox have their store instead).
-func (h *Handler) remember(event, key string, result outcome, status int, took time.Duration, refused bool) {
-	if h.recent == nil {
-		return
-	}
-	h.recent.add(eventView{Handler: h.name, Event: truncate(event, 128), Key: truncate(key, 256),
-		Status: historyStatus(result, status), Attempts: 1, LastStatus: status, ReceivedAt: h.now().Add(-took)}, refused)
 }
 
 // memoryStates are the statuses a handler without an inbox records.
@@ -718,9 +670,9 @@ func servePage(w http.ResponseWriter) error {
 // delivery but not shown. The rule errs towards hiding: a header is shown
 // only when its name contains none of credentialWords and none of its
 // values looks like a credential.
-func redactHeaders(h http.Header) http.Header {
-	out := make(http.Header, len(h))
-	for name, values := range h {
+func redactHeaders(hdr http.Header) http.Header {
+	out := make(http.Header, len(hdr))
+	for name, values := range hdr {
 		if isCredentialHeader(name) || slices.ContainsFunc(values, looksLikeCredential) {
 			out[name] = []string{"[redacted]"}
 			continue

@@ -20,10 +20,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
-	"go.uber.org/zap"
-
 	"github.com/webhookguard/webhookguard/internal/inbox"
-	"github.com/webhookguard/webhookguard/internal/jsonscan"
+	"github.com/webhookguard/webhookguard/internal/payload"
+	"go.uber.org/zap"
 )
 
 // Inbox defaults. The schedule starts soon (a deploy or a restart of the
@@ -138,8 +137,8 @@ type Inbox struct {
 
 func (in *Inbox) provision(ctx caddy.Context, h *Handler) error {
 	in.h = h
-	if in.DeliverRaw == nil {
-		return errors.New("inbox needs to <upstreams...> or a deliver block: where events are delivered")
+	if err := in.checkOptions(); err != nil {
+		return err
 	}
 	mod, err := ctx.LoadModule(in, "DeliverRaw")
 	if err != nil {
@@ -176,18 +175,41 @@ func parseRate(s string) (int, time.Duration, error) {
 	n, err := strconv.Atoi(num)
 	per, known := map[string]time.Duration{"s": time.Second, "m": time.Minute, "h": time.Hour}[unit]
 	if !ok || err != nil || n <= 0 || !known {
-		return 0, 0, fmt.Errorf("inbox: rate %q is not <n>/<s|m|h> with n above zero, such as 10/s", s)
+		return 0, 0, fmt.Errorf("rate %q is not <n>/<s|m|h> with n above zero, such as 10/s", s)
 	}
 	if per/time.Duration(n) < time.Microsecond {
-		return 0, 0, fmt.Errorf("inbox: rate %q is more than a million a second: leave rate out for no limit", s)
+		return 0, 0, fmt.Errorf("rate %q is more than a million a second: leave rate out for no limit", s)
 	}
 	return n, per, nil
 }
 
-func (in *Inbox) validate() error {
+// checkOptions checks what can be checked of the options as given; the
+// Caddyfile parser (with the file and line), Provision and Validate all
+// call it.
+func (in *Inbox) checkOptions() error {
+	if in.DeliverRaw == nil && in.deliver == nil { // Provision loads DeliverRaw into deliver
+		return errors.New("needs to <upstreams...> or a deliver block: where events are delivered")
+	}
+	if in.Redis != "" && in.Path != "" {
+		return errors.New("path and redis given together: the queue is in one or the other")
+	}
+	if in.Redis == "" && (in.Prefix != "" || in.Lease != 0) {
+		return errors.New("prefix and lease are for redis; without redis the queue is the file at path")
+	}
+	if in.Redis != "" && in.Lease != 0 && time.Duration(in.Lease) < minInboxLease {
+		return fmt.Errorf("lease must be at least %v (it is renewed every third of it)", minInboxLease)
+	}
 	for _, d := range in.Retry {
 		if d <= 0 {
-			return errors.New("inbox: every retry delay must be positive")
+			return fmt.Errorf("retry: %v is not a positive duration", time.Duration(d))
+		}
+	}
+	if in.Concurrency < 0 {
+		return errors.New("concurrency must not be negative")
+	}
+	if in.Rate != "" {
+		if _, _, err := parseRate(in.Rate); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -225,7 +247,7 @@ func (in *Inbox) orderKey(repl *caddy.Replacer, body []byte) string {
 	case orderByNone:
 		return ""
 	case "":
-		return conversationKey(body)
+		return payload.ConversationKey(body)
 	}
 	key := repl.ReplaceAll(in.OrderBy, "")
 	if key == "" {
@@ -244,48 +266,6 @@ func (in *Inbox) warnEmptyOrderKey() {
 			"check the placeholder (caddy_webhook_guard_inbox_order_key_empty_total counts them)",
 			zap.String("handler", in.h.name), zap.String("order_by", in.OrderBy))
 	}
-}
-
-// conversationKey finds the conversation a body belongs to: Kapso's
-// conversation.id, or for a raw Meta payload the business number and the
-// customer (wa_id, else the BSUID).
-func conversationKey(body []byte) string {
-	if v, ok := jsonscan.FieldPath(body, "conversation", "id"); ok {
-		if id, ok := jsonscan.StringValue(body, v); ok && id != "" {
-			return "conversation:" + id
-		}
-	}
-	for _, e := range arrayMember(body, jsonscan.Span{}, "entry") {
-		for _, c := range arrayMember(body, e, "changes") {
-			v, ok, _ := jsonscan.ObjectField(body, c.Start, "value")
-			if !ok || body[v.Start] != '{' {
-				continue
-			}
-			value := body[v.Start:v.End]
-			phone := stringAt(value, "metadata", "phone_number_id")
-			for _, who := range [][2]string{{"contacts", "wa_id"}, {"contacts", "user_id"}, {"messages", "from"},
-				{"messages", "from_user_id"}, {"statuses", "recipient_id"}, {"statuses", "recipient_user_id"}} {
-				items := arrayMember(value, jsonscan.Span{}, who[0])
-				if len(items) == 0 {
-					continue
-				}
-				if id := stringAt(value[items[0].Start:items[0].End], who[1]); id != "" {
-					return "meta:" + phone + ":" + id
-				}
-			}
-		}
-	}
-	return ""
-}
-
-// stringAt is the string at path in the JSON object doc, "" when absent.
-func stringAt(doc []byte, path ...string) string {
-	v, ok := jsonscan.FieldPath(doc, path...)
-	if !ok {
-		return ""
-	}
-	s, _ := jsonscan.StringValue(doc, v)
-	return s
 }
 
 // newEvent captures r as it would be forwarded, with body, minus the
@@ -316,101 +296,87 @@ func (d *delivery) newEvent(r *http.Request, body []byte, orderKey, name, key st
 	}
 }
 
-// queueSingle stores one verified delivery and answers the sender. With
-// dedupe, its keys are held by the inbox's own store, written with the
-// event: a redelivery is a duplicate after a restart too.
-func (d *delivery) queueSingle() error {
-	var keys []string
-	if dd := d.h.Dedupe; dd != nil {
-		ks := dd.deliveryKeys(d.r, d.repl, d.scheme, d.event, d.body.bytes())
-		d.key = ks.primary
-		d.repl.Set("http.webhook.idempotency_key", ks.primary)
-		d.repl.Set("http.webhook.duplicate", "false")
-		keys = dd.inboxKeys(ks.storeKeys())
-	}
-	orderKey := d.h.Inbox.orderKey(d.repl, d.body.bytes())
-	d.attachBody()
-	body, err := io.ReadAll(d.r.Body)
+// inboxSink stages each item as an event and stores them all in one
+// commit, with their dedupe keys (the keys are committed with the
+// events, in the inbox's own store: a redelivery is a duplicate after a
+// restart too). The sender is answered once they are on disk.
+type inboxSink struct{}
+
+func (inboxSink) claims() bool { return false }
+
+func (inboxSink) take(d *delivery, it *item) (stop bool) {
+	e, err := d.newItemEvent(it)
 	if err != nil {
+		d.stageErr = err
+		return true
+	}
+	d.events = append(d.events, e)
+	return false
+}
+
+func (inboxSink) answer(d *delivery) error {
+	if d.stageErr != nil {
 		return writeJSONError(d.w, http.StatusInternalServerError, "internal", "the body could not be queued")
 	}
-	e := d.newEvent(d.r, body, orderKey, strings.Join(eventNames(d.event, body), ","), d.key)
-	e.Keys = keys
-	if err := d.h.Inbox.append([]*inbox.Event{e}); err != nil {
+	if err := d.h.Inbox.append(d.events, d.inboxKeys(d.shared)...); err != nil {
 		return d.answerInboxDown(err)
 	}
-	if e.Duplicate {
-		return d.answerQueuedDuplicate(e.DuplicateOf)
-	}
-	d.h.countRequest(outcomeQueued)
-	d.h.logDelivery(d.event, d.key, d.scheme, outcomeQueued, http.StatusOK, 0, zap.String("event_id", e.ID))
-	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "queued", "id": e.ID})
-}
-
-// answerQueuedDuplicate answers a delivery the inbox already holds.
-func (d *delivery) answerQueuedDuplicate(of string) error {
-	if of != "" {
-		d.w.Header().Set(headerDeliveryID, of)
-	}
-	return d.answerDuplicate()
-}
-
-// queueBatch stores each item of a verified batch as its own event, all
-// in one commit, and answers the sender. The batch's idempotency key is
-// held by the whole request; each item is known by its content key, so
-// that an item the batch repeats is queued once.
-func (d *delivery) queueBatch(env *batchEnvelope) error {
-	dd := d.h.Dedupe
-	batchKey := dd.primaryKey(d.r, d.repl, d.scheme, d.body.bytes())
-	d.batchKey, d.key = batchKey, batchKey
-	d.repl.Set("http.webhook.idempotency_key", batchKey)
-	d.repl.Set("http.webhook.duplicate", "false")
-	subscribed := d.h.subscribed(eventNames(env.event, nil))
-	var events []*inbox.Event
-	ignored := 0
-	for i, it := range env.items {
-		item := d.body.bytes()[it.Start:it.End]
-		key := contentKey(env.event, item)
-		if key == "" {
-			key = batchKey + "#" + strconv.Itoa(i)
-		}
-		if !subscribed {
-			ignored++
-			d.h.countBatchItem(outcomeIgnored)
-			continue
-		}
-		sub := d.r.Clone(d.r.Context())
-		d.itemHeaders(sub.Header, env, i, item, key)
-		orderKey := d.h.Inbox.orderKey(d.repl, item)
-		if orderKey == "" && env.conversationID != "" && d.h.Inbox.OrderBy == "" {
-			orderKey = "conversation:" + env.conversationID
-		}
-		e := d.newEvent(sub, bytes.Clone(item), orderKey, env.event, key)
-		e.Keys = dd.inboxKeys([]storeKey{storeKeyOf("content", key)})
-		events = append(events, e)
-	}
-	if len(events) > 0 {
-		if err := d.h.Inbox.append(events, dd.inboxKeys([]storeKey{storeKeyOf("id", batchKey)})...); err != nil {
-			return d.answerInboxDown(err)
-		}
-	}
-	ids := []string{}
-	duplicates := 0
-	for _, e := range events {
+	ids, duplicates := []string{}, 0
+	for i, e := range d.events {
+		it := &d.items[i]
 		if e.Duplicate {
 			duplicates++
-			d.h.countBatchItem(outcomeDuplicate)
+			it.eventID = e.DuplicateOf
+			d.record(it, outcomeDuplicate, http.StatusOK, 0)
 			continue
 		}
 		ids = append(ids, e.ID)
-		d.h.countBatchItem(outcomeQueued)
+		it.eventID = e.ID
+		d.record(it, outcomeQueued, http.StatusOK, 0, zap.String("event_id", e.ID))
 	}
-	if len(events) > 0 && duplicates == len(events) {
-		return d.answerQueuedDuplicate("")
+	switch {
+	case d.batch == nil && duplicates == 1:
+		return d.answerDuplicate(d.items[0].eventID)
+	case d.batch == nil:
+		return writeJSON(d.w, http.StatusOK, map[string]any{"status": "queued", "id": ids[0]})
+	case duplicates == len(d.events):
+		return d.answerDuplicate("")
 	}
 	d.h.countRequest(outcomeQueued)
 	return writeJSON(d.w, http.StatusOK, map[string]any{"status": "queued", "items": len(ids), "ids": ids,
-		"duplicates": duplicates, "ignored": ignored})
+		"duplicates": duplicates, "ignored": 0})
+}
+
+// newItemEvent is an item as the inbox stores it: the request as it
+// would be forwarded (a batch item as its own request), with its keys.
+func (d *delivery) newItemEvent(it *item) (*inbox.Event, error) {
+	if d.batch == nil {
+		orderKey := d.h.Inbox.orderKey(d.repl, it.body)
+		d.attachBody()
+		body, err := io.ReadAll(d.r.Body)
+		if err != nil {
+			return nil, err
+		}
+		e := d.newEvent(d.r, body, orderKey, strings.Join(payload.EventNames(d.event, body), ","), it.key)
+		e.Keys = d.inboxKeys(it.keys)
+		return e, nil
+	}
+	sub := d.itemRequest(d.r.Context(), it)
+	orderKey := d.h.Inbox.orderKey(d.repl, it.body)
+	if orderKey == "" && d.batch.ConversationID != "" && d.h.Inbox.OrderBy == "" {
+		orderKey = "conversation:" + d.batch.ConversationID
+	}
+	e := d.newEvent(sub, bytes.Clone(it.body), orderKey, d.batch.Event, it.key)
+	e.Keys = d.inboxKeys(it.keys)
+	return e, nil
+}
+
+// inboxKeys are keys as the inbox store holds them (none without dedupe).
+func (d *delivery) inboxKeys(keys []storeKey) []string {
+	if d.h.Dedupe == nil {
+		return nil
+	}
+	return d.h.Dedupe.inboxKeys(keys)
 }
 
 // append stores events durably (deduplicated on their keys and shared)
@@ -462,43 +428,31 @@ func (in *Inbox) deliverEvent(ctx context.Context, e *inbox.Event, attempt int) 
 	if srv == nil {
 		srv = new(caddyhttp.Server)
 	}
-	mw := &memWriter{hdr: make(http.Header), keep: keptResponse}
-	repl := caddy.NewReplacer()
-	req = caddyhttp.PrepareRequest(req, repl, mw, srv)
-	repl.Set("http.webhook.verified", req.Header.Get(headerVerified))
-	repl.Set("http.webhook.event", req.Header.Get(headerEvent))
-	repl.Set("http.webhook.idempotency_key", req.Header.Get(headerIdempotencyKey))
-	repl.Set("http.webhook.duplicate", "false")
-
+	deliver := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		return in.deliver.ServeHTTP(w, r, noAnswer)
+	})
 	start := time.Now()
-	defer func() {
-		res.Took = time.Since(start)
-		res.Response = strings.ToValidUTF8(string(mw.body), "\uFFFD")
-		if p := recover(); p != nil {
-			// reverse_proxy aborts a response that broke after its
-			// headers by panicking: a 2xx already received counts.
-			res = inbox.Result{Status: mw.status, Took: res.Took, Response: res.Response}
-			if mw.status < 200 || mw.status > 299 {
-				res.Err = attemptFailure{fmt.Sprintf("the app's answer (status %d) broke off after its headers", mw.status),
-					fmt.Errorf("deliver handler panicked: %v", p)}
-			}
-		}
-	}()
-	err = in.deliver.ServeHTTP(mw, req, noAnswer)
-	res.Status = mw.status
-	if err != nil {
-		res.Err, res.Status = describeAttemptError(err, in.timeout), errorStatus(err)
-		// The app could not be reached at all (reverse_proxy wraps every
-		// dial failure, a refused connection included, in a DialError).
-		_, unreachable := errors.AsType[reverseproxy.DialError](err)
-		res.Refused = unreachable || errors.Is(err, syscall.ECONNREFUSED)
+	a := serveSub(deliver, req, nil, srv, keptResponse, func(repl *caddy.Replacer) {
+		repl.Set("http.webhook.verified", req.Header.Get(headerVerified))
+		repl.Set("http.webhook.event", req.Header.Get(headerEvent))
+		repl.Set("http.webhook.idempotency_key", req.Header.Get(headerIdempotencyKey))
+		repl.Set("http.webhook.duplicate", "false")
+	})
+	res = inbox.Result{Status: a.status, Took: time.Since(start), Response: strings.ToValidUTF8(string(a.body), "\uFFFD")}
+	if _, broken := errors.AsType[brokenAnswer](a.err); broken {
+		res.Err = a.err
 		return res
 	}
-	if res.Status == 0 {
-		res.Status = http.StatusOK
+	if a.err != nil {
+		res.Err = describeAttemptError(a.err, in.timeout)
+		// The app could not be reached at all (reverse_proxy wraps every
+		// dial failure, a refused connection included, in a DialError).
+		_, unreachable := errors.AsType[reverseproxy.DialError](a.err)
+		res.Refused = unreachable || errors.Is(a.err, syscall.ECONNREFUSED)
+		return res
 	}
 	if res.Status == http.StatusTooManyRequests || res.Status == http.StatusServiceUnavailable {
-		if s, err := strconv.Atoi(mw.hdr.Get("Retry-After")); err == nil && s > 0 {
+		if s, err := strconv.Atoi(a.header.Get("Retry-After")); err == nil && s > 0 {
 			res.RetryAfter = time.Duration(s) * time.Second
 		}
 	}
@@ -647,9 +601,7 @@ func openInbox(key, label string, open func() (inbox.Backend, error), logger *za
 			return nil, err
 		}
 		d := inbox.NewDispatcher(store, func(err error) { logger.Error("inbox", zap.String("store", label), zap.Error(err)) })
-		rt := &inboxRuntime{store: store, dispatcher: d, label: label}
-		runtimes.track(rt, 1)
-		return rt, nil
+		return &inboxRuntime{store: store, dispatcher: d, label: label}, nil
 	})
 	if err != nil {
 		return nil, err
@@ -660,7 +612,6 @@ func openInbox(key, label string, open func() (inbox.Backend, error), logger *za
 // Destruct stops the dispatcher (an attempt still running after a few
 // seconds is left pending, to be delivered again) and closes the file.
 func (rt *inboxRuntime) Destruct() error {
-	runtimes.track(rt, -1)
 	rt.dispatcher.Stop(5 * time.Second)
 	return rt.store.Close()
 }

@@ -16,6 +16,7 @@ import (
 
 const (
 	defaultInboxPrefix = "webhookguard:inbox:"
+	minInboxLease      = 300 * time.Millisecond
 	defaultInboxLease  = 15 * time.Second
 )
 
@@ -24,9 +25,6 @@ const (
 // to open it.
 func (in *Inbox) provisionStore() error {
 	if in.Redis == "" {
-		if in.Prefix != "" || in.Lease != 0 {
-			return errors.New("inbox: prefix and lease are for redis; the file's path is set with path")
-		}
 		path := in.Path
 		if path == "" {
 			path = filepath.Join(caddy.AppDataDir(), "webhookguard", "inbox.db")
@@ -35,16 +33,13 @@ func (in *Inbox) provisionStore() error {
 		in.openStore = func() (inbox.Backend, error) { return inbox.Open(path, time.Second) }
 		return nil
 	}
-	if in.Path != "" {
-		return errors.New("inbox: path and redis given together: the queue is in one or the other")
-	}
 	url, err := caddy.NewReplacer().ReplaceOrErr(in.Redis, true, true)
 	if err != nil {
-		return fmt.Errorf("inbox: redis url: %w", err)
+		return fmt.Errorf("redis url: %w", err)
 	}
 	opts, err := redis.ParseURL(url)
 	if err != nil {
-		return errors.New("inbox: redis url could not be parsed") // it may hold a password: not repeated
+		return errors.New("redis url could not be parsed") // it may hold a password: not repeated
 	}
 	// A dead Redis answers the sender 503 within a second or two rather
 	// than holding its request.
@@ -54,9 +49,6 @@ func (in *Inbox) provisionStore() error {
 		prefix = defaultInboxPrefix
 	}
 	lease := durationOr(in.Lease, defaultInboxLease)
-	if lease < 300*time.Millisecond {
-		return errors.New("inbox: lease must be at least 300ms (it is renewed every third of it)")
-	}
 	in.path = "redis:" + url + "#" + prefix
 	in.storeLabel = "redis " + opts.Addr + " " + prefix
 	logger := in.h.logger

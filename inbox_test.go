@@ -369,7 +369,7 @@ func TestInboxConfigErrors(t *testing.T) {
 		inbox {
 			path ` + filepath.Join(dir, "a.db") + `
 		}
-	}`, "inbox needs to <upstreams...> or a deliver block"},
+	}`, "inbox: needs to <upstreams...> or a deliver block"},
 		{"two queues named alike", `handle /a {
 		webhook_guard {
 			name kapso

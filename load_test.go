@@ -184,7 +184,7 @@ func TestMemoryBoundedByCapacity(t *testing.T) {
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	entries, evictions := s.stats()
+	entries, evictions := storeStats(s)
 	if entries != capacity || evictions != flood-capacity {
 		t.Fatalf("entries %d evictions %d, want %d and %d", entries, evictions, capacity, flood-capacity)
 	}

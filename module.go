@@ -183,7 +183,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	registerMetrics(ctx, h.logger)
 	h.metrics = newHandlerMetrics(h.name, len(h.Events) > 0)
 	if h.Inbox == nil {
-		h.recent = recent.acquire(h.name)
+		h.recent = acquireRecent(h.name)
 	}
 	h.maxBody = h.MaxBody
 	if h.maxBody <= 0 {
@@ -251,7 +251,7 @@ func (h *Handler) Validate() error {
 		}
 	}
 	if h.Dedupe != nil {
-		if err := h.Dedupe.validate(); err != nil {
+		if err := h.Dedupe.checkOptions(); err != nil {
 			return fmt.Errorf("dedupe: %w", err)
 		}
 	}
@@ -262,8 +262,8 @@ func (h *Handler) Validate() error {
 		return err
 	}
 	if h.Inbox != nil {
-		if err := h.Inbox.validate(); err != nil {
-			return err
+		if err := h.Inbox.checkOptions(); err != nil {
+			return fmt.Errorf("inbox: %w", err)
 		}
 	}
 	if h.Normalize != "" && h.Normalize != normalizeFormatMeta {
@@ -281,7 +281,7 @@ func (h *Handler) Cleanup() error {
 	if h.recent != nil {
 		// Requests of this config may still be finishing and record into
 		// the ring; it stays valid, only the registry lets go of it.
-		recent.release(h.name)
+		_, _ = recent.Delete(h.name)
 	}
 	if h.Dedupe != nil {
 		return h.Dedupe.cleanup()

@@ -44,7 +44,7 @@ go test -race -count=1 -timeout 40m ./...
 # beside each package, and the seeds in the code, which go test above
 # already ran as tests). FUZZTIME=5s makes a quicker pass; go test's own
 # progress lines (every 3 s) show that it is working.
-for target in FuzzVerifySignature:. FuzzParseBatch:. FuzzNormalize:./internal/metanorm FuzzDecodeEvent:./internal/inbox FuzzDispatcherPassOverCorruptRecord:./internal/inbox; do
+for target in FuzzVerifySignature:. FuzzParseBatch:./internal/payload FuzzNormalize:./internal/metanorm FuzzDecodeEvent:./internal/inbox FuzzDispatcherPassOverCorruptRecord:./internal/inbox; do
 	name=${target%%:*} pkg=${target#*:}
 	echo "== fuzz $name in $pkg (${FUZZTIME:-20s})"
 	go test -run '^$' -fuzz "^${name}\$" -fuzztime "${FUZZTIME:-20s}" "$pkg" 2>&1 | sed 's/^/   /'

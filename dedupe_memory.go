@@ -194,13 +194,6 @@ func (s *memoryStore) dropClaim(c *claim) {
 	}
 }
 
-// stats reports the number of committed keys and evictions so far.
-func (s *memoryStore) stats() (entries int, evictions uint64) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.committed.Len(), s.evictions
-}
-
 // Destruct empties the store when the last config using it is unloaded.
 func (s *memoryStore) Destruct() error {
 	s.mu.Lock()

@@ -1,0 +1,88 @@
+package webhookguard
+
+import (
+	"net/http"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// What happened to each delivery is recorded in one place: its metrics,
+// its delivery log line and, for a handler without an inbox, its
+// in-memory history. A refusal (a request that was never a delivery) is
+// recorded apart, by logRejection.
+
+// record is the one place that says what became of an item: its
+// metrics, its delivery log line and the in-memory history.
+func (d *delivery) record(it *item, result outcome, status int, took time.Duration, extra ...zap.Field) {
+	it.result, it.status = result, status
+	event := d.event
+	if d.batch != nil {
+		event = d.batch.Event
+		d.h.countBatchItem(result)
+		extra = append(extra, batchFields(it.index, len(d.items))...)
+	} else {
+		d.h.countRequest(result)
+	}
+	d.h.logDelivery(event, it.key, d.scheme, result, status, took, extra...)
+}
+
+// logRejection records why a request was refused. Only the reason, the
+// remote address, the path and the (truncated) event name are logged:
+// never a body, a query string, a signature or a secret.
+func (h *Handler) logRejection(r *http.Request, event string, result outcome, reason string) {
+	h.countRequest(result)
+	h.remember(event, "", result, 0, 0, true)
+	if c := h.logger.Check(zap.InfoLevel, "webhook rejected"); c != nil {
+		c.Write(
+			zap.String("outcome", string(result)),
+			zap.String("reason", reason),
+			zap.String("remote_addr", r.RemoteAddr),
+			zap.String("event", truncate(event, 128)),
+			// The path only: a query string can carry secrets (Meta's
+			// handshake sends its verify token there).
+			zap.String("path", truncate(r.URL.Path, 256)),
+		)
+	}
+}
+
+// logDelivery writes the one line each delivery (or batch item) gets:
+// what it was, what became of it and how long the upstream took. Keys and
+// event names are logged; bodies and signatures never are.
+func (h *Handler) logDelivery(event, key, scheme string, result outcome, status int, took time.Duration, extra ...zap.Field) {
+	h.remember(event, key, result, status, took, false)
+	if c := h.logger.Check(zap.InfoLevel, "webhook delivery"); c != nil {
+		fields := append([]zap.Field{
+			zap.String("handler", h.name),
+			zap.String("event", truncate(event, 128)),
+			zap.String("idempotency_key", truncate(key, 256)),
+			zap.String("scheme", scheme),
+			zap.String("outcome", string(result)),
+			zap.Int("upstream_status", status),
+			zap.Duration("duration", took),
+		}, extra...)
+		c.Write(fields...)
+	}
+}
+
+// historyStatus is how a delivery through a handler without an inbox
+// shows in the history.
+func historyStatus(result outcome, status int) string {
+	switch {
+	case result == outcomeForwarded && status >= 200 && status < 300:
+		return "delivered"
+	case result == outcomeForwarded, result == outcomeFailed, result == outcomeUpstreamError:
+		return "failed"
+	}
+	return string(result)
+}
+
+// remember adds a delivery to the handler's in-memory history (handlers
+// with an inbox have their store instead).
+func (h *Handler) remember(event, key string, result outcome, status int, took time.Duration, refused bool) {
+	if h.recent == nil {
+		return
+	}
+	h.recent.add(eventView{Handler: h.name, Event: truncate(event, 128), Key: truncate(key, 256),
+		Status: historyStatus(result, status), Attempts: 1, LastStatus: status, ReceivedAt: h.now().Add(-took)}, refused)
+}
