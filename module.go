@@ -316,13 +316,6 @@ func (h *Handler) defaultName() string {
 	return strings.Join(names, "+")
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "…"
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)

@@ -86,3 +86,11 @@ func (h *Handler) remember(event, key string, result outcome, status int, took t
 	h.recent.add(eventView{Handler: h.name, Event: truncate(event, 128), Key: truncate(key, 256),
 		Status: historyStatus(result, status), Attempts: 1, LastStatus: status, ReceivedAt: h.now().Add(-took)}, refused)
 }
+
+// truncate bounds what a sender wrote where it is logged or shown.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
