@@ -412,8 +412,6 @@ func waitForRelease(ctx context.Context, resolved <-chan struct{}, poll time.Dur
 	}
 }
 
-// commit marks a delivered event's keys; it runs on a context of its own
-// so that a sender hanging up after delivery cannot stop the commit.
 // settleContext bounds a commit or release: it must not depend on the
 // request, which may be gone, but must not hang on an unreachable store.
 // The in-memory store never blocks, so it gets no timer.
@@ -424,6 +422,8 @@ func (d *Dedupe) settleContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 5*time.Second)
 }
 
+// commit marks a delivered event's keys; it runs on a context of its own
+// so that a sender hanging up after delivery cannot stop the commit.
 func (d *Dedupe) commit(c *claim) {
 	if c == nil {
 		return
@@ -437,6 +437,8 @@ func (d *Dedupe) commit(c *claim) {
 	}
 }
 
+// release lets go of a claim whose delivery did not go, so that the
+// sender's retry is forwarded.
 func (d *Dedupe) release(c *claim) {
 	if c == nil {
 		return
