@@ -27,6 +27,7 @@ type App struct {
 	ctx     caddy.Context
 	inboxes map[string]*Inbox // this config's, by handler name
 	names   map[string]bool   // every handler's name in this config
+	alerts  []*Alert          // this config\'s, started with it
 	// orderChecked is set once the first handler checked the routes.
 	orderChecked bool
 	opened       map[string]*inboxRuntime // the inbox files Start took a reference on
@@ -85,7 +86,13 @@ func (a *App) Start() error {
 	if err := checkServers(httpApp.(*caddyhttp.App), true); err != nil {
 		return err
 	}
-	return a.openInboxes()
+	if err := a.openInboxes(); err != nil {
+		return err
+	}
+	for _, al := range a.alerts {
+		al.start()
+	}
+	return nil
 }
 
 // openInboxes opens each inbox file (or takes another reference on the
@@ -119,22 +126,27 @@ func (a *App) openInboxes() error {
 		}
 		rt.use(a, queues)
 		rt.dispatcher.Start()
-		a.warnOrphaned(rt)
+		a.logStore(rt)
 	}
 	return nil
 }
 
-// warnOrphaned logs each queue of rt's store that holds pending events
-// no handler serves: a renamed handler leaves its queue behind, and
-// nothing else would say so.
-func (a *App) warnOrphaned(rt *inboxRuntime) {
+// logStore says, when a config starts, where each inbox keeps its events
+// (the file, or Redis's address and prefix) and what its queues hold, and
+// warns of each queue that holds pending events no handler serves: a
+// renamed handler leaves its queue behind, and nothing else would say so.
+func (a *App) logStore(rt *inboxRuntime) {
 	counts, err := rt.store.Counts()
 	if err != nil {
-		return // the history and metrics say the store cannot be read
+		a.ctx.Logger().Error("inbox store opened but its counts could not be read", zap.String("store", rt.label), zap.Error(err))
+		return
 	}
 	served := map[string]bool{}
 	for _, q := range rt.currentQueues() {
 		served[q.Name] = true
+		a.ctx.Logger().Info("inbox queue open", zap.String("store", rt.label), zap.String("queue", q.Name),
+			zap.Int("pending", counts[q.Name][inbox.Pending]), zap.Int("dead", counts[q.Name][inbox.Dead]),
+			zap.Int("damaged", counts[q.Name][inbox.Damaged]))
 	}
 	for _, name := range slices.Sorted(maps.Keys(counts)) {
 		if n := counts[name][inbox.Pending]; n > 0 && !served[name] {
@@ -149,6 +161,9 @@ func (a *App) warnOrphaned(rt *inboxRuntime) {
 // Stop lets go of this config's inbox files; the last config to let go of
 // one stops its dispatcher and closes it.
 func (a *App) Stop() error {
+	for _, al := range a.alerts {
+		al.shutdown()
+	}
 	var errs []error
 	for path, rt := range a.opened {
 		rt.release(a)

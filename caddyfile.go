@@ -77,6 +77,10 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //	    normalize meta                      # default off
 //	    verify_token <token...>             # Meta handshake; default none
 //	    forward_secret <secret>
+//	    alert <url> [{                      # a message to a person when deliveries fail or recover
+//	        every <duration>                # default 15m: at most one message per condition
+//	        pending_over <duration>         # default 5m: the oldest pending event waited too long
+//	    }]
 //	}
 //
 // Secrets may be {env.NAME} or {file./path} placeholders, resolved when
@@ -132,6 +136,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Err("events needs at least one pattern, such as whatsapp.message.* or *")
 			}
 			h.Events = append(h.Events, args...)
+		case "alert":
+			if h.Alert != nil {
+				return d.Err("alert given twice")
+			}
+			h.Alert = new(Alert)
+			err = h.Alert.unmarshalCaddyfile(d)
 		case "verify_token":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
@@ -333,6 +343,36 @@ func (d *Dedupe) unmarshalCaddyfile(disp *caddyfile.Dispenser) error {
 		if err != nil {
 			return disp.Errf("dedupe: %v", err)
 		}
+	}
+	return nil
+}
+
+// unmarshalCaddyfile reads "alert <url> [{ every <d>; pending_over <d> }]".
+func (a *Alert) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	at := errorAt(d)
+	if !d.NextArg() {
+		return d.Err("alert needs the URL to POST its messages to")
+	}
+	a.URL = d.Val()
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		var err error
+		switch d.Val() {
+		case "every":
+			err = parseDuration(d, &a.Every)
+		case "pending_over":
+			err = parseDuration(d, &a.PendingOver)
+		default:
+			return d.Errf("unrecognized alert option %q", d.Val())
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if err := a.checkOptions(); err != nil {
+		return at("%s", err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -16,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/dustin/go-humanize"
 	"github.com/spf13/cobra"
 	"github.com/webhookguard/webhookguard/internal/inbox"
 )
@@ -97,7 +99,8 @@ func newInboxCommand() *cobra.Command {
 		},
 	}
 	o.addFlags(cmd)
-	cmd.AddCommand(newInboxCheckCommand(), newInboxSalvageCommand(), newInboxMoveCommand())
+	cmd.AddCommand(newInboxCheckCommand(), newInboxSalvageCommand(), newInboxMoveCommand(), newInboxBackupCommand(),
+		newInboxCompactCommand())
 	cmd.Flags().StringVar(&handler, "handler", "", "only this handler's events (default: every handler's)")
 	cmd.Flags().StringVar(&status, "status", "", "only events in this state: pending, delivered or dead (in memory: delivered, failed, …)")
 	cmd.Flags().IntVar(&limit, "limit", 20, "events per handler")
@@ -172,6 +175,93 @@ func newInboxMoveCommand() *cobra.Command {
 	cmd.Flags().StringVar(&from, "from", "", "the orphaned queue")
 	cmd.Flags().StringVar(&to, "to", "", "the handler whose queue takes its events")
 	return cmd
+}
+
+func newInboxBackupCommand() *cobra.Command {
+	var o historyOptions
+	var handler, output string
+	cmd := &cobra.Command{
+		Use:   "backup --handler H --output <file>",
+		Short: "Writes a consistent copy of a running Caddy's inbox file (the one holding H's queue)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if handler == "" || output == "" {
+				return errors.New("--handler and --output are both required")
+			}
+			n, err := o.download("/inbox/backup?"+url.Values{"handler": {handler}}.Encode(), output)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %d bytes to %s: to restore, stop Caddy and put it in the inbox file's place\n", n, output)
+			return nil
+		},
+	}
+	o.addFlags(cmd)
+	cmd.Flags().StringVar(&handler, "handler", "", "a handler whose inbox file to copy")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "the file to write (must not exist)")
+	return cmd
+}
+
+func newInboxCompactCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "compact <file>",
+		Short: "Rewrites an inbox file (Caddy stopped) to the size of what it holds; bbolt never shrinks a file itself",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			before, after, err := inbox.Compact(args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s: %s before, %s after\n", args[0], humanize.IBytes(uint64(before)), humanize.IBytes(uint64(after)))
+			return nil
+		},
+	}
+}
+
+// download writes the admin API's answer to uri into a new file: to a
+// temporary name first, fsynced, then renamed, so that a cut-off copy
+// never takes the file's name.
+func (o *historyOptions) download(uri, output string) (int64, error) {
+	if _, err := os.Stat(output); err == nil {
+		return 0, fmt.Errorf("%s exists already", output)
+	}
+	addr, err := caddycmd.DetermineAdminAPIAddress(o.address, nil, o.config, o.adapter)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, http.MethodGet, "/webhook_guard"+uri, nil, nil)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e errorBody
+		b, _ := io.ReadAll(resp.Body)
+		if json.Unmarshal(b, &e) == nil && e.Message != "" {
+			return 0, fmt.Errorf("%s: %s", terminalSafe(e.Error), terminalSafe(e.Message))
+		}
+		return 0, fmt.Errorf("admin API answered %d", resp.StatusCode)
+	}
+	tmp := output + ".partial"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(f, resp.Body)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, output)
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return 0, err
+	}
+	return n, nil
 }
 
 // printReport says what Check or Salvage found.

@@ -34,6 +34,7 @@ import (
 //	POST /inbox/events/<id>/replay      deliver a delivered or dead event again
 //	POST /inbox/replay?handler=&status=dead
 //	POST /inbox/move?from=&to=            give a queue's events to another handler
+//	GET  /inbox/backup?handler=         a consistent copy of the handler's inbox file
 
 const (
 	recentPerHandler = 1000
@@ -152,6 +153,10 @@ func serveHistory(w http.ResponseWriter, r *http.Request, path string) error {
 	case path == "/inbox/replay":
 		if route(http.MethodPost) {
 			return replayAll(w, r.URL.Query())
+		}
+	case path == "/inbox/backup":
+		if route(http.MethodGet) {
+			return backupQueue(w, r.URL.Query())
 		}
 	case path == "/inbox/move":
 		if route(http.MethodPost) {
@@ -451,6 +456,25 @@ func answerNotServed(w http.ResponseWriter, queue string) error {
 	return writeJSONError(w, http.StatusConflict, "not_served", "no handler of the running config serves the queue "+
 		strconv.Quote(truncate(queue, 64))+": move its events to a handler that does first "+
 		"(POST …/inbox/move?from=OLD&to=NEW, or caddy webhook inbox move --from OLD --to NEW)")
+}
+
+// backupQueue writes a consistent copy of the bbolt file that holds
+// handler's queue (every queue of that file), from one read transaction.
+func backupQueue(w http.ResponseWriter, q url.Values) error {
+	queue, ok := findQueue(q.Get("handler"))
+	if !ok {
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no inbox queue named "+strconv.Quote(truncate(q.Get("handler"), 64)))
+	}
+	store, ok := queue.rt.store.(*inbox.Store)
+	if !ok {
+		return writeJSONError(w, http.StatusConflict, "not_a_file", "this inbox is in Redis: back it up with Redis's own "+
+			"persistence (its AOF and RDB files)")
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="inbox.db"`)
+	w.Header().Set("Cache-Control", "no-store")
+	_, err := store.Backup(w)
+	return err
 }
 
 // moveQueue gives every event of one queue to another that a handler

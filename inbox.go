@@ -533,6 +533,18 @@ func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
 	}
 	in.h.logDelivery(e.Header.Get(headerEvent), e.Header.Get(headerIdempotencyKey), e.Header.Get(headerVerified),
 		result, res.Status, res.Took, fields...)
+	if al := in.h.Alert; al != nil {
+		if res.Delivered() {
+			al.delivered()
+			return
+		}
+		dead := !res.Refused && (e.Manual || attempt > len(in.retry))
+		what := "the app answered " + strconv.Itoa(res.Status)
+		if res.Err != nil {
+			what = res.Err.Error()
+		}
+		al.failed(dead, what, map[string]any{"event_id": e.ID, "attempt": attempt, "status": res.Status})
+	}
 }
 
 // inboxRuntime is one open store and its dispatcher, shared by every

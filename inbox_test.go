@@ -575,6 +575,44 @@ func TestExampleCaddyfileValidates(t *testing.T) {
 	}
 }
 
+// TestDeployCaddyfileValidates guards the container recipe's config:
+// deploy/Caddyfile, with its secrets as files (as compose mounts them),
+// adapts and provisions (caddy validate), so that the recipe CI cannot
+// run (no Docker here) is checked all the same.
+func TestDeployCaddyfileValidates(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	secrets := filepath.Join(dir, "secrets")
+	if err := os.Mkdir(secrets, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"kapso_webhook_secret", "meta_app_secret", "meta_verify_token", "forward_secret"} {
+		if err := os.WriteFile(filepath.Join(secrets, name), []byte("s3cret-"+name), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg, err := os.ReadFile(filepath.Join("deploy", "Caddyfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(cfg, []byte("{file./run/secrets/")) {
+		t.Fatal("deploy/Caddyfile no longer reads its secrets from /run/secrets")
+	}
+	path := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(path, bytes.ReplaceAll(cfg, []byte("/run/secrets/"), []byte(secrets+"/")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	validate := exec.Command(exe, "validate", "--config", path, "--adapter", "caddyfile")
+	validate.Env = append(os.Environ(), asCaddyEnv+"=1", "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"))
+	if out, err := validate.CombinedOutput(); err != nil {
+		t.Fatalf("caddy validate deploy/Caddyfile: %v\n%s", err, out)
+	}
+}
+
 // TestInboxWaitsForItsStoreAtStart guards the start-up window: Caddy
 // starts its apps in no set order, so a request can reach an inbox
 // handler before the webhook_guard app has opened the store; it waits for

@@ -47,6 +47,7 @@ var metrics struct {
 	inboxAttempts      *prometheus.CounterVec
 	inboxDamaged       *prometheus.CounterVec
 	inboxOrderKeyEmpty *prometheus.CounterVec
+	alerts             *prometheus.CounterVec
 	inbox              *inboxCollector
 }
 
@@ -90,6 +91,10 @@ func initMetrics() {
 			Namespace: ns, Subsystem: sub, Name: "inbox_damaged_total",
 			Help: "Inbox events whose stored record could not be read, set aside as damaged.",
 		}, []string{"handler"})
+		metrics.alerts = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "alerts_total",
+			Help: "Alert messages by handler, condition (failing, dead, pending, recovered) and outcome (sent, failed, dropped).",
+		}, []string{"handler", "condition", "outcome"})
 		metrics.inboxOrderKeyEmpty = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "inbox_order_key_empty_total",
 			Help: "Events whose order_by placeholder evaluated empty (delivered unordered).",
@@ -117,7 +122,7 @@ func registerMetrics(ctx caddy.Context, logger *zap.Logger) {
 	for _, c := range []prometheus.Collector{
 		metrics.requests, metrics.verifyFailures, metrics.batchItems, metrics.storeEntries,
 		metrics.storeEvictions, metrics.storeErrors, metrics.upstream, metrics.inboxAttempts, metrics.inboxDamaged,
-		metrics.inboxOrderKeyEmpty, metrics.inbox,
+		metrics.inboxOrderKeyEmpty, metrics.alerts, metrics.inbox,
 	} {
 		if err := reg.Register(c); err != nil {
 			if _, ok := errors.AsType[prometheus.AlreadyRegisteredError](err); !ok {

@@ -97,6 +97,11 @@ type Handler struct {
 	// unchanged with X-Webhook-Normalized: false. Default: off.
 	Normalize string `json:"normalize,omitempty"`
 
+	// Alert, when set, tells a person when deliveries start to fail,
+	// events die, the oldest pending event waits too long, and the app
+	// recovers (see Alert). Default: none.
+	Alert *Alert `json:"alert,omitempty"`
+
 	// VerifyTokens answers Meta's subscription handshake: a GET with
 	// hub.mode=subscribe and one of these tokens as hub.verify_token is
 	// answered 200 with hub.challenge as plain text, any other handshake
@@ -226,6 +231,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("dedupe: %w", err)
 		}
 	}
+	if h.Alert != nil {
+		if h.app == nil {
+			return errors.New("alert: the handler is not part of a config")
+		}
+		h.Alert.provision(h)
+		h.app.alerts = append(h.app.alerts, h.Alert)
+	}
 	if h.Inbox != nil {
 		if h.app == nil {
 			return errors.New("inbox: the handler is not part of a config")
@@ -260,6 +272,11 @@ func (h *Handler) Validate() error {
 	}
 	if err := h.checkInboxName(); err != nil {
 		return err
+	}
+	if h.Alert != nil {
+		if err := h.Alert.checkOptions(); err != nil {
+			return err
+		}
 	}
 	if h.Inbox != nil {
 		if err := h.Inbox.checkOptions(); err != nil {

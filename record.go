@@ -2,6 +2,7 @@ package webhookguard
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"go.uber.org/zap"
@@ -25,6 +26,14 @@ func (d *delivery) record(it *item, result outcome, status int, took time.Durati
 		d.h.countRequest(result)
 	}
 	d.h.logDelivery(event, it.key, d.scheme, result, status, took, extra...)
+	if al := d.h.Alert; al != nil {
+		switch result {
+		case outcomeForwarded:
+			al.delivered()
+		case outcomeUpstreamError, outcomeFailed:
+			al.failed(false, "the app answered "+strconv.Itoa(status), map[string]any{"status": status})
+		}
+	}
 }
 
 // logRejection records why a request was refused. Only the reason, the

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus" # promtool checks docs/alerts.yml
 if [ -n "$missing" ]; then
 	echo "== installing$missing (Debian packages)"
 	if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -31,8 +32,18 @@ fi
 echo "== go vet"
 go vet ./...
 
-echo "== go build ./cmd/caddy"
-go build -o /dev/null ./cmd/caddy
+echo "== scripts/build-caddy.sh (the Dockerfile's build step)"
+built=$(mktemp -d)
+bash scripts/build-caddy.sh "$built/caddy"
+if command -v systemd-analyze >/dev/null 2>&1; then
+	echo "== systemd-analyze verify dist/webhookguard.service"
+	# The unit names /usr/bin/caddy; check it against the binary just built.
+	sed "s|/usr/bin/caddy|$built/caddy|g" dist/webhookguard.service >"$built/webhookguard.service"
+	systemd-analyze verify "$built/webhookguard.service"
+fi
+
+echo "== promtool: docs/alerts.yml"
+(cd docs && promtool check rules alerts.yml && promtool test rules alerts_test.yml)
 
 echo "== go test -race"
 # Tests that need redis-server or chromium fail, rather than skip, when

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"slices"
@@ -335,4 +336,57 @@ func (s *Store) importEvents(events []*recovered) error {
 		}
 		return ensureIndexes(tx)
 	})
+}
+
+// Backup writes a consistent copy of the store's file to w, from one read
+// transaction, while the store keeps working; it returns the bytes
+// written.
+func (s *Store) Backup(w io.Writer) (n int64, err error) {
+	err = s.view(func(tx *bolt.Tx) error {
+		n, err = tx.WriteTo(w)
+		return err
+	})
+	return n, err
+}
+
+// Compact rewrites the file at path (no process may have it open) into a
+// new file holding only its live data, then puts it in the file's place;
+// it returns the sizes before and after. bbolt never shrinks a file by
+// itself: after a large backlog drained, the file keeps its size.
+func Compact(path string) (before, after int64, err error) {
+	info, err := os.Stat(path)
+	if err != nil {
+		return 0, 0, fmt.Errorf("inbox: %w", err)
+	}
+	src, err := openFile(path, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer src.Close()
+	tmp := path + ".compacting"
+	_ = os.Remove(tmp)
+	dst, err := bolt.Open(tmp, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		return 0, 0, fmt.Errorf("inbox: %w", err)
+	}
+	err = func() (err error) {
+		defer safeFaults()()
+		defer contain(path, &err)
+		return bolt.Compact(dst, src, 64<<20)
+	}()
+	if cerr := dst.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		_ = os.Remove(tmp)
+		return 0, 0, err
+	}
+	out, err := os.Stat(tmp)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return 0, 0, fmt.Errorf("inbox: %w", err)
+	}
+	return info.Size(), out.Size(), nil
 }

@@ -147,3 +147,63 @@ func TestSalvageATruncatedFile(t *testing.T) {
 	}
 	t.Logf("%d of 200 events salvaged from the first half of the file (%+v)", n, r)
 }
+
+// TestCompactShrinksADrainedFile guards compaction: a file grown by a
+// backlog that was then delivered and forgotten shrinks, and what is left
+// in it (a pending event, its body and key) is still there.
+func TestCompactShrinksADrainedFile(t *testing.T) {
+	path, _ := writeFile(t, 1000, 2000)
+	s, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := &Event{ID: "evt_keep", Queue: "q", Method: "POST", URI: "/", Body: []byte(`{"keep":1}`), ReceivedAt: time.Now().Add(time.Hour),
+		Keys: []string{"key-keep"}, KeysUntil: time.Now().Add(2 * time.Hour)}
+	if err := s.Append([]*Event{keep}); err != nil {
+		t.Fatal(err)
+	}
+	for passes := 0; ; passes++ {
+		due, _, _, err := s.Due("q", time.Now().Add(3*time.Hour), 500, func(string, uint64) bool { return false })
+		if err != nil || passes > 1000 {
+			t.Fatalf("draining: %v", err)
+		}
+		if len(due) == 0 || (len(due) == 1 && due[0].ID == "evt_keep") {
+			break
+		}
+		for _, e := range due {
+			if e.ID == "evt_keep" {
+				continue
+			}
+			e.State, e.Attempts, e.DeliveredAt = Delivered, 1, time.Now()
+			if err := s.Settle(e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := s.Expire(time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before, after, err := Compact(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after*4 > before {
+		t.Fatalf("compaction took %d bytes to %d: want it under a quarter", before, after)
+	}
+	s, err = Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	e, err := s.Lookup("evt_keep")
+	if err != nil || e.State != Pending {
+		t.Fatalf("the pending event after compaction: %v %+v", err, e)
+	}
+	if body, err := s.Body(e.Seq); err != nil || string(body) != `{"keep":1}` {
+		t.Fatalf("its body: %q %v", body, err)
+	}
+	t.Logf("compacted %d → %d bytes", before, after)
+}
