@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,11 @@ func (o *historyOptions) addFlags(cmd *cobra.Command) {
 // call makes one history request to the admin API and decodes the answer
 // into out; an error answer becomes the error, with its message.
 func (o *historyOptions) call(method, uri string, out any) error {
+	return o.callWith(method, uri, nil, out)
+}
+
+// callWith is call with a JSON request body.
+func (o *historyOptions) callWith(method, uri string, body []byte, out any) error {
 	addr, err := caddycmd.DetermineAdminAPIAddress(o.address, nil, o.config, o.adapter)
 	if err != nil {
 		return err
@@ -46,7 +52,11 @@ func (o *historyOptions) call(method, uri string, out any) error {
 	if method != http.MethodGet {
 		hdr = http.Header{headerFromPage: {"cli"}}
 	}
-	resp, err := caddycmd.AdminAPIRequest(addr, method, "/webhook_guard"+uri, hdr, nil)
+	var reader io.Reader
+	if body != nil {
+		reader = bytes.NewReader(body)
+	}
+	resp, err := caddycmd.AdminAPIRequest(addr, method, "/webhook_guard"+uri, hdr, reader)
 	if err != nil {
 		return err
 	}
@@ -100,7 +110,7 @@ func newInboxCommand() *cobra.Command {
 	}
 	o.addFlags(cmd)
 	cmd.AddCommand(newInboxCheckCommand(), newInboxSalvageCommand(), newInboxMoveCommand(), newInboxBackupCommand(),
-		newInboxCompactCommand())
+		newInboxCompactCommand(), newInboxEraseCommand())
 	cmd.Flags().StringVar(&handler, "handler", "", "only this handler's events (default: every handler's)")
 	cmd.Flags().StringVar(&status, "status", "", "only events in this state: pending, delivered or dead (in memory: delivered, failed, …)")
 	cmd.Flags().IntVar(&limit, "limit", 20, "events per handler")
@@ -216,6 +226,31 @@ func newInboxCompactCommand() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func newInboxEraseCommand() *cobra.Command {
+	var o historyOptions
+	var handler, id, orderKey, phone string
+	cmd := &cobra.Command{
+		Use:   "erase --id ID | --handler H (--order-key K | --phone P)",
+		Short: "Erases events (body, headers, dedupe keys) from a running Caddy's inbox file, free pages included",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			body, _ := json.Marshal(map[string]string{"id": id, "handler": handler, "order_key": orderKey, "phone": phone})
+			var r struct{ Erased int }
+			if err := o.callWith(http.MethodPost, "/inbox/erase", body, &r); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%d events erased\n", r.Erased)
+			return nil
+		},
+	}
+	o.addFlags(cmd)
+	cmd.Flags().StringVar(&id, "id", "", "one event's id")
+	cmd.Flags().StringVar(&handler, "handler", "", "with --order-key or --phone: the handler whose inbox to erase from")
+	cmd.Flags().StringVar(&orderKey, "order-key", "", "every event of this order key (a conversation, as the history shows it)")
+	cmd.Flags().StringVar(&phone, "phone", "", "every event whose body holds this phone number or BSUID")
+	return cmd
 }
 
 // download writes the admin API's answer to uri into a new file: to a

@@ -4,7 +4,9 @@ import (
 	"cmp"
 	_ "embed"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -35,6 +37,8 @@ import (
 //	POST /inbox/replay?handler=&status=dead
 //	POST /inbox/move?from=&to=            give a queue's events to another handler
 //	GET  /inbox/backup?handler=         a consistent copy of the handler's inbox file
+//	DELETE /inbox/events/<id>           erase one event (body, headers, keys), free pages scrubbed
+//	POST /inbox/erase {"handler","order_key"|"phone"|"id"}   erase a conversation's events, or a phone number's
 
 const (
 	recentPerHandler = 1000
@@ -163,8 +167,15 @@ func serveHistory(w http.ResponseWriter, r *http.Request, path string) error {
 			return moveQueue(w, r.URL.Query())
 		}
 	case len(parts) == 3 && parts[0] == "inbox" && parts[1] == "events":
-		if route(http.MethodGet) {
+		if r.Method == http.MethodDelete {
+			return eraseEvents(w, url.Values{"id": {parts[2]}})
+		}
+		if route(http.MethodGet, http.MethodDelete) {
 			return showEvent(w, parts[2])
+		}
+	case path == "/inbox/erase":
+		if route(http.MethodPost) {
+			return eraseEvents(w, erasureOf(r))
 		}
 	case len(parts) == 4 && parts[0] == "inbox" && parts[1] == "events" && parts[3] == "replay":
 		if route(http.MethodPost) {
@@ -456,6 +467,68 @@ func answerNotServed(w http.ResponseWriter, queue string) error {
 	return writeJSONError(w, http.StatusConflict, "not_served", "no handler of the running config serves the queue "+
 		strconv.Quote(truncate(queue, 64))+": move its events to a handler that does first "+
 		"(POST …/inbox/move?from=OLD&to=NEW, or caddy webhook inbox move --from OLD --to NEW)")
+}
+
+// erasureOf reads what to erase from a request's JSON body: in the body,
+// not the query, so that no access log or admin log line holds the phone
+// number being erased.
+func erasureOf(r *http.Request) url.Values {
+	var v struct {
+		Handler  string `json:"handler"`
+		ID       string `json:"id"`
+		OrderKey string `json:"order_key"`
+		Phone    string `json:"phone"`
+	}
+	_ = json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&v)
+	q := url.Values{}
+	for k, val := range map[string]string{"handler": v.Handler, "id": v.ID, "order_key": v.OrderKey, "phone": v.Phone} {
+		if val != "" {
+			q.Set(k, val)
+		}
+	}
+	return q
+}
+
+// eraseEvents erases what q names (id, or handler with order_key or
+// phone) from the store, bytes and all. The log says how many were
+// erased and by what, never the value.
+func eraseEvents(w http.ResponseWriter, q url.Values) error {
+	x := inbox.Erasure{ID: q.Get("id"), OrderKey: q.Get("order_key"), Phone: q.Get("phone")}
+	var rt *inboxRuntime
+	if x.ID != "" {
+		_, found, err := lookup(x.ID)
+		if errors.Is(err, inbox.ErrNotFound) {
+			return writeJSONError(w, http.StatusNotFound, "not_found", "no stored event with id "+strconv.Quote(truncate(x.ID, 64)))
+		}
+		if err != nil {
+			return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the inbox could not be read")
+		}
+		rt = found
+	} else {
+		queue, ok := findQueue(q.Get("handler"))
+		if !ok {
+			return writeJSONError(w, http.StatusNotFound, "not_found", "no inbox queue named "+strconv.Quote(truncate(q.Get("handler"), 64)))
+		}
+		rt = queue.rt
+	}
+	store, ok := rt.store.(*inbox.Store)
+	if !ok {
+		return writeJSONError(w, http.StatusConflict, "not_a_file", "erasure is for inbox files; with Redis, delete the "+
+			"event's keys there and rewrite its AOF (BGREWRITEAOF) so that the old bytes go too")
+	}
+	n, err := store.Erase(x)
+	if err != nil {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", strings.TrimPrefix(err.Error(), "inbox: "))
+	}
+	by := "id"
+	if x.OrderKey != "" {
+		by = "order_key"
+	} else if x.Phone != "" {
+		by = "phone"
+	}
+	caddy.Log().Named("webhook_guard.history").Info("inbox events erased", zap.String("store", rt.label),
+		zap.String("by", by), zap.Int("erased", n))
+	return writeJSON(w, http.StatusOK, map[string]any{"status": "erased", "erased": n})
 }
 
 // backupQueue writes a consistent copy of the bbolt file that holds

@@ -205,7 +205,7 @@ func TestHistoryAPI(t *testing.T) {
 			{"GET", "/inbox/events?handler=kapso&before=evt_nope", 400},
 			{"POST", "/inbox/replay?handler=kapso&status=delivered", 400},
 			{"POST", "/inbox/events/evt_000000000000000000000000/replay", 404},
-			{"DELETE", "/inbox/events/" + badID, 405},
+			{"PUT", "/inbox/events/" + badID, 405},
 			{"GET", "/inbox/events/" + badID + "/replay", 405},
 			{"POST", "/inbox", 405},
 		} {

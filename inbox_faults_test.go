@@ -538,3 +538,54 @@ func TestInboxBackupRestores(t *testing.T) {
 		t.Fatalf("compact (ok=%v):\n%s", ok, out)
 	}
 }
+
+// TestInboxErasure guards erasure through a real Caddy: the CLI erases
+// every event holding a phone number, and the number is then nowhere in
+// the inbox file; DELETE of one event by id (a write, refused without
+// the history's header) erases it; the rest stay pending and the log
+// says how many were erased, not what.
+func TestInboxErasure(t *testing.T) {
+	dir := t.TempDir()
+	c := startCaddy(t, inboxSite(dir, "127.0.0.1:9", "retry 1h"))
+	const phone = "+15551230001"
+	for n := range 3 {
+		body := []byte(fmt.Sprintf(`{"message":{"id":"wamid.er.%d","from":"%s","text":{"body":"hello %d"}},"conversation":{"id":"er"}}`, n, phone, n))
+		sendQueued(t, c.URL, body, kapsoHeaders(kapsoSecret, body, "whatsapp.message.received", fmt.Sprintf("er-%d", n)))
+	}
+	body, h := conversationEvent("keep", 0)
+	keepID := sendQueued(t, c.URL, body, h)
+	body, h = conversationEvent("gone", 0)
+	goneID := sendQueued(t, c.URL, body, h)
+	admin := strings.TrimPrefix(c.AdminURL, "http://")
+	out, ok := runCaddyCmd(t, nil, "webhook", "inbox", "erase", "--address", admin, "--handler", "kapso", "--phone", phone)
+	if !ok || !strings.Contains(out, "3 events erased") {
+		t.Fatalf("erase by phone (ok=%v):\n%s", ok, out)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "inbox.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(raw, []byte(phone)) || bytes.Contains(raw, []byte("hello 1")) {
+		t.Fatal("the erased phone number or message text is still in the inbox file")
+	}
+	req, _ := http.NewRequest(http.MethodDelete, c.AdminURL+"/webhook_guard/inbox/events/"+goneID, nil)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("a DELETE without the history's header: %v %v", resp, err)
+	}
+	if status, body := apiCall(t, http.MethodDelete, c.AdminURL+"/webhook_guard/inbox/events/"+goneID, nil); status != 200 ||
+		!strings.Contains(body, `"erased":1`) {
+		t.Fatalf("DELETE: %d %s", status, body)
+	}
+	if status, _ := apiCall(t, http.MethodGet, c.AdminURL+"/webhook_guard/inbox/events/"+goneID, nil); status != http.StatusNotFound {
+		t.Fatalf("the erased event answers %d", status)
+	}
+	var e apiEvent
+	apiCall(t, http.MethodGet, c.AdminURL+"/webhook_guard/inbox/events/"+keepID, &e)
+	if e.Status != "pending" {
+		t.Fatalf("the event kept is %q", e.Status)
+	}
+	if !strings.Contains(c.Logs(), `"by":"phone","erased":3`) || strings.Contains(c.Logs(), phone) ||
+		strings.Contains(c.Logs(), "15551230001") {
+		t.Fatalf("the erasure's log line is missing or holds the number:\n%s", c.Logs())
+	}
+}

@@ -207,3 +207,67 @@ func TestCompactShrinksADrainedFile(t *testing.T) {
 	}
 	t.Logf("compacted %d → %d bytes", before, after)
 }
+
+// TestEraseRemovesTheBytes guards erasure: erasing by id, by order key
+// and by phone number deletes the events, their keys and their bodies,
+// and the erased text is nowhere in the file afterwards (freed pages
+// included), while the other events are untouched and still due.
+func TestEraseRemovesTheBytes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "inbox.db")
+	s, err := Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var events []*Event
+	for i := range 12 {
+		body := fmt.Sprintf(`{"n":%d,"from":"+1555000%04d","text":"secret-text-%d"}`, i, i%4, i)
+		events = append(events, &Event{ID: fmt.Sprintf("evt_%02d", i), Queue: "q", OrderKey: fmt.Sprintf("c%d", i%4),
+			Method: "POST", URI: "/", Body: []byte(body), ReceivedAt: time.Now(), Keys: []string{fmt.Sprintf("k%d", i)},
+			KeysUntil: time.Now().Add(time.Hour)})
+	}
+	if err := s.Append(events); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		x    Erasure
+		want int
+		gone []string
+	}{
+		{Erasure{ID: "evt_05"}, 1, []string{"secret-text-5"}},
+		{Erasure{OrderKey: "c2"}, 3, []string{"secret-text-2", "secret-text-6", "secret-text-10"}},
+		{Erasure{Phone: "+15550000003"}, 3, []string{"secret-text-3", "secret-text-7", "secret-text-11"}},
+	} {
+		n, err := s.Erase(tc.x)
+		if err != nil || n != tc.want {
+			t.Fatalf("erase %+v: %d %v, want %d", tc.x, n, err, tc.want)
+		}
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, text := range tc.gone {
+			if bytes.Contains(raw, []byte(text)) {
+				t.Fatalf("after erasing %+v, %q is still in the file", tc.x, text)
+			}
+		}
+	}
+	if _, err := s.Lookup("evt_05"); err == nil {
+		t.Fatal("the erased event can still be looked up")
+	}
+	dup := &Event{ID: "evt_again", Queue: "q", Method: "POST", URI: "/", Body: []byte("{}"), ReceivedAt: time.Now(), Keys: []string{"k5"}}
+	if err := s.Append([]*Event{dup}); err != nil || dup.Duplicate {
+		t.Fatalf("the erased event's key still holds: %v %v", err, dup.Duplicate)
+	}
+	counts, _ := s.Counts()
+	if counts["q"][Pending] != 12-7+1 {
+		t.Fatalf("pending count %d, want 6", counts["q"][Pending])
+	}
+	due := dueIDs(t, s, "q", time.Now().Add(time.Hour))
+	if len(due) != 3 { // the heads of c0 and c1, and evt_again
+		t.Fatalf("due after erasure: %v", due)
+	}
+	if _, err := s.Erase(Erasure{ID: "a", Phone: "b"}); err == nil {
+		t.Fatal("an erasure naming two things was accepted")
+	}
+}
