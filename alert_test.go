@@ -1,16 +1,23 @@
 package webhookguard
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // alertReceiver is a real HTTP endpoint on loopback that records the
@@ -192,5 +199,105 @@ func TestAlertFailuresAreCountedNotBlocking(t *testing.T) {
 	})
 	if !strings.Contains(c.Logs(), "alert could not be sent") || strings.Contains(c.Logs(), "secret-token") {
 		t.Fatalf("the failure was not logged, or the URL was:\n%s", c.Logs())
+	}
+}
+
+func init() { caddy.RegisterModule(eventRecorder{}) }
+
+// eventRecorder is a Caddy events handler, in the test binary (and so in
+// the Caddy it runs as), that appends each event's name and handler to a
+// file.
+type eventRecorder struct {
+	File string `json:"file"`
+}
+
+func (eventRecorder) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "events.handlers.test_record", New: func() caddy.Module { return new(eventRecorder) }}
+}
+
+func (r eventRecorder) Handle(_ context.Context, e caddy.Event) error {
+	f, err := os.OpenFile(r.File, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = fmt.Fprintf(f, "%s %v\n", e.Name(), e.Data["handler"])
+	return err
+}
+
+// TestInboxEmitsCaddyEvents guards the inbox's Caddy events: an event
+// that dies emits webhook_guard.event_dead, and the app taking an event
+// again emits webhook_guard.app_recovered, to a subscriber of Caddy's
+// events app (a module of the test binary), in a real Caddy run on JSON.
+func TestInboxEmitsCaddyEvents(t *testing.T) {
+	var mu sync.Mutex
+	failing := true
+	up := newUpstream(t)
+	up.setRespond(func(int, recorded) (int, time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		if failing {
+			return http.StatusServiceUnavailable, 0
+		}
+		return http.StatusOK, 0
+	})
+	dir := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, admin := freePort(t), freePort(t)
+	cf := filepath.Join(dir, "Caddyfile")
+	if err := os.WriteFile(cf, []byte(siteCaddyfile(admin, port, inboxSite(dir, up.Addr(), "retry 50ms"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), asCaddyEnv+"=1", "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"))
+	adapt := exec.Command(exe, "adapt", "--config", cf, "--adapter", "caddyfile")
+	adapt.Env = env
+	out, err := adapt.Output()
+	if err != nil {
+		t.Fatalf("adapt: %v", err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	record := filepath.Join(dir, "events.txt")
+	cfg["apps"].(map[string]any)["events"] = map[string]any{"subscriptions": []any{map[string]any{
+		"events":   []string{"webhook_guard.event_dead", "webhook_guard.app_recovered"},
+		"handlers": []any{map[string]any{"handler": "test_record", "file": record}},
+	}}}
+	js, _ := json.Marshal(cfg)
+	jsonPath := filepath.Join(dir, "caddy.json")
+	if err := os.WriteFile(jsonPath, js, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	run := exec.Command(exe, "run", "--config", jsonPath)
+	run.Env, run.Stdout, run.Stderr = env, logs, logs
+	if err := run.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = run.Process.Kill(); _ = run.Wait() }()
+	url := "http://127.0.0.1:" + strconv.Itoa(port)
+	waitFor(t, func() bool {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(url, "http://"), 100*time.Millisecond)
+		if err == nil {
+			conn.Close()
+		}
+		return err == nil
+	})
+	recorded := func() string { b, _ := os.ReadFile(record); return string(b) }
+	body, h := conversationEvent("ev", 0)
+	sendQueued(t, url, body, h)
+	waitFor(t, func() bool { return strings.Contains(recorded(), "webhook_guard.event_dead kapso") })
+	mu.Lock()
+	failing = false
+	mu.Unlock()
+	body, h = conversationEvent("ev", 1)
+	sendQueued(t, url, body, h)
+	waitFor(t, func() bool { return strings.Contains(recorded(), "webhook_guard.app_recovered kapso") })
+	if n := strings.Count(recorded(), "event_dead"); n != 1 {
+		t.Fatalf("%d event_dead events, want 1:\n%s", n, recorded())
 	}
 }

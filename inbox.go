@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/webhookguard/webhookguard/internal/inbox"
@@ -131,6 +132,9 @@ type Inbox struct {
 	rateN       int
 	ratePer     time.Duration
 	warnedOrder atomic.Bool
+	failing     atomic.Bool // an attempt failed and none was delivered since
+	events      *caddyevents.App
+	ctx         caddy.Context                    // the one that emits its events
 	rt          atomic.Pointer[inboxRuntime]     // set by the app's Start
 	server      atomic.Pointer[caddyhttp.Server] // the server the handler is in
 }
@@ -533,6 +537,7 @@ func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
 	}
 	in.h.logDelivery(e.Header.Get(headerEvent), e.Header.Get(headerIdempotencyKey), e.Header.Get(headerVerified),
 		result, res.Status, res.Took, fields...)
+	in.emitHealth(e, attempt, res)
 	if al := in.h.Alert; al != nil {
 		if res.Delivered() {
 			al.delivered()
@@ -544,6 +549,27 @@ func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
 			what = res.Err.Error()
 		}
 		al.failed(dead, what, map[string]any{"event_id": e.ID, "attempt": attempt, "status": res.Status})
+	}
+}
+
+// emitHealth emits, through Caddy's events app, webhook_guard.event_dead
+// when an event's last attempt failed and webhook_guard.app_recovered
+// when the app takes an event after failures, so that event handler
+// plugins can act on them.
+func (in *Inbox) emitHealth(e *inbox.Event, attempt int, res inbox.Result) {
+	if in.events == nil {
+		return
+	}
+	if res.Delivered() {
+		if in.failing.Swap(false) {
+			in.events.Emit(in.ctx, "webhook_guard.app_recovered", map[string]any{"handler": in.h.name, "event_id": e.ID})
+		}
+		return
+	}
+	in.failing.Store(true)
+	if !res.Refused && (e.Manual || attempt > len(in.retry)) {
+		in.events.Emit(in.ctx, "webhook_guard.event_dead", map[string]any{"handler": in.h.name, "event_id": e.ID,
+			"attempts": attempt, "status": res.Status})
 	}
 }
 

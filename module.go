@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 )
@@ -242,6 +243,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.app == nil {
 			return errors.New("inbox: the handler is not part of a config")
 		}
+		ev, err := ctx.App("events")
+		if err != nil {
+			return fmt.Errorf("inbox: the events app: %w", err)
+		}
+		h.Inbox.events, h.Inbox.ctx = ev.(*caddyevents.App), ctx
 		if err := h.Inbox.provision(ctx, h); err != nil {
 			return fmt.Errorf("inbox: %w", err)
 		}
