@@ -52,16 +52,50 @@ type caddyInstance struct {
 	done     chan struct{}
 }
 
-// freePort asks the kernel for a free loopback port.
+// freePort hands out a loopback port that is free now and that no other
+// caller in this process has been given. Ports the kernel picks for
+// listen(":0") are ephemeral and come back soon after they are closed, so
+// two instances could be handed the same one; and Caddy binds with
+// SO_REUSEPORT, so two Caddy processes on one port share its connections
+// silently instead of failing. Handing out ports below the ephemeral range,
+// once each, from an offset that differs per process, avoids both.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	if nextPort == 0 {
+		nextPort = portsLow + os.Getpid()*97%(portsHigh-portsLow)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range portsHigh - portsLow {
+		p := nextPort
+		nextPort++
+		if nextPort >= portsHigh {
+			nextPort = portsLow
+		}
+		if portsGiven[p] {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue
+		}
+		l.Close()
+		portsGiven[p] = true
+		return p
+	}
+	t.Fatal("no free port left below the ephemeral range")
+	return 0
 }
+
+// The range freePort draws from: below Linux's default ephemeral range
+// (32768 and up), which outgoing connections and listen(":0") use.
+const portsLow, portsHigh = 20000, 32000
+
+var (
+	portsMu    sync.Mutex
+	nextPort   int
+	portsGiven = map[int]bool{}
+)
 
 // siteCaddyfile wraps site directives into a full Caddyfile for one
 // instance: loopback only, no HTTPS, no autosave.
