@@ -192,20 +192,30 @@ var terminalHandlers = []string{
 //
 // It also tells each provisioned handler which server it is in: an inbox
 // delivers through that server's context.
-func checkGuardOrder(routes []routeView, where string, srv *caddyhttp.Server) error {
+//
+// And it tells each handler where a request reaches it (the server, and
+// a host and path its routes match), for Send Test Event.
+func checkGuardOrder(routes []routeView, where string, srv *caddyhttp.Server, reach testTarget) error {
 	var terminal string // "<handler> in <route>", once one answers everything
 	for i, r := range routes {
 		at := fmt.Sprintf("%s, route %d", where, i)
+		here := reach
+		if r.host != "" {
+			here.host = r.host
+		}
+		if r.path != "" {
+			here.path = r.path
+		}
 		for _, h := range r.handlers {
 			if h.module == guardModule {
 				if terminal != "" {
 					return guardOrderError(h.name, terminal)
 				}
-				if h.guard != nil && h.guard.Inbox != nil && srv != nil {
-					h.guard.Inbox.server.Store(srv)
+				if h.guard != nil && srv != nil {
+					h.guard.reachedAt(srv, here)
 				}
 			}
-			if err := checkGuardOrder(h.routes, at+" > subroute", srv); err != nil {
+			if err := checkGuardOrder(h.routes, at+" > subroute", srv, here); err != nil {
 				return err
 			}
 			if terminal == "" && !r.matched && h.terminal() {
@@ -248,7 +258,7 @@ func checkServers(httpApp *caddyhttp.App, started bool) error {
 		if !started {
 			srv = nil
 		}
-		if err := checkGuardOrder(viewRoutes(httpApp.Servers[name].Routes), "server "+name, srv); err != nil {
+		if err := checkGuardOrder(viewRoutes(httpApp.Servers[name].Routes), "server "+name, srv, testTarget{}); err != nil {
 			return err
 		}
 	}
@@ -260,8 +270,9 @@ const guardModule = "http.handlers.webhook_guard"
 // routeView is a route as checkGuardOrder needs it, whether its handlers
 // are provisioned yet or still JSON.
 type routeView struct {
-	matched  bool
-	handlers []handlerView
+	matched    bool
+	host, path string // the first host and path its first matcher set matches (provisioned routes)
+	handlers   []handlerView
 }
 
 type handlerView struct {
@@ -289,6 +300,9 @@ func viewRoutes(routes caddyhttp.RouteList) []routeView {
 	out := make([]routeView, 0, len(routes))
 	for _, r := range routes {
 		v := routeView{matched: len(r.MatcherSets) > 0 || len(r.MatcherSetsRaw) > 0}
+		if len(r.MatcherSets) > 0 {
+			v.host, v.path = matchedHostAndPath(r.MatcherSets[0])
+		}
 		for _, h := range r.Handlers {
 			v.handlers = append(v.handlers, viewHandler(h))
 		}
@@ -327,6 +341,25 @@ func viewRawHandler(raw json.RawMessage) handlerView {
 		v.name = "webhook_guard"
 	}
 	return v
+}
+
+// matchedHostAndPath is a host and a path that the host and path
+// matchers of set match (a wildcard made concrete), "" for what it does
+// not restrict.
+func matchedHostAndPath(set caddyhttp.MatcherSet) (host, path string) {
+	for _, m := range set {
+		switch m := m.(type) {
+		case *caddyhttp.MatchHost:
+			if len(*m) > 0 {
+				host = strings.ReplaceAll((*m)[0], "*", "test")
+			}
+		case *caddyhttp.MatchPath:
+			if len(*m) > 0 {
+				path = strings.ReplaceAll((*m)[0], "*", "")
+			}
+		}
+	}
+	return host, path
 }
 
 // moduleName is the module ID of a handler, "" for one that is not a

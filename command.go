@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -172,6 +173,7 @@ type sendOptions struct {
 	batch   int
 	file    string
 	meta    bool
+	sample  string
 	repeat  bool
 	key     string
 	timeout time.Duration
@@ -180,7 +182,7 @@ type sendOptions struct {
 func newSendCommand() *cobra.Command {
 	var o sendOptions
 	cmd := &cobra.Command{
-		Use:   "send --url U --secret S [--scheme …] [--event E] [--batch N] [--file F] [--meta] [--repeat]",
+		Use:   "send --url U --secret S [--scheme …] [--event E] [--batch N] [--file F] [--meta] [--sample E] [--repeat]",
 		Short: "Builds or reads a delivery, signs it, POSTs it and prints the answer",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return o.run(cmd.OutOrStdout())
@@ -193,6 +195,8 @@ func newSendCommand() *cobra.Command {
 	f.IntVar(&o.batch, "batch", 0, "send a Kapso batch of N received messages")
 	f.StringVar(&o.file, "file", "", "send this file as the body instead of a sample")
 	f.BoolVar(&o.meta, "meta", false, "send a raw Meta payload (signed with the meta scheme)")
+	f.StringVar(&o.sample, "sample", "", "send the second platform's event envelope: "+strings.Join(platformEvents, ", ")+
+		" (signed in X-Webhook-Signature, hex, as it signs)")
 	f.BoolVar(&o.repeat, "repeat", false, "send the same delivery twice")
 	f.StringVar(&o.key, "key", "", "X-Idempotency-Key (default random; never set with --meta)")
 	f.DurationVar(&o.timeout, "timeout", 15*time.Second, "how long to wait for each answer")
@@ -206,6 +210,10 @@ func (o *sendOptions) build() ([]byte, http.Header, error) {
 		return nil, nil, errors.New("--batch builds a Kapso batch, and Meta does not batch deliveries: use --batch or --meta, not both")
 	case o.batch > 0 && o.file != "":
 		return nil, nil, errors.New(`--batch builds a sample batch, and --file sends the file as it is (a Kapso batch file is recognised by its "batch": true): use one of them`)
+	case o.sample != "" && (o.batch > 0 || o.meta || o.file != "" || o.event != ""):
+		return nil, nil, errors.New("--sample builds the second platform's envelope (its event is the envelope's type): use it without --batch, --meta, --file or --event")
+	case o.sample != "" && !slices.Contains(platformEvents, o.sample):
+		return nil, nil, fmt.Errorf("--sample must be one of %s", strings.Join(platformEvents, ", "))
 	}
 	now := time.Now()
 	var body []byte
@@ -218,6 +226,8 @@ func (o *sendOptions) build() ([]byte, http.Header, error) {
 		}
 	case o.meta:
 		body = metaSample(event, now)
+	case o.sample != "":
+		body = platformSample(o.sample, now)
 	case o.batch > 0:
 		body = kapsoBatchSample(o.batch, now)
 	default:
@@ -235,7 +245,7 @@ func (o *sendOptions) build() ([]byte, http.Header, error) {
 	}
 	h.Set("Content-Type", "application/json")
 	h.Set("User-Agent", "caddy-webhook-send")
-	if !o.meta {
+	if !o.meta && o.sample == "" { // the second platform sends no event header and no idempotency key
 		if event == "" {
 			// A Kapso delivery always names its event; the gateway derives
 			// the content key of message events from it.

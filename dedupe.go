@@ -556,7 +556,7 @@ func (d *delivery) answerDuplicate(of string) error {
 		d.record(&d.items[0], outcomeDuplicate, http.StatusOK, 0)
 	} else {
 		d.h.countRequest(outcomeDuplicate)
-		d.h.logDelivery(d.batch.Event, d.key, d.scheme, outcomeDuplicate, http.StatusOK, 0)
+		d.h.logDelivery(d.batch.Event, d.key, d.scheme, outcomeDuplicate, http.StatusOK, 0, isTest(d.r))
 	}
 	d.repl.Set("http.webhook.duplicate", "true")
 	d.w.Header().Set(headerDuplicate, "true")

@@ -87,7 +87,7 @@ func validateEvents(patterns []string) error {
 func (d *delivery) answerIgnored(names []string) error {
 	d.h.countRequest(outcomeIgnored)
 	if d.batch == nil {
-		d.h.logDelivery(strings.Join(names, ","), d.key, d.scheme, outcomeIgnored, http.StatusOK, 0)
+		d.h.logDelivery(strings.Join(names, ","), d.key, d.scheme, outcomeIgnored, http.StatusOK, 0, isTest(d.r))
 		return writeJSON(d.w, http.StatusOK, map[string]any{"status": "ignored"})
 	}
 	for i := range d.items {

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -31,14 +32,22 @@ import (
 //
 //	GET  /                              the page
 //	GET  /inbox                         a summary per handler
-//	GET  /inbox/events?handler=&status=&event=&limit=&before=
+//	GET  /inbox/events?handler=&status=&event=&q=&since=&until=&limit=&before=
 //	GET  /inbox/events/<id>             one event: attempt log, headers, body
 //	POST /inbox/events/<id>/replay      deliver a delivered or dead event again
-//	POST /inbox/replay?handler=&status=dead
+//	POST /inbox/replay?handler=&status=dead|failed&event=&q=&since=&until=[&dry_run=1]   replay what the filter selects (or count it)
+//	POST /inbox/test?handler=           send a signed sample through the handler's route (Send Test Event)
+//	GET  /inbox/timeline?handler=&minutes=   outcomes per minute
 //	POST /inbox/move?from=&to=            give a queue's events to another handler
 //	GET  /inbox/backup?handler=         a consistent copy of the handler's inbox file
 //	DELETE /inbox/events/<id>           erase one event (body, headers, keys), free pages scrubbed
 //	POST /inbox/erase {"handler","order_key"|"phone"|"id"}   erase a conversation's events, or a phone number's
+
+// historyEndpoints are the API's fixed paths (events/<id> aside), most
+// specific first: a history mounted under a prefix finds its own path by
+// them.
+var historyEndpoints = []string{"/inbox/events", "/inbox/replay", "/inbox/move", "/inbox/backup", "/inbox/erase",
+	"/inbox/test", "/inbox/timeline", "/inbox"}
 
 const (
 	recentPerHandler = 1000
@@ -62,6 +71,10 @@ type eventView struct {
 	ReceivedAt  time.Time  `json:"received_at"`
 	DeliveredAt *time.Time `json:"delivered_at"`
 	Stored      bool       `json:"stored"` // in an inbox: body, attempt log and replay available
+	// AppCalled is false for a duplicate, an ignored event, a refusal or
+	// a retry-later: the app never saw them (no attempt, no answer).
+	AppCalled bool `json:"app_called"`
+	Test      bool `json:"test,omitempty"` // sent by Send Test Event
 }
 
 // eventDetail is one event with what only the detail view shows.
@@ -87,6 +100,11 @@ type attemptView struct {
 	Response   string  `json:"response"` // the start (1 KB) of the app's answer
 }
 
+// handlerSummary is one handler's cards: Total is the sum of the
+// outcomes (Pending … Deferred), each counted once. For an inbox the
+// stored states come from the store; what never became an event
+// (duplicates, ignored, refused, deferred) is counted in memory since
+// CountedSince. A handler without an inbox counts its in-memory history.
 type handlerSummary struct {
 	Handler string `json:"handler"`
 	Inbox   bool   `json:"inbox"`
@@ -102,16 +120,25 @@ type handlerSummary struct {
 	Dead      int    `json:"dead"`
 	Damaged   int    `json:"damaged"`
 	Failed    int    `json:"failed"`
-	// Refused counts the refusals a handler without an inbox remembers
-	// (their own ring of the last 100, apart from its deliveries).
-	Refused        int      `json:"refused,omitempty"`
-	OldestPendingS float64  `json:"oldest_pending_seconds"`
-	SuccessRate    *float64 `json:"success_rate"` // delivered over delivered and dead (or failed); null before any
+	Duplicate int    `json:"duplicate"`
+	Ignored   int    `json:"ignored"`
+	// Refused: unsigned, too large or malformed requests. A handler
+	// without an inbox remembers the last 100 of them, apart from its
+	// deliveries.
+	Refused int `json:"refused"`
+	// Deferred: requests answered "retry later" (an identical delivery
+	// in flight, a store down); the sender sends them again.
+	Deferred       int       `json:"deferred"`
+	CountedSince   time.Time `json:"counted_since"` // since when Duplicate … Deferred and the timeline count
+	OldestPendingS float64   `json:"oldest_pending_seconds"`
+	SuccessRate    *float64  `json:"success_rate"` // delivered over delivered and dead (or failed); null before any
+	Health         *health   `json:"health,omitempty"`
 }
 
 func viewOf(e *inbox.Event) eventView {
 	v := eventView{ID: e.ID, Handler: e.Queue, Event: e.Name, Key: e.Key, OrderKey: e.OrderKey, Status: string(e.State),
-		Attempts: e.Attempts, LastStatus: e.LastStatus, LastError: e.LastError, ReceivedAt: e.ReceivedAt, Stored: true}
+		Attempts: e.Attempts, LastStatus: e.LastStatus, LastError: e.LastError, ReceivedAt: e.ReceivedAt, Stored: true,
+		AppCalled: e.Attempts > 0, Test: e.Header.Get(headerTest) != ""}
 	if !e.DeliveredAt.IsZero() {
 		t := e.DeliveredAt
 		v.DeliveredAt = &t
@@ -156,11 +183,19 @@ func serveHistory(w http.ResponseWriter, r *http.Request, path string) error {
 		}
 	case path == "/inbox/replay":
 		if route(http.MethodPost) {
-			return replayAll(w, r.URL.Query())
+			return replayMatching(w, r.URL.Query())
 		}
 	case path == "/inbox/backup":
 		if route(http.MethodGet) {
 			return backupQueue(w, r.URL.Query())
+		}
+	case path == "/inbox/test":
+		if route(http.MethodPost) {
+			return sendTestEvent(w, r)
+		}
+	case path == "/inbox/timeline":
+		if route(http.MethodGet) {
+			return serveTimeline(w, r.URL.Query())
 		}
 	case path == "/inbox/move":
 		if route(http.MethodPost) {
@@ -284,17 +319,21 @@ func findQueue(name string) (storedQueue, bool) {
 func summaries() []handlerSummary {
 	out := []handlerSummary{}
 	seen := map[string]bool{}
+	now := time.Now()
 	for _, q := range storedQueues() {
 		c := q.counts
 		s := handlerSummary{Handler: q.name, Inbox: true, Served: q.served, Pending: c[inbox.Pending],
 			Delivered: c[inbox.Delivered], Dead: c[inbox.Dead], Damaged: c[inbox.Damaged]}
-		s.Total = s.Pending + s.Delivered + s.Dead + s.Damaged
 		s.Orphaned = !q.served && s.Pending > 0
 		s.OldestPendingS = q.oldestPending().Seconds()
 		s.SuccessRate = rate(s.Delivered, s.Dead)
 		if q.err != nil {
 			s.Error = "the inbox could not be read"
 		}
+		if rh := recentHandlerNamed(q.name); rh != nil {
+			s.addTally(rh.tally, now)
+		}
+		s.Total = s.Pending + s.Delivered + s.Dead + s.Damaged + s.Duplicate + s.Ignored + s.Refused + s.Deferred
 		out = append(out, s)
 		seen[q.name] = true
 	}
@@ -303,22 +342,41 @@ func summaries() []handlerSummary {
 			continue
 		}
 		s := handlerSummary{Handler: rh.name, Served: true}
+		var c classCounts
 		for _, d := range rh.snapshot() {
-			s.Total++
-			switch d.Status {
-			case "delivered":
-				s.Delivered++
-			case "failed":
-				s.Failed++
-			case string(outcomeInvalidSignature), string(outcomeTooLarge), string(outcomeBadRequest):
-				s.Refused++
-			}
+			c[classOfStatus(d.Status)]++
 		}
+		s.Delivered, s.Failed, s.Duplicate, s.Ignored = c[classDelivered], c[classFailed], c[classDuplicate], c[classIgnored]
+		s.Refused, s.Deferred = c[classRefused], c[classDeferred]
+		s.Total = s.Delivered + s.Failed + s.Duplicate + s.Ignored + s.Refused + s.Deferred
 		s.SuccessRate = rate(s.Delivered, s.Failed)
+		since, _, failed, app := rh.tally.snapshot(now)
+		hl := healthOf(failed, app, 0, now, time.Local)
+		s.CountedSince, s.Health = since, &hl
 		out = append(out, s)
 	}
 	slices.SortFunc(out, func(a, b handlerSummary) int { return strings.Compare(a.Handler, b.Handler) })
 	return out
+}
+
+// addTally adds to an inbox's summary what its handler counted in
+// memory: what never became an event, and the app's health.
+func (s *handlerSummary) addTally(t *handlerTally, now time.Time) {
+	since, totals, failed, app := t.snapshot(now)
+	s.Duplicate, s.Ignored, s.Refused, s.Deferred = totals[classDuplicate], totals[classIgnored], totals[classRefused], totals[classDeferred]
+	hl := healthOf(failed, app, s.Pending, now, time.Local)
+	s.CountedSince, s.Health = since, &hl
+}
+
+// classOfStatus is the class of a status of the in-memory history.
+func classOfStatus(status string) outcomeClass {
+	switch status {
+	case "delivered":
+		return classDelivered
+	case "failed":
+		return classFailed
+	}
+	return classOf(outcome(status), 0)
 }
 
 func rate(ok, bad int) *float64 {
@@ -329,14 +387,81 @@ func rate(ok, bad int) *float64 {
 	return &r
 }
 
-var inboxStates = []string{string(inbox.Pending), string(inbox.Delivered), string(inbox.Dead), string(inbox.Damaged)}
+// inboxStates are the statuses an inbox's events list by; failed is the
+// pending events that failed at least one attempt and wait for the next.
+var inboxStates = []string{string(inbox.Pending), "failed", string(inbox.Delivered), string(inbox.Dead), string(inbox.Damaged)}
+
+// listParams are the parameters of the events list; replay by filter
+// takes the same but limit and before.
+var listParams = []string{"handler", "status", "event", "q", "since", "until", "limit", "before"}
+
+// eventFilter is what the list and replay by filter select events by.
+type eventFilter struct {
+	handler, status, event, text string
+	since, until                 time.Time
+}
+
+// filterOf reads a filter from q, refusing unknown parameters: a
+// misspelt one would otherwise select more than was meant (and replay
+// it).
+func filterOf(q url.Values, known []string) (eventFilter, string) {
+	for name := range q {
+		if !slices.Contains(known, name) {
+			return eventFilter{}, "unknown parameter " + strconv.Quote(truncate(name, 64)) + "; known: " + strings.Join(known, ", ")
+		}
+	}
+	f := eventFilter{handler: q.Get("handler"), status: q.Get("status"), event: q.Get("event"), text: q.Get("q")}
+	if f.handler == "" {
+		return f, "handler is required (GET …/inbox lists the handlers)"
+	}
+	var bad string
+	if f.since, bad = parseWhen("since", q.Get("since")); bad != "" {
+		return f, bad
+	}
+	if f.until, bad = parseWhen("until", q.Get("until")); bad != "" {
+		return f, bad
+	}
+	if len(f.text) > 256 {
+		return f, "q is longer than 256 bytes"
+	}
+	return f, ""
+}
+
+// parseWhen reads a point in time: RFC 3339, or a duration back from
+// now ("2h", "90m").
+func parseWhen(name, v string) (time.Time, string) {
+	if v == "" {
+		return time.Time{}, ""
+	}
+	if t, err := time.Parse(time.RFC3339, v); err == nil {
+		return t, ""
+	}
+	if d, err := time.ParseDuration(v); err == nil && d > 0 {
+		return time.Now().Add(-d), ""
+	}
+	return time.Time{}, name + " must be an RFC 3339 time (2026-12-07T14:00:00Z) or a duration back from now (2h, 90m)"
+}
+
+// query is the filter as the store takes it.
+func (f eventFilter) query() inbox.Query {
+	q := inbox.Query{Queue: f.handler, State: inbox.State(f.status), Name: f.event, Text: f.text, Since: f.since, Until: f.until}
+	if f.status == "failed" {
+		q.State, q.Failed = inbox.Pending, true
+	}
+	return q
+}
+
+// selects reports whether an in-memory delivery passes the filter.
+func (f eventFilter) selects(v eventView) bool {
+	return (f.status == "" || v.Status == f.status) && (f.event == "" || v.Event == f.event) &&
+		(f.since.IsZero() || !v.ReceivedAt.Before(f.since)) && (f.until.IsZero() || v.ReceivedAt.Before(f.until)) &&
+		(f.text == "" || strings.Contains(v.ID, f.text) || strings.Contains(v.Key, f.text) || strings.Contains(v.OrderKey, f.text))
+}
 
 func listEvents(w http.ResponseWriter, q url.Values) error {
-	for name := range q {
-		if !slices.Contains([]string{"handler", "status", "event", "limit", "before"}, name) {
-			return writeJSONError(w, http.StatusBadRequest, "bad_request", "unknown parameter "+strconv.Quote(truncate(name, 64))+
-				"; known: handler, status, event, limit, before")
-		}
+	f, bad := filterOf(q, listParams)
+	if bad != "" {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", bad)
 	}
 	limit := defaultPageSize
 	if v := q.Get("limit"); v != "" {
@@ -346,15 +471,14 @@ func listEvents(w http.ResponseWriter, q url.Values) error {
 		}
 		limit = n
 	}
-	handler, status, event, before := q.Get("handler"), q.Get("status"), q.Get("event"), q.Get("before")
-	if handler == "" {
-		return writeJSONError(w, http.StatusBadRequest, "bad_request", "handler is required (GET …/inbox lists the handlers)")
-	}
-	if queue, ok := findQueue(handler); ok {
-		if status != "" && !slices.Contains(inboxStates, status) {
+	before := q.Get("before")
+	if queue, ok := findQueue(f.handler); ok {
+		if f.status != "" && !slices.Contains(inboxStates, f.status) {
 			return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be one of "+strings.Join(inboxStates, ", "))
 		}
-		events, next, err := queue.rt.store.List(inbox.Query{Queue: handler, State: inbox.State(status), Name: event, Limit: limit, Before: before})
+		sq := f.query()
+		sq.Limit, sq.Before = limit, before
+		events, next, err := queue.rt.store.List(sq)
 		if errors.Is(err, inbox.ErrNotFound) {
 			return writeJSONError(w, http.StatusBadRequest, "bad_request", "before is not the id of a stored event")
 		}
@@ -367,18 +491,38 @@ func listEvents(w http.ResponseWriter, q url.Values) error {
 		}
 		return writeJSON(w, http.StatusOK, map[string]any{"events": views, "next": next})
 	}
-	rh := recentHandlerNamed(handler)
+	rh := recentHandlerNamed(f.handler)
 	if rh == nil {
-		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler named "+strconv.Quote(truncate(handler, 64)))
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler named "+strconv.Quote(truncate(f.handler, 64)))
 	}
-	if status != "" && !slices.Contains(memoryStates, status) {
+	if f.status != "" && !slices.Contains(memoryStates, f.status) {
 		return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be one of "+strings.Join(memoryStates, ", "))
 	}
-	views, next, ok := rh.page(status, event, before, limit)
+	views, next, ok := rh.page(f, before, limit)
 	if !ok {
 		return writeJSONError(w, http.StatusBadRequest, "bad_request", "before is not the id of a delivery still in memory")
 	}
 	return writeJSON(w, http.StatusOK, map[string]any{"events": views, "next": next})
+}
+
+// serveTimeline answers a handler's outcomes per minute, oldest first.
+func serveTimeline(w http.ResponseWriter, q url.Values) error {
+	minutes := 60
+	if v := q.Get("minutes"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > timelineMinutes {
+			return writeJSONError(w, http.StatusBadRequest, "bad_request", "minutes must be a number from 1 to "+strconv.Itoa(timelineMinutes))
+		}
+		minutes = n
+	}
+	rh := recentHandlerNamed(q.Get("handler"))
+	if rh == nil {
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no running webhook_guard handler named "+
+			strconv.Quote(truncate(q.Get("handler"), 64)))
+	}
+	since, _, _, _ := rh.tally.snapshot(time.Now())
+	return writeJSON(w, http.StatusOK, map[string]any{"handler": rh.name, "minutes": minutes, "counted_since": since,
+		"points": rh.tally.timeline(time.Now(), minutes)})
 }
 
 // lookup finds an event by id in the open inboxes.
@@ -579,30 +723,62 @@ func moveQueue(w http.ResponseWriter, q url.Values) error {
 	return writeJSON(w, http.StatusOK, map[string]any{"status": "moved", "moved": n, "from": from, "to": to})
 }
 
-func replayAll(w http.ResponseWriter, q url.Values) error {
-	handler, status := q.Get("handler"), q.Get("status")
-	if status == "" {
-		status = string(inbox.Dead)
+// replayMatching replays the dead events (status=dead, the default) the
+// filter selects, or makes the failed ones waiting for a retry
+// (status=failed) due now, and says how many.
+func replayMatching(w http.ResponseWriter, q url.Values) error {
+	dryRun := q.Get("dry_run") == "1"
+	q.Del("dry_run")
+	f, bad := filterOf(q, []string{"handler", "status", "event", "q", "since", "until"})
+	if bad != "" {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", bad)
 	}
-	if status != string(inbox.Dead) {
-		return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be dead: replaying everything delivered at once is not offered")
+	if f.status == "" {
+		f.status = string(inbox.Dead)
 	}
-	if handler == "" {
-		return writeJSONError(w, http.StatusBadRequest, "bad_request", "handler is required")
+	if f.status != string(inbox.Dead) && f.status != "failed" {
+		return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be dead (replay them) or failed "+
+			"(retry now those waiting for their next attempt): replaying everything delivered at once is not offered")
 	}
-	queue, ok := findQueue(handler)
+	queue, ok := findQueue(f.handler)
 	if !ok {
-		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler with an inbox named "+strconv.Quote(truncate(handler, 64)))
+		return writeJSONError(w, http.StatusNotFound, "not_found", "no webhook_guard handler with an inbox named "+strconv.Quote(truncate(f.handler, 64)))
 	}
 	if !queue.served {
-		return answerNotServed(w, handler)
+		return answerNotServed(w, f.handler)
 	}
-	n, err := queue.rt.store.ReplayAll(handler, inbox.Dead, time.Now())
+	if dryRun {
+		n, err := countMatching(queue.rt.store, f.query())
+		if err != nil {
+			return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the inbox could not be read")
+		}
+		return writeJSON(w, http.StatusOK, map[string]any{"status": "dry_run", "matched": n})
+	}
+	n, err := queue.rt.store.ReplayMatching(f.query(), time.Now())
 	if err != nil {
 		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the replay could not be stored")
 	}
 	queue.rt.dispatcher.Wake()
+	caddy.Log().Named("webhook_guard.history").Info("events replayed by filter", zap.String("handler", f.handler),
+		zap.String("status", f.status), zap.Int("replayed", n))
 	return writeJSON(w, http.StatusOK, map[string]any{"status": "queued", "replayed": n})
+}
+
+// countMatching counts the events q selects, a page at a time: what a
+// replay by filter would act on, for the page to confirm.
+func countMatching(store inbox.Backend, q inbox.Query) (int, error) {
+	n := 0
+	for q.Limit = maxPageSize; ; {
+		events, next, err := store.List(q)
+		if err != nil {
+			return n, err
+		}
+		n += len(events)
+		if next == "" {
+			return n, nil
+		}
+		q.Before = next
+	}
 }
 
 // openRuntimes are the open inbox stores (the inboxes pool's), for the
@@ -623,6 +799,8 @@ func openRuntimes() []*inboxRuntime {
 // did out of the history.
 type recentHandler struct {
 	name       string
+	tally      *handlerTally              // outcomes per minute and the app's health, for every handler
+	target     atomic.Pointer[testTarget] // where Send Test Event reaches the newest handler of this name
 	mu         sync.Mutex
 	deliveries ring // the last recentPerHandler verified deliveries
 	refusals   ring // the last recentRefusals refused requests
@@ -667,7 +845,7 @@ func (rh *recentHandler) snapshot() []eventView {
 	return out
 }
 
-func (rh *recentHandler) page(status, event, before string, limit int) ([]eventView, string, bool) {
+func (rh *recentHandler) page(f eventFilter, before string, limit int) ([]eventView, string, bool) {
 	all := rh.snapshot()
 	start := 0
 	if before != "" {
@@ -679,7 +857,7 @@ func (rh *recentHandler) page(status, event, before string, limit int) ([]eventV
 	}
 	out := []eventView{}
 	for _, v := range all[start:] {
-		if (status != "" && v.Status != status) || (event != "" && v.Event != event) {
+		if !f.selects(v) {
 			continue
 		}
 		if len(out) == limit {
@@ -696,7 +874,7 @@ func (rh *recentHandler) page(status, event, before string, limit int) ([]eventV
 var recent = caddy.NewUsagePool()
 
 func acquireRecent(name string) *recentHandler {
-	v, _ := recent.LoadOrStore(name, &recentHandler{name: name})
+	v, _ := recent.LoadOrStore(name, &recentHandler{name: name, tally: newHandlerTally(time.Now())})
 	return v.(*recentHandler)
 }
 

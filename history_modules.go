@@ -70,7 +70,7 @@ func (HistoryHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyh
 // under any mount point: the API's paths all start with /inbox; anything
 // else is the page.
 func historyPath(path string) string {
-	for _, tail := range []string{"/inbox/events", "/inbox/replay", "/inbox/move", "/inbox/backup", "/inbox/erase", "/inbox"} {
+	for _, tail := range historyEndpoints {
 		if strings.HasSuffix(path, tail) {
 			return tail
 		}

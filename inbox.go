@@ -535,15 +535,24 @@ func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
 	if res.Err != nil {
 		fields = append(fields, zap.String("error", res.Err.Error()))
 	}
+	dead := !res.Delivered() && !res.Refused && (e.Manual || attempt > len(in.retry))
+	logged := result
+	if dead {
+		logged = outcomeDead
+	}
 	in.h.logDelivery(e.Header.Get(headerEvent), e.Header.Get(headerIdempotencyKey), e.Header.Get(headerVerified),
-		result, res.Status, res.Took, fields...)
+		logged, res.Status, res.Took, e.Header.Get(headerTest) != "", fields...)
+	errText := ""
+	if res.Err != nil {
+		errText = res.Err.Error()
+	}
+	in.h.recent.tally.attempted(in.h.now(), res.Delivered(), res.Status, errText, res.Refused)
 	in.emitHealth(e, attempt, res)
 	if al := in.h.Alert; al != nil {
 		if res.Delivered() {
 			al.delivered()
 			return
 		}
-		dead := !res.Refused && (e.Manual || attempt > len(in.retry))
 		what := "the app answered " + strconv.Itoa(res.Status)
 		if res.Err != nil {
 			what = res.Err.Error()

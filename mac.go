@@ -75,6 +75,15 @@ func (k *macKey) sign(body []byte) string {
 	return hex.EncodeToString(st.sum)
 }
 
+// sum returns the raw HMAC of body.
+func (k *macKey) sum(body []byte) []byte {
+	st := k.get()
+	defer k.put(st)
+	st.mac.Reset()
+	st.mac.Write(body)
+	return st.mac.Sum(nil)
+}
+
 func (k *macKey) sumStandard(id, ts string, body []byte) []byte {
 	st := k.get()
 	defer k.put(st)

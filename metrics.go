@@ -22,6 +22,7 @@ const (
 	outcomeIgnored          outcome = "ignored"   // an event the route does not subscribe to
 	outcomeQueued           outcome = "queued"    // stored in the inbox, the sender answered
 	outcomeDelivered        outcome = "delivered" // an inbox attempt the app took
+	outcomeDead             outcome = "dead"      // an inbox event's last attempt, which failed
 	outcomeInvalidSignature outcome = "invalid_signature"
 	outcomeTooLarge         outcome = "too_large"
 	outcomeBadRequest       outcome = "bad_request"

@@ -39,6 +39,7 @@ const (
 	headerBatchCount     = "X-Webhook-Batch-Count"
 	headerConversationID = "X-Webhook-Conversation-Id"
 	headerSequence       = "X-Webhook-Sequence"
+	headerTest           = "X-Webhook-Test" // "true" on a Send Test Event delivery
 
 	headerEvent          = "X-Webhook-Event"
 	headerIdempotencyKey = "X-Idempotency-Key"
@@ -149,7 +150,7 @@ type Handler struct {
 	// config to load the app into (Caddy's ctx.App needs one).
 	outsideConfig bool
 	app           *App
-	recent        *recentHandler        // the in-memory history, without an inbox
+	recent        *recentHandler        // the timeline, and the in-memory history without an inbox
 	helper        *httpcaddyfile.Helper // while the Caddyfile is parsed
 }
 
@@ -188,9 +189,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	registerMetrics(ctx, h.logger)
 	h.metrics = newHandlerMetrics(h.name, len(h.Events) > 0)
-	if h.Inbox == nil {
-		h.recent = acquireRecent(h.name)
-	}
+	h.recent = acquireRecent(h.name)
 	h.maxBody = h.MaxBody
 	if h.maxBody <= 0 {
 		h.maxBody = defaultMaxBody

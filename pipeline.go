@@ -31,6 +31,7 @@ import (
 // ServeHTTP runs the pipeline, stage after stage.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	stripGatewayHeaders(r.Header)
+	markTestEvent(r)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	event := r.Header.Get(headerEvent)
 	repl.Set("http.webhook.event", event)
@@ -130,7 +131,7 @@ type item struct {
 
 var gatewayHeaders = []string{
 	headerVerified, headerDuplicate, headerNormalized, headerBatchID,
-	headerBatchIndex, headerBatchCount, headerConversationID, headerSequence,
+	headerBatchIndex, headerBatchCount, headerConversationID, headerSequence, headerTest,
 }
 
 // stripGatewayHeaders removes any copy of the headers the gateway sets, so

@@ -25,7 +25,11 @@ func (d *delivery) record(it *item, result outcome, status int, took time.Durati
 	} else {
 		d.h.countRequest(result)
 	}
-	d.h.logDelivery(event, it.key, d.scheme, result, status, took, extra...)
+	d.h.logDelivery(event, it.key, d.scheme, result, status, took, isTest(d.r), extra...)
+	switch class := classOf(result, status); class {
+	case classDelivered, classFailed:
+		d.h.recent.tally.attempted(d.h.now(), class == classDelivered, status, "", false)
+	}
 	if al := d.h.Alert; al != nil {
 		switch result {
 		case outcomeForwarded:
@@ -41,7 +45,7 @@ func (d *delivery) record(it *item, result outcome, status int, took time.Durati
 // never a body, a query string, a signature or a secret.
 func (h *Handler) logRejection(r *http.Request, event string, result outcome, reason string) {
 	h.countRequest(result)
-	h.remember(event, "", result, 0, 0, true)
+	h.remember(event, "", result, 0, 0, true, isTest(r))
 	if c := h.logger.Check(zap.InfoLevel, "webhook rejected"); c != nil {
 		c.Write(
 			zap.String("outcome", string(result)),
@@ -58,8 +62,8 @@ func (h *Handler) logRejection(r *http.Request, event string, result outcome, re
 // logDelivery writes the one line each delivery (or batch item) gets:
 // what it was, what became of it and how long the upstream took. Keys and
 // event names are logged; bodies and signatures never are.
-func (h *Handler) logDelivery(event, key, scheme string, result outcome, status int, took time.Duration, extra ...zap.Field) {
-	h.remember(event, key, result, status, took, false)
+func (h *Handler) logDelivery(event, key, scheme string, result outcome, status int, took time.Duration, test bool, extra ...zap.Field) {
+	h.remember(event, key, result, status, took, false, test)
 	if c := h.logger.Check(zap.InfoLevel, "webhook delivery"); c != nil {
 		fields := append([]zap.Field{
 			zap.String("handler", h.name),
@@ -70,6 +74,9 @@ func (h *Handler) logDelivery(event, key, scheme string, result outcome, status 
 			zap.Int("upstream_status", status),
 			zap.Duration("duration", took),
 		}, extra...)
+		if test {
+			fields = append(fields, zap.Bool("test", true))
+		}
 		c.Write(fields...)
 	}
 }
@@ -86,14 +93,29 @@ func historyStatus(result outcome, status int) string {
 	return string(result)
 }
 
-// remember adds a delivery to the handler's in-memory history (handlers
-// with an inbox have their store instead).
-func (h *Handler) remember(event, key string, result outcome, status int, took time.Duration, refused bool) {
+// remember counts an outcome in the handler's timeline and, for a
+// handler without an inbox (which has its store instead), adds it to the
+// in-memory history. An item the app was never called for shows no
+// attempt and no answer.
+func (h *Handler) remember(event, key string, result outcome, status int, took time.Duration, refused, test bool) {
 	if h.recent == nil {
 		return
 	}
-	h.recent.add(eventView{Handler: h.name, Event: truncate(event, 128), Key: truncate(key, 256),
-		Status: historyStatus(result, status), Attempts: 1, LastStatus: status, ReceivedAt: h.now().Add(-took)}, refused)
+	now := h.now()
+	class := classOf(result, status)
+	h.recent.tally.count(class, now)
+	if h.Inbox != nil {
+		return
+	}
+	v := eventView{Handler: h.name, Event: truncate(event, 128), Key: truncate(key, 256),
+		Status: historyStatus(result, status), ReceivedAt: now.Add(-took), Test: test}
+	if class == classDelivered || class == classFailed {
+		v.Attempts, v.LastStatus, v.AppCalled = 1, status, true
+	}
+	if class == classDelivered {
+		v.DeliveredAt = &now
+	}
+	h.recent.add(v, refused)
 }
 
 // truncate bounds what a sender wrote where it is logged or shown.

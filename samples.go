@@ -112,3 +112,30 @@ func metaSample(kind string, now time.Time) []byte {
 	return []byte(`{"object":"whatsapp_business_account","entry":[{"id":"102290129340398","changes":[{"value":` +
 		value + `,"field":"messages"}]}]}`)
 }
+
+// platformEvents are the events of the second WhatsApp platform (seed
+// 003), which wraps each in an envelope and signs it like Kapso.
+var platformEvents = []string{"message.incoming", "message.report", "form.submitted"}
+
+// platformSample returns one event envelope of the second platform:
+// message.incoming (a customer wrote), message.report (a sent message
+// was delivered) or form.submitted.
+func platformSample(event string, now time.Time) []byte {
+	ts := now.Unix()
+	customer := `{"customer_id":"cus_test_123","phone_number":"+15551234567","name":"Test User"}`
+	var object string
+	switch event {
+	case "message.report":
+		object = fmt.Sprintf(`{"id":%q,"wamid":%q,"status":"delivered","recipient":%s,"created_at":%d}`,
+			randomID("msg_"), randomID("wamid.test."), customer, ts)
+	case "form.submitted":
+		object = fmt.Sprintf(`{"id":%q,"form_id":"form_test_1","customer":%s,`+
+			`"answers":[{"question":"Name","answer":"Test User"}],"submitted_at":%d}`, randomID("fsub_"), customer, ts)
+	default:
+		event = "message.incoming"
+		object = fmt.Sprintf(`{"id":%q,"wamid":%q,"type":"text","text":{"body":"Hello from caddy webhook send"},`+
+			`"from":%s,"to":{"phone_number":"+15550783881"},"created_at":%d}`, randomID("msg_"), randomID("wamid.test."), customer, ts)
+	}
+	return fmt.Appendf(nil, `{"id":%q,"type":%q,"api_version":"2026-02-04","created_at":%d,"liveMode":false,"data":{"object":%s}}`,
+		randomID("evt_"), event, ts, object)
+}

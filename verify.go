@@ -166,6 +166,35 @@ func (v *Verifier) provision(repl *caddy.Replacer, now func() time.Time) error {
 	return nil
 }
 
+// signTest returns the headers that sign body as the sender would,
+// with the verifier's first secret: Send Test Event's deliveries must
+// pass the handler's own verification. It signs nothing without a secret.
+func (v *Verifier) signTest(body []byte, now time.Time) http.Header {
+	h := http.Header{}
+	if len(v.keys) == 0 {
+		return h
+	}
+	k := v.keys[0]
+	switch v.kind {
+	case kindKapso:
+		h.Set(v.header, k.sign(body))
+	case kindMeta:
+		h.Set(v.header, "sha256="+k.sign(body))
+	case kindHMAC:
+		sig := hex.EncodeToString(k.sum(body))
+		if strings.EqualFold(v.Encoding, "base64") {
+			sig = base64.StdEncoding.EncodeToString(k.sum(body))
+		}
+		h.Set(v.header, v.Prefix+sig)
+	case kindStandard:
+		id, ts := randomID("msg_"), strconv.FormatInt(now.Unix(), 10)
+		h.Set("Webhook-Id", id)
+		h.Set("Webhook-Timestamp", ts)
+		h.Set("Webhook-Signature", "v1,"+base64.StdEncoding.EncodeToString(k.sumStandard(id, ts, body)))
+	}
+	return h
+}
+
 func (v *Verifier) validate() error { return v.checkOptions() }
 
 // checkOptions checks what can be checked without resolving secrets:

@@ -1,9 +1,11 @@
 package inbox
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -55,15 +57,35 @@ func recordView(tx *bolt.Tx, seq uint64, v []byte) *Event {
 
 // Query selects events for List; empty fields select everything.
 type Query struct {
-	Queue  string
-	State  State
-	Name   string
-	Limit  int    // at most this many; 0 means 50
-	Before string // an event id: only events that arrived before it
+	Queue string
+	State State
+	Name  string
+	// Text selects events whose id, idempotency key or order key
+	// contains it, or whose body does (a message id, wamid.…): a scan
+	// within the other filters, bounded by Scan.
+	Text   string
+	Failed bool      // only events that failed at least one attempt
+	Since  time.Time // received at or after; zero: no bound
+	Until  time.Time // received before; zero: no bound
+	Limit  int       // at most this many; 0 means 50
+	Before string    // an event id: only events that arrived before it
 	// Scan bounds how many events one List reads looking for matches
 	// (0 means 100,000), so that a filter that matches nothing does not
 	// read the whole file.
 	Scan int
+}
+
+// selects reports whether e passes q's filters other than its queue and
+// its text.
+func (q Query) selects(e *Event) bool {
+	return (q.State == "" || e.State == q.State) && (q.Name == "" || e.Name == q.Name) && (!q.Failed || e.Attempts > 0) &&
+		(q.Since.IsZero() || !e.ReceivedAt.Before(q.Since)) && (q.Until.IsZero() || e.ReceivedAt.Before(q.Until))
+}
+
+// textIn reports whether q's text is in e's id, idempotency key or order
+// key (the body is the store's to search).
+func (q Query) textIn(e *Event) bool {
+	return strings.Contains(e.ID, q.Text) || strings.Contains(e.Key, q.Text) || strings.Contains(e.OrderKey, q.Text)
 }
 
 // List returns events matching q, newest first, without their bodies,
@@ -95,7 +117,10 @@ func (s *Store) List(q Query) (events []*Event, next string, err error) {
 			if e.Queue == "" && q.Queue != "" {
 				e.Queue = q.Queue // unreadable, its queue unknown: listed everywhere rather than nowhere
 			}
-			if (q.Queue != "" && e.Queue != q.Queue) || (q.State != "" && e.State != q.State) || (q.Name != "" && e.Name != q.Name) {
+			if (q.Queue != "" && e.Queue != q.Queue) || !q.selects(e) {
+				continue
+			}
+			if q.Text != "" && !q.textIn(e) && !bytes.Contains(tx.Bucket(bucketBodies).Get(k), []byte(q.Text)) {
 				continue
 			}
 			if len(events) == limit {
@@ -132,38 +157,80 @@ func (s *Store) Replay(id string, now time.Time) (*Event, error) {
 	return out, err
 }
 
-// ReplayAll queues every event of queue in state again, as Replay does,
-// and returns how many.
-func (s *Store) ReplayAll(queue string, state State, now time.Time) (int, error) {
-	if state != Dead && state != Delivered {
-		return 0, ErrNotReplayable
+// ReplayMatching acts on every event of q.Queue that q selects: a dead
+// (or delivered) one is queued again, as Replay does; a pending one that
+// failed and waits for its next attempt (q.Failed) is made due now. It
+// returns how many. One transaction: all or none.
+func (s *Store) ReplayMatching(q Query, now time.Time) (int, error) {
+	if err := q.replayable(); err != nil {
+		return 0, err
 	}
 	n := 0
 	err := s.update(func(tx *bolt.Tx) error {
 		n = 0
 		var matches []*Event
-		err := tx.Bucket(bucketEvents).ForEach(func(_, v []byte) error {
+		bodies := tx.Bucket(bucketBodies)
+		err := tx.Bucket(bucketEvents).ForEach(func(k, v []byte) error {
 			e, err := decodeEvent(v)
-			if err != nil {
-				return nil // damaged: not replayable
+			if err != nil || e.Queue != q.Queue || !q.selects(e) {
+				return nil // a damaged record is not replayable
 			}
-			if e.Queue == queue && e.State == state {
-				matches = append(matches, e)
+			if q.Text != "" && !q.textIn(e) && !bytes.Contains(bodies.Get(k), []byte(q.Text)) {
+				return nil
 			}
+			matches = append(matches, e)
 			return nil
 		})
 		if err != nil {
 			return err
 		}
-		for _, e := range matches { // not while iterating: requeue writes to the bucket
-			if err := requeue(tx, e, now); err != nil {
+		for _, e := range matches { // not while iterating: both write to the bucket
+			var done bool
+			if e.State == Pending {
+				done, err = retryNow(tx, e, now)
+			} else {
+				done, err = true, requeue(tx, e, now)
+			}
+			if err != nil {
 				return err
 			}
-			n++
+			if done {
+				n++
+			}
 		}
 		return nil
 	})
 	return n, err
+}
+
+// replayable checks that q selects what ReplayMatching can act on.
+func (q Query) replayable() error {
+	switch {
+	case q.Queue == "":
+		return errors.New("inbox: a queue is required to replay events")
+	case q.State == Dead, q.State == Delivered, q.State == Pending && q.Failed:
+		return nil
+	}
+	return ErrNotReplayable
+}
+
+// retryNow makes a head that failed and waits for its next attempt due
+// now. One whose next attempt is not in the future is left alone: it is
+// due already, and may be in flight, whose result must find it where it
+// was.
+func retryNow(tx *bolt.Tx, e *Event, now time.Time) (bool, error) {
+	due := tx.Bucket(bucketDue)
+	if !e.NextAt.After(now) || due.Get(dueKey(e.Queue, e.NextAt, e.Seq)) == nil {
+		return false, nil
+	}
+	if err := due.Delete(dueKey(e.Queue, e.NextAt, e.Seq)); err != nil {
+		return false, err
+	}
+	e.NextAt = now
+	if err := due.Put(dueKey(e.Queue, now, e.Seq), []byte(e.OrderKey)); err != nil {
+		return false, err
+	}
+	return true, putEvent(tx.Bucket(bucketEvents), e)
 }
 
 // requeue makes a settled event pending again at a new place.

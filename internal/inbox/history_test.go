@@ -80,7 +80,7 @@ func TestListPagesNewestFirst(t *testing.T) {
 // TestReplayGoesBehindItsConversation guards replay: only settled events
 // can be replayed; a replayed event is pending again, marked manual, with
 // its attempt count kept, and it waits behind the events of its order key
-// that were already pending; ReplayAll requeues every dead event of a
+// that were already pending; ReplayMatching requeues every dead event of a
 // queue and says how many.
 func TestReplayGoesBehindItsConversation(t *testing.T) {
 	t.Parallel()
@@ -126,7 +126,7 @@ func TestReplayGoesBehindItsConversation(t *testing.T) {
 	if got := dueIDs(t, s, "q", now); !slices.Equal(got, []string{"y-3", "x-0"}) { // by due time: the replay is due now
 		t.Fatalf("due once x-1 was delivered: %v", got)
 	}
-	if n, err := s.ReplayAll("q", Dead, now); err != nil || n != 1 {
+	if n, err := s.ReplayMatching(Query{Queue: "q", State: Dead}, now); err != nil || n != 1 {
 		t.Fatalf("replay all dead: %d %v, want 1 (y-2)", n, err)
 	}
 	c, _ := s.Counts()

@@ -647,11 +647,15 @@ func (s *RedisStore) List(q Query) ([]*Event, string, error) {
 		if err != nil {
 			return nil, "", err
 		}
+		found, err := s.bodiesWith(ctx, q, events)
+		if err != nil {
+			return nil, "", err
+		}
 		for _, e := range events {
 			if e.Queue == "" {
 				e.Queue = q.Queue // a damaged blob's
 			}
-			if (q.State != "" && e.State != q.State) || (q.Name != "" && e.Name != q.Name) {
+			if !q.selects(e) || (q.Text != "" && !q.textIn(e) && !found[e.Seq]) {
 				continue
 			}
 			if len(out) == limit {
@@ -662,6 +666,36 @@ func (s *RedisStore) List(q Query) ([]*Event, string, error) {
 		upper = "(" + seqs[len(seqs)-1]
 	}
 	return out, "", nil
+}
+
+// bodiesWith reports which of events (those q selects whose metadata
+// lacks q's text) have a body that contains q's text: one MGET a page.
+func (s *RedisStore) bodiesWith(ctx context.Context, q Query, events []*Event) (map[uint64]bool, error) {
+	if q.Text == "" {
+		return nil, nil
+	}
+	var keys []string
+	var seqs []uint64
+	for _, e := range events {
+		if q.selects(e) && !q.textIn(e) {
+			keys = append(keys, s.prefix+"body:"+strconv.FormatUint(e.Seq, 10))
+			seqs = append(seqs, e.Seq)
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	bodies, err := s.client.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, err
+	}
+	found := map[uint64]bool{}
+	for i, b := range bodies {
+		if body, ok := b.(string); ok && strings.Contains(body, q.Text) {
+			found[seqs[i]] = true
+		}
+	}
+	return found, nil
 }
 
 // Body returns the body of the event with sequence seq.
@@ -715,29 +749,68 @@ func (s *RedisStore) Replay(id string, now time.Time) (*Event, error) {
 	return e, nil
 }
 
-// ReplayAll queues every event of queue in state again.
-func (s *RedisStore) ReplayAll(queue string, state State, now time.Time) (int, error) {
-	if state != Dead && state != Delivered {
-		return 0, ErrNotReplayable
+// ReplayMatching acts on every event q selects, as the file store's
+// does: a dead (or delivered) one is replayed, a failed one waiting for
+// its next attempt made due now. Event by event: each is atomic.
+func (s *RedisStore) ReplayMatching(q Query, now time.Time) (int, error) {
+	if err := q.replayable(); err != nil {
+		return 0, err
 	}
-	n := 0
+	var matches []*Event
 	for before := ""; ; {
-		events, next, err := s.List(Query{Queue: queue, State: state, Limit: 500, Before: before})
+		page := q
+		page.Limit, page.Before = 500, before
+		events, next, err := s.List(page)
 		if err != nil {
-			return n, err
+			return 0, err
 		}
-		for _, e := range events {
-			if _, err := s.Replay(e.ID, now); err == nil {
-				n++
-			} else if !errors.Is(err, ErrNotReplayable) {
-				return n, err
-			}
-		}
+		matches = append(matches, events...)
 		if next == "" {
-			return n, nil
+			break
 		}
 		before = next
 	}
+	n := 0
+	for _, e := range matches {
+		var err error
+		if e.State == Pending {
+			err = s.retryNow(e, now)
+		} else {
+			_, err = s.Replay(e.ID, now)
+		}
+		switch {
+		case err == nil:
+			n++
+		case !errors.Is(err, ErrNotReplayable):
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+var retryNowScript = redis.NewScript(`
+local P, Q, seq, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local qp = P .. 'q:' .. Q .. ':'
+if redis.call('GET', P .. 'state:' .. seq) ~= 'pending' or redis.call('EXISTS', qp .. 'lease:' .. seq) == 1 then return 0 end
+local at = redis.call('ZSCORE', qp .. 'due', seq)
+if not at or tonumber(at) <= now then return 0 end
+redis.call('ZADD', qp .. 'due', now, seq)
+return 1
+`)
+
+// retryNow makes a failed head that waits for its next attempt due now;
+// one that is due already, leased or no longer pending is left alone.
+func (s *RedisStore) retryNow(e *Event, now time.Time) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	n, err := retryNowScript.Run(ctx, s.client, nil, s.prefix, e.Queue, e.Seq, ms(now)).Int()
+	if err != nil {
+		return fmt.Errorf("inbox: redis: %w", err)
+	}
+	if n == 0 {
+		return ErrNotReplayable
+	}
+	return nil
 }
 
 var moveScript = redis.NewScript(`

@@ -175,11 +175,17 @@ func MetaFields(body []byte) []string {
 	return fields
 }
 
-// ContentKey is "<event>:<message.id>" for a Kapso message event, "" for
-// anything else. Status events (sent, delivered, read, failed) share the
-// message id, so the event is part of the key.
+// ContentKey is "<event>:<message.id>" for a Kapso message event, the
+// envelope's id ("envelope:<id>") for an event of a platform that wraps
+// its events in {"id", "type", "data": {"object"}}, and "" for anything
+// else. Kapso's status events (sent, delivered, read, failed) share the
+// message id, so the event is part of their key; an envelope's id is the
+// event's own, kept when the platform delivers it again.
 func ContentKey(event string, item []byte) string {
 	if !strings.HasPrefix(event, "whatsapp.message.") {
+		if id := envelopeID(item); id != "" {
+			return "envelope:" + id
+		}
 		return ""
 	}
 	v, ok := jsonscan.FieldPath(item, "message", "id")
@@ -193,8 +199,45 @@ func ContentKey(event string, item []byte) string {
 	return event + ":" + id
 }
 
+// envelopeID is the id of an event envelope (a top-level "id" and
+// "type" beside a "data" object holding an "object"), "" for any other
+// body.
+func envelopeID(body []byte) string {
+	id, kind := stringAt(body, "id"), stringAt(body, "type")
+	if id == "" || kind == "" {
+		return ""
+	}
+	if v, ok := jsonscan.FieldPath(body, "data", "object"); !ok || body[v.Start] != '{' {
+		return ""
+	}
+	return id
+}
+
+// envelopeParties are the members of an envelope's data.object that name
+// the customer: the sender of an incoming message, the recipient of a
+// report, the customer who submitted a form.
+var envelopeParties = []string{"from", "recipient", "customer", "contact"}
+
+// envelopeCustomer is the customer an envelope's event is about
+// ("customer:<id>", else "phone:<number>"), "" when it names none.
+func envelopeCustomer(body []byte) string {
+	if envelopeID(body) == "" {
+		return ""
+	}
+	for _, by := range [][2]string{{"customer_id", "customer:"}, {"phone_number", "phone:"}} {
+		for _, party := range envelopeParties {
+			if v := stringAt(body, "data", "object", party, by[0]); v != "" {
+				return by[1] + v
+			}
+		}
+	}
+	return ""
+}
+
 // ConversationKey finds the conversation a body belongs to: Kapso's
-// conversation.id ("conversation:<id>"), or for a raw Meta payload the
+// conversation.id ("conversation:<id>"), an event envelope's customer
+// ("customer:<customer_id>", else "phone:<phone_number>"), or for a raw
+// Meta payload the
 // business number and the customer, wa_id else the BSUID
 // ("meta:<phone number id>:<customer>"); "" when it has none.
 func ConversationKey(body []byte) string {
@@ -202,6 +245,9 @@ func ConversationKey(body []byte) string {
 		if id, ok := jsonscan.StringValue(body, v); ok && id != "" {
 			return "conversation:" + id
 		}
+	}
+	if c := envelopeCustomer(body); c != "" {
+		return c
 	}
 	for _, e := range arrayMember(body, jsonscan.Span{}, "entry") {
 		for _, c := range arrayMember(body, e, "changes") {

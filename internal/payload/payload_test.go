@@ -157,6 +157,11 @@ func TestContentKey(t *testing.T) {
 		{"whatsapp.message.received", `{"message":{"id":"wamid.1"`, ""},
 		{"whatsapp.conversation.created", `{"message":{"id":"wamid.1"}}`, ""},
 		{"", `{"message":{"id":"wamid.1"}}`, ""},
+		{"message.incoming", `{"id":"evt_1","type":"message.incoming","data":{"object":{"id":"msg_1"}}}`, "envelope:evt_1"},
+		{"message.report", `{"id":"evt_2","type":"message.report","data":{"object":{}}}`, "envelope:evt_2"},
+		{"message.report", `{"id":"evt_2","type":"message.report","data":{"other":{}}}`, ""},
+		{"message.report", `{"id":"evt_2","data":{"object":{}}}`, ""},
+		{"message.report", `{"id":"","type":"message.report","data":{"object":{}}}`, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.event+" "+tc.body, func(t *testing.T) {
@@ -168,8 +173,8 @@ func TestContentKey(t *testing.T) {
 }
 
 // TestConversationKey guards the default order key: Kapso's conversation
-// id, else a raw Meta payload's business number and customer (wa_id,
-// then the BSUID), else none.
+// id, else an event envelope's customer, else a raw Meta payload's
+// business number and customer (wa_id, then the BSUID), else none.
 func TestConversationKey(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct{ name, body, want string }{
@@ -177,6 +182,11 @@ func TestConversationKey(t *testing.T) {
 		{"meta wa_id", `{"entry":[{"changes":[{"value":{"metadata":{"phone_number_id":"P"},"contacts":[{"wa_id":"W"}]}}]}]}`, "meta:P:W"},
 		{"meta bsuid", `{"entry":[{"changes":[{"value":{"metadata":{"phone_number_id":"P"},"contacts":[{"user_id":"U"}]}}]}]}`, "meta:P:U"},
 		{"meta status", `{"entry":[{"changes":[{"value":{"metadata":{"phone_number_id":"P"},"statuses":[{"recipient_id":"R"}]}}]}]}`, "meta:P:R"},
+		{"incoming: its sender", `{"id":"evt_1","type":"message.incoming","data":{"object":{"from":{"phone_number":"+1555","customer_id":"cus_1"}}}}`, "customer:cus_1"},
+		{"report: its recipient", `{"id":"evt_2","type":"message.report","data":{"object":{"status":"read","recipient":{"customer_id":"cus_2"}}}}`, "customer:cus_2"},
+		{"form: its customer", `{"id":"evt_3","type":"form.submitted","data":{"object":{"customer":{"customer_id":"cus_3"}}}}`, "customer:cus_3"},
+		{"report: phone only", `{"id":"evt_4","type":"message.report","data":{"object":{"recipient":{"phone_number":"+1555"}}}}`, "phone:+1555"},
+		{"envelope, no customer", `{"id":"evt_5","type":"message.report","data":{"object":{}}}`, ""},
 		{"none", `{"message":{"id":"m"}}`, ""},
 		{"not JSON", `x`, ""},
 	} {
