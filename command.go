@@ -25,7 +25,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "webhook",
-		Usage: "sign|send|inbox|replay [flags]",
+		Usage: "sign|send|inbox|replay|test [flags]",
 		Short: "Signs or sends test webhook deliveries (webhookguard)",
 		Long: `
 Tools for trying a webhook_guard route without a real sender.
@@ -36,18 +36,26 @@ Tools for trying a webhook_guard route without a real sender.
   caddy webhook send --url http://localhost:8080/webhooks/kapso --secret S
       builds a realistic sample delivery (a Kapso v2 event, a Kapso batch
       with --batch N, or a raw Meta payload with --meta), or reads --file,
-      signs it, POSTs it and prints the answer. --repeat sends the same
-      delivery twice, to see deduplication at work.
+      signs it, POSTs it and prints the answer. --sample message.incoming
+      (or message.report, form.submitted) sends the second platform's
+      event envelope. --repeat sends the same delivery twice, to see
+      deduplication at work.
 
   caddy webhook inbox [--handler H] [--status S]
       prints the running Caddy's delivery history: a summary per handler
       and the latest events (from its admin API; --address to override).
 
   caddy webhook replay <event id>
-  caddy webhook replay --dead --handler H
-      delivers a delivered or dead event again, or every dead event of H.`,
+  caddy webhook replay --dead --handler H [--since 2h] [--until T] [--event E] [--q TEXT]
+      delivers a delivered or dead event again, or every dead event of H
+      that the filter selects (--failed: retry now the failed ones that
+      wait for their next attempt).
+
+  caddy webhook test --handler H
+      sends a signed sample event through H's own route (Send Test Event):
+      verification, dedupe, the event filter and the inbox all run on it.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(newSignCommand(), newSendCommand(), newInboxCommand(), newReplayCommand())
+			cmd.AddCommand(newSignCommand(), newSendCommand(), newInboxCommand(), newReplayCommand(), newTestCommand())
 		},
 	})
 }

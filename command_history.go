@@ -77,10 +77,10 @@ func (o *historyOptions) callWith(method, uri string, body []byte, out any) erro
 
 func newInboxCommand() *cobra.Command {
 	var o historyOptions
-	var handler, status string
+	var handler, status, text string
 	var limit int
 	cmd := &cobra.Command{
-		Use:   "inbox [--handler H] [--status S]",
+		Use:   "inbox [--handler H] [--status S] [--q TEXT]",
 		Short: "Prints the delivery history of the running Caddy: a summary per handler and the latest events",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -98,6 +98,9 @@ func newInboxCommand() *cobra.Command {
 				if status != "" {
 					q.Set("status", status)
 				}
+				if text != "" {
+					q.Set("q", text)
+				}
 				var l struct{ Events []eventView }
 				if err := o.call(http.MethodGet, "/inbox/events?"+q.Encode(), &l); err != nil {
 					return err
@@ -112,7 +115,8 @@ func newInboxCommand() *cobra.Command {
 	cmd.AddCommand(newInboxCheckCommand(), newInboxSalvageCommand(), newInboxMoveCommand(), newInboxBackupCommand(),
 		newInboxCompactCommand(), newInboxEraseCommand())
 	cmd.Flags().StringVar(&handler, "handler", "", "only this handler's events (default: every handler's)")
-	cmd.Flags().StringVar(&status, "status", "", "only events in this state: pending, delivered or dead (in memory: delivered, failed, …)")
+	cmd.Flags().StringVar(&status, "status", "", "only events in this state: pending, failed, delivered, dead or damaged (in memory: delivered, failed, duplicate, …)")
+	cmd.Flags().StringVar(&text, "q", "", "only events whose id, idempotency key, conversation or body contains this")
 	cmd.Flags().IntVar(&limit, "limit", 20, "events per handler")
 	return cmd
 }
@@ -322,44 +326,96 @@ func printReport(w io.Writer, r *inbox.Report) {
 
 func newReplayCommand() *cobra.Command {
 	var o historyOptions
-	var handler string
-	var dead bool
+	var f struct {
+		handler, since, until, event, q string
+		dead, failed                    bool
+	}
 	cmd := &cobra.Command{
-		Use:   "replay <event id> | --dead --handler H",
-		Short: "Delivers a delivered or dead event again, or every dead event of a handler",
+		Use:   "replay <event id> | --dead|--failed --handler H [--since 2h] [--until T] [--event E] [--q TEXT]",
+		Short: "Delivers a delivered or dead event again, or every dead (or failed) event of a handler that a filter selects",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			w := cmd.OutOrStdout()
 			switch {
-			case dead && len(args) == 0:
-				if handler == "" {
-					return errors.New("--dead needs --handler: the handler whose dead events to replay")
+			case (f.dead || f.failed) && len(args) == 0:
+				if f.dead && f.failed {
+					return errors.New("--dead replays dead events, --failed retries now the failed ones waiting: give one of them")
+				}
+				if f.handler == "" {
+					return errors.New("--dead and --failed need --handler: the handler whose events to replay")
+				}
+				q := url.Values{"handler": {f.handler}, "status": {"dead"}}
+				if f.failed {
+					q.Set("status", "failed")
+				}
+				for k, v := range map[string]string{"since": f.since, "until": f.until, "event": f.event, "q": f.q} {
+					if v != "" {
+						q.Set(k, v)
+					}
 				}
 				var r struct{ Replayed int }
-				if err := o.call(http.MethodPost, "/inbox/replay?"+url.Values{"handler": {handler}, "status": {"dead"}}.Encode(), &r); err != nil {
+				if err := o.call(http.MethodPost, "/inbox/replay?"+q.Encode(), &r); err != nil {
 					return err
 				}
-				fmt.Fprintf(w, "%d dead events of %s queued again\n", r.Replayed, handler)
-			case !dead && len(args) == 1:
+				fmt.Fprintf(w, "%d %s events of %s queued again\n", r.Replayed, q.Get("status"), terminalSafe(f.handler))
+			case !f.dead && !f.failed && len(args) == 1:
 				var r struct{ Event eventView }
 				if err := o.call(http.MethodPost, "/inbox/events/"+url.PathEscape(args[0])+"/replay", &r); err != nil {
 					return err
 				}
-				fmt.Fprintf(w, "%s queued again (attempt %d next)\n", r.Event.ID, r.Event.Attempts+1)
+				fmt.Fprintf(w, "%s queued again (attempt %d next)\n", terminalSafe(r.Event.ID), r.Event.Attempts+1)
 			default:
-				return errors.New("give one event id, or --dead with --handler")
+				return errors.New("give one event id, or --dead (or --failed) with --handler")
 			}
 			return nil
 		},
 	}
 	o.addFlags(cmd)
-	cmd.Flags().StringVar(&handler, "handler", "", "with --dead: the handler")
-	cmd.Flags().BoolVar(&dead, "dead", false, "replay every dead event of --handler")
+	fl := cmd.Flags()
+	fl.StringVar(&f.handler, "handler", "", "with --dead or --failed: the handler")
+	fl.BoolVar(&f.dead, "dead", false, "replay the dead events of --handler that the filter selects")
+	fl.BoolVar(&f.failed, "failed", false, "retry now the failed events of --handler waiting for their next attempt")
+	fl.StringVar(&f.since, "since", "", "only events received since: a duration back from now (2h) or an RFC 3339 time")
+	fl.StringVar(&f.until, "until", "", "only events received before: a duration back from now or an RFC 3339 time")
+	fl.StringVar(&f.event, "event", "", "only events of this type")
+	fl.StringVar(&f.q, "q", "", "only events whose id, idempotency key, conversation or body contains this")
+	return cmd
+}
+
+func newTestCommand() *cobra.Command {
+	var o historyOptions
+	var handler string
+	cmd := &cobra.Command{
+		Use:   "test --handler H",
+		Short: "Sends a signed sample event through a handler's own route (Send Test Event) and prints the answer",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if handler == "" {
+				return errors.New("--handler is required (caddy webhook inbox lists the handlers)")
+			}
+			var r struct {
+				Event        string          `json:"event"`
+				AnswerStatus int             `json:"answer_status"`
+				Answer       json.RawMessage `json:"answer"`
+			}
+			if err := o.call(http.MethodPost, "/inbox/test?"+url.Values{"handler": {handler}}.Encode(), &r); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "test %s sent to %s: the route answered %d %s\n", terminalSafe(r.Event),
+				terminalSafe(handler), r.AnswerStatus, terminalSafe(string(r.Answer)))
+			if r.AnswerStatus < 200 || r.AnswerStatus > 299 {
+				return errors.New("the route did not accept the test event")
+			}
+			return nil
+		},
+	}
+	o.addFlags(cmd)
+	cmd.Flags().StringVar(&handler, "handler", "", "the handler to test (required)")
 	return cmd
 }
 
 func printSummaries(w io.Writer, hs []handlerSummary) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HANDLER\tKIND\tTOTAL\tDELIVERED\tPENDING\tDEAD\tDAMAGED\tFAILED\tSUCCESS\tOLDEST PENDING")
+	fmt.Fprintln(tw, "HANDLER\tKIND\tTOTAL\tDELIVERED\tPENDING\tDEAD\tDAMAGED\tFAILED\tDUPLICATE\tIGNORED\tREFUSED\tRETRY LATER\tSUCCESS\tOLDEST PENDING")
 	for _, h := range hs {
 		kind, rate := "memory", "-"
 		if h.Inbox {
@@ -376,23 +432,40 @@ func printSummaries(w io.Writer, hs []handlerSummary) {
 		if h.Orphaned {
 			name += " (orphaned: no handler serves it)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", name, kind, h.Total, h.Delivered, h.Pending, h.Dead, h.Damaged, h.Failed, rate, oldest)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", name, kind, h.Total, h.Delivered, h.Pending,
+			h.Dead, h.Damaged, h.Failed, h.Duplicate, h.Ignored, h.Refused, h.Deferred, rate, oldest)
 	}
 	_ = tw.Flush()
+	for _, h := range hs {
+		if h.Health != nil {
+			fmt.Fprintf(w, "%s: %s\n", terminalSafe(h.Handler), terminalSafe(h.Health.describe(time.Local)))
+		}
+	}
 }
+
+// timeLayout is how the CLI writes a time: with its zone, so that a
+// time read on another machine (or in a log) means the same moment.
+const timeLayout = "2006-01-02 15:04:05 MST"
 
 func printEvents(w io.Writer, es []eventView) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tRECEIVED\tEVENT\tSTATUS\tATTEMPTS\tAPP")
 	for _, e := range es {
-		app := "-"
-		if e.LastStatus != 0 {
+		attempts, app := fmt.Sprint(e.Attempts), "-"
+		switch {
+		case !e.AppCalled:
+			attempts, app = "-", "not called"
+		case e.LastStatus != 0:
 			app = fmt.Sprint(e.LastStatus)
-		} else if e.LastError != "" {
+		case e.LastError != "":
 			app = "error"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", terminalSafe(e.ID), e.ReceivedAt.Local().Format(time.DateTime),
-			terminalSafe(truncate(e.Event, 40)), e.Status, e.Attempts, app)
+		status := e.Status
+		if e.Test {
+			status += " (test)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", terminalSafe(e.ID), e.ReceivedAt.Local().Format(timeLayout),
+			terminalSafe(truncate(e.Event, 40)), status, attempts, app)
 	}
 	_ = tw.Flush()
 }

@@ -551,12 +551,15 @@ func (d *delivery) repeatsEarlierItem(i int) bool {
 
 // answerDuplicate answers a delivery already delivered (or queued); of,
 // when known, is the event that holds it.
+// Each item not recorded yet is recorded as a duplicate here, once.
 func (d *delivery) answerDuplicate(of string) error {
-	if d.batch == nil {
-		d.record(&d.items[0], outcomeDuplicate, http.StatusOK, 0)
-	} else {
+	for i := range d.items {
+		if it := &d.items[i]; it.result == "" {
+			d.record(it, outcomeDuplicate, http.StatusOK, 0)
+		}
+	}
+	if d.batch != nil {
 		d.h.countRequest(outcomeDuplicate)
-		d.h.logDelivery(d.batch.Event, d.key, d.scheme, outcomeDuplicate, http.StatusOK, 0, isTest(d.r))
 	}
 	d.repl.Set("http.webhook.duplicate", "true")
 	d.w.Header().Set(headerDuplicate, "true")

@@ -41,10 +41,16 @@ func chromiumPath(t *testing.T) string {
 // outlives by nothing: it stops at the test's end or after 90 s.
 func newBrowser(t *testing.T, path string) context.Context {
 	t.Helper()
+	return newBrowserSized(t, path, 1400, 900)
+}
+
+// newBrowserSized is newBrowser with a window of width × height.
+func newBrowserSized(t *testing.T, path string, width, height int) context.Context {
+	t.Helper()
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(path),
 		chromedp.NoSandbox, // CI runs as root, where Chromium's sandbox cannot start
-		chromedp.WindowSize(1400, 900),
+		chromedp.WindowSize(width, height),
 		chromedp.Flag("disable-dev-shm-usage", true),
 	)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)

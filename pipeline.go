@@ -83,7 +83,8 @@ type delivery struct {
 	next   caddyhttp.Handler
 	repl   *caddy.Replacer
 	body   *pooledBody
-	event  string
+	event  string // X-Webhook-Event
+	names  string // the body's event names, when it has no X-Webhook-Event (see eventName)
 	scheme string
 	key    string // the request's idempotency key ("" without dedupe)
 

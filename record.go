@@ -1,10 +1,13 @@
 package webhookguard
 
 import (
+	"cmp"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
+	"github.com/webhookguard/webhookguard/internal/payload"
 	"go.uber.org/zap"
 )
 
@@ -17,7 +20,7 @@ import (
 // metrics, its delivery log line and the in-memory history.
 func (d *delivery) record(it *item, result outcome, status int, took time.Duration, extra ...zap.Field) {
 	it.result, it.status = result, status
-	event := d.event
+	event := d.eventName()
 	if d.batch != nil {
 		event = d.batch.Event
 		d.h.countBatchItem(result)
@@ -38,6 +41,16 @@ func (d *delivery) record(it *item, result outcome, status int, took time.Durati
 			al.failed(false, "the app answered "+strconv.Itoa(status), map[string]any{"status": status})
 		}
 	}
+}
+
+// eventName is the event a single delivery is logged and shown as: its
+// X-Webhook-Event, else the names its body gives (a raw Meta payload's
+// fields), worked out once.
+func (d *delivery) eventName() string {
+	if d.event == "" && d.names == "" && d.batch == nil {
+		d.names = strings.Join(payload.EventNames("", d.body.bytes()), ",")
+	}
+	return cmp.Or(d.event, d.names)
 }
 
 // logRejection records why a request was refused. Only the reason, the

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -56,46 +58,43 @@ func markTestEvent(r *http.Request) {
 }
 
 // testSample is the delivery a test sends to h: a Kapso v2 message, a
-// raw Meta message, or the second platform's message.incoming (for hmac
-// and Standard Webhooks handlers), of an event the handler's filter
-// takes when it takes any of the sample's.
+// raw Meta message, or the second platform's message.incoming, in the
+// format the handler's scheme suggests (the second platform's for hmac
+// and Standard Webhooks), of an event its filter takes: the first
+// sample of that format it takes, else of another, else the first.
 func testSample(h *Handler, now time.Time) (event string, body []byte, hdr http.Header) {
 	scheme := schemeKapso
 	if len(h.Verify) > 0 {
 		scheme = h.Verify[0].Scheme
 	}
-	hdr = http.Header{"Content-Type": {"application/json"}, "User-Agent": {"webhookguard-test-event"}}
+	kapso := []string{"whatsapp.message.received", "whatsapp.message.delivered", "whatsapp.conversation.created", "whatsapp.phone_number.created"}
+	candidates := append(append([]string{}, kapso...), platformEvents...)
 	switch scheme {
 	case schemeMeta:
-		event, body = "messages", metaSample("message", now)
+		candidates = []string{"messages"}
 	case schemeHMAC, schemeStandard:
-		event = pickEvent(h, platformEvents)
+		candidates = append(append([]string{}, platformEvents...), kapso...)
+	}
+	event = candidates[0]
+	if i := slices.IndexFunc(candidates, func(c string) bool { return h.subscribed([]string{c}) }); i >= 0 {
+		event = candidates[i]
+	}
+	hdr = http.Header{"Content-Type": {"application/json"}, "User-Agent": {"webhookguard-test-event"}}
+	switch {
+	case scheme == schemeMeta:
+		body = metaSample("message", now)
+	case slices.Contains(platformEvents, event):
 		body = platformSample(event, now)
 	default:
-		event = pickEvent(h, []string{"whatsapp.message.received", "whatsapp.message.delivered",
-			"whatsapp.conversation.created", "whatsapp.phone_number.created"})
 		body = kapsoSample(event, now)
 		hdr.Set(headerEvent, event)
 		hdr.Set("X-Webhook-Payload-Version", "v2")
 		hdr.Set(headerIdempotencyKey, randomUUID())
 	}
 	if len(h.Verify) > 0 {
-		for k, v := range h.Verify[0].signTest(body, now) {
-			hdr[k] = v
-		}
+		maps.Copy(hdr, h.Verify[0].signTest(body, now))
 	}
 	return event, body, hdr
-}
-
-// pickEvent is the first of candidates the handler's filter takes, else
-// the first.
-func pickEvent(h *Handler, candidates []string) string {
-	for _, c := range candidates {
-		if h.subscribed([]string{c}) {
-			return c
-		}
-	}
-	return candidates[0]
 }
 
 // testTimeout bounds how long a test waits for the route's answer.

@@ -1,6 +1,7 @@
 package webhookguard
 
 import (
+	"cmp"
 	"strconv"
 	"sync"
 	"time"
@@ -176,47 +177,57 @@ type health struct {
 	Message        string     `json:"message"`
 	FailedLastHour int        `json:"failed_last_hour"`
 	LastFailureAt  *time.Time `json:"last_failure_at,omitempty"`
+	LastSuccessAt  *time.Time `json:"last_success_at,omitempty"`
 	LastStatus     int        `json:"last_status,omitempty"`
 	LastError      string     `json:"last_error,omitempty"`
 	Since          *time.Time `json:"since,omitempty"` // unreachable: since when
 	Pending        int        `json:"pending"`
 }
 
-// healthOf says how the app behind a handler is doing, in the time zone
-// loc for the message.
+// healthOf says how the app behind a handler is doing; its message
+// gives times in the zone loc.
 func healthOf(failedLastHour int, app appHealth, pending int, now time.Time, loc *time.Location) health {
-	h := health{State: "healthy", FailedLastHour: failedLastHour, Pending: pending}
+	h := health{State: "healthy", FailedLastHour: failedLastHour, Pending: pending, LastStatus: app.lastStatus, LastError: app.lastError}
 	if !app.lastFailure.IsZero() {
 		at := app.lastFailure
-		h.LastFailureAt, h.LastStatus, h.LastError = &at, app.lastStatus, app.lastError
+		h.LastFailureAt = &at
 	}
-	failingNow := !app.lastFailure.IsZero() && app.lastFailure.After(app.lastSuccess) && now.Sub(app.lastFailure) < time.Hour
+	if !app.lastSuccess.IsZero() {
+		at := app.lastSuccess
+		h.LastSuccessAt = &at
+	}
 	switch {
 	case !app.unreachableSince.IsZero():
 		since := app.unreachableSince
 		h.State, h.Since = "unreachable", &since
-		h.Message = "App unreachable since " + clock(since, loc) + " (" + app.lastError + ")" + pendingText(pending)
-	case failingNow:
+	case !app.lastFailure.IsZero() && app.lastFailure.After(app.lastSuccess) && now.Sub(app.lastFailure) < time.Hour:
 		h.State = "failing"
-		h.Message = "Failing: " + plural(failedLastHour, "failed attempt") + " in the last hour, last at " +
-			clock(app.lastFailure, loc) + ", " + answerText(app) + pendingText(pending)
-	case failedLastHour > 0:
-		h.Message = "No delivery errors since " + clock(app.lastSuccess, loc) + " (" +
-			plural(failedLastHour, "failed attempt") + " in the last hour before that)"
-	default:
-		h.Message = "No recent delivery errors"
 	}
+	h.Message = h.describe(loc)
 	return h
 }
 
-func answerText(app appHealth) string {
-	if app.lastStatus > 0 {
-		return "the app answered " + strconv.Itoa(app.lastStatus)
+// describe is the status line, with times in the zone loc: the API's
+// message in the server's, the CLI's in the operator's.
+func (h health) describe(loc *time.Location) string {
+	switch {
+	case h.State == "unreachable" && h.Since != nil:
+		return "App unreachable since " + clock(*h.Since, loc) + " (" + cmp.Or(h.LastError, "no answer") + ")" + pendingText(h.Pending)
+	case h.State == "failing" && h.LastFailureAt != nil:
+		return "Failing: " + plural(h.FailedLastHour, "failed attempt") + " in the last hour, last at " +
+			clock(*h.LastFailureAt, loc) + ", " + answerText(h.LastStatus, h.LastError) + pendingText(h.Pending)
+	case h.FailedLastHour > 0 && h.LastSuccessAt != nil:
+		return "No delivery errors since " + clock(*h.LastSuccessAt, loc) + " (" +
+			plural(h.FailedLastHour, "failed attempt") + " in the last hour before that)"
 	}
-	if app.lastError != "" {
-		return app.lastError
+	return "No recent delivery errors"
+}
+
+func answerText(status int, errText string) string {
+	if status > 0 {
+		return "the app answered " + strconv.Itoa(status)
 	}
-	return "no answer"
+	return cmp.Or(errText, "no answer")
 }
 
 func pendingText(pending int) string {
