@@ -3,6 +3,7 @@ package webhookguard
 import (
 	"fmt"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -224,4 +225,65 @@ func waitForLong(t *testing.T, limit time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %s", limit)
 		}
 	}
+}
+
+// TestRedisInboxSearchAndReplayByFilter guards search and replay by
+// filter on a Redis inbox, through a real Caddy: an event is found by a
+// message id in its body (read from Redis a page at a time) and by its
+// conversation, a replay by filter delivers only the dead events of the
+// conversation it names, and status=failed makes a failed event that
+// waits an hour for its retry due now.
+func TestRedisInboxSearchAndReplayByFilter(t *testing.T) {
+	rs := startRedis(t)
+	ta := newTally()
+	up := newUpstream(t)
+	app := &recovering{failWith: http.StatusInternalServerError}
+	up.setRespond(ta.app(app.decide))
+	site := func(prefix, retry string) string {
+		return fmt.Sprintf(`
+	webhook_guard {
+		name kapso
+		verify kapso %s
+		inbox {
+			to %s
+			redis %s
+			prefix %s
+			retry %s
+		}
+	}`, kapsoSecret, up.Addr(), rs.URL(), prefix, retry)
+	}
+	c := startCaddy(t, site("filter:", "10ms 10ms"))
+	for i := 1; i <= 3; i++ {
+		body, h := conversationEvent(fmt.Sprintf("r%d", i), i)
+		sendQueued(t, c.URL, body, h)
+	}
+	waitFor(t, func() bool { return summaryOf(t, c, "kapso").Dead == 3 })
+	for q, want := range map[string]string{"wamid.r2.002": "conversation:r2", "conversation:r3": "conversation:r3", "wamid.nobody": ""} {
+		found := eventsOf(t, c, "kapso", url.Values{"q": {q}})
+		if (want == "" && len(found) != 0) || (want != "" && (len(found) != 1 || found[0].OrderKey != want)) {
+			t.Errorf("search %q found %+v, want %q", q, found, want)
+		}
+	}
+	app.recover()
+	var r struct{ Replayed int }
+	apiCall(t, "POST", c.AdminURL+"/webhook_guard/inbox/replay?handler=kapso&status=dead&q=conversation:r1", &r)
+	if r.Replayed != 1 {
+		t.Fatalf("replay q=conversation:r1 replayed %d, want 1", r.Replayed)
+	}
+	waitFor(t, func() bool { return ta.delivered(t) == 1 && ta.lastAnswer("wamid.r1.001") == 200 })
+	never(t, 300*time.Millisecond, func() bool { return ta.delivered(t) > 1 }, "a replay by filter delivered an event it does not select")
+
+	app2 := &recovering{failWith: http.StatusInternalServerError}
+	ta2 := newTally()
+	up.setRespond(ta2.app(app2.decide))
+	c2 := startCaddy(t, site("slow:", "1h"))
+	body, h := conversationEvent("slow", 1)
+	sendQueued(t, c2.URL, body, h)
+	waitFor(t, func() bool { return ta2.seen() == 1 })
+	app2.recover()
+	apiCall(t, "POST", c2.AdminURL+"/webhook_guard/inbox/replay?handler=kapso&status=failed", &r)
+	if r.Replayed != 1 {
+		t.Fatalf("status=failed replayed %d, want 1", r.Replayed)
+	}
+	waitFor(t, func() bool { return ta2.delivered(t) == 1 })
 }

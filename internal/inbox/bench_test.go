@@ -99,17 +99,21 @@ func writtenBytes() int64 {
 }
 
 // BenchmarkList measures the history's listing over 100,000 stored
-// events: the newest page, a page from the middle (paging by id), and a
-// filter that matches nothing (the whole file read, the worst case of
-// the page's refresh).
+// events of 1 KB: the newest page, a page from the middle (paging by
+// id), a filter that matches nothing (the whole file read, the worst
+// case of the page's refresh), and a search (q=) for one event by its
+// id and by a message id in its body: a search reads every event within
+// the other filters to fill its page, and its bodies when their
+// metadata does not match.
 func BenchmarkList(b *testing.B) {
 	s := openBenchStore(b)
 	const total, group = 100000, 5000
-	body := make([]byte, 1024)
+	pad := strings.Repeat("x", 1024-64)
 	var middle string
 	for i := 0; i < total; i += group {
 		events := make([]*Event, 0, group)
 		for j := i; j < i+group; j++ {
+			body := fmt.Appendf(nil, `{"message":{"id":"wamid.%08d","text":{"body":"%s"}}}`, j, pad)
 			events = append(events, &Event{ID: fmt.Sprintf("evt_%08d", j), Queue: "q", Name: "whatsapp.message.received",
 				OrderKey: fmt.Sprintf("conv_%d", j%256), Method: "POST", URI: "/", Body: body, ReceivedAt: time.Now()})
 		}
@@ -128,6 +132,8 @@ func BenchmarkList(b *testing.B) {
 		{"newest-50", Query{Queue: "q", Limit: 50}, 50},
 		{"middle-50", Query{Queue: "q", Limit: 50, Before: middle}, 50},
 		{"dead-none", Query{Queue: "q", State: Dead, Limit: 50}, 0},
+		{"search-id", Query{Queue: "q", Text: "evt_00099990", Limit: 50}, 1},
+		{"search-wamid-in-body", Query{Queue: "q", Text: "wamid.00012345", Limit: 50}, 1},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			for b.Loop() {

@@ -109,9 +109,13 @@ func (s *Store) List(q Query) (events []*Event, next string, err error) {
 			c.Seek(seq)
 			k, v = c.Prev()
 		}
+		text, bodies := []byte(q.Text), tx.Bucket(bucketBodies)
 		for read := 0; k != nil; k, v = c.Prev() {
 			if read++; read > scan {
 				return nil
+			}
+			if len(text) > 0 && !bytes.Contains(v, text) && !bytes.Contains(bodies.Get(k), text) {
+				continue // a record holds its id and keys as they are: neither has the text
 			}
 			e := recordView(tx, binary.BigEndian.Uint64(k), v)
 			if e.Queue == "" && q.Queue != "" {
@@ -120,7 +124,7 @@ func (s *Store) List(q Query) (events []*Event, next string, err error) {
 			if (q.Queue != "" && e.Queue != q.Queue) || !q.selects(e) {
 				continue
 			}
-			if q.Text != "" && !q.textIn(e) && !bytes.Contains(tx.Bucket(bucketBodies).Get(k), []byte(q.Text)) {
+			if len(text) > 0 && !q.textIn(e) && !bytes.Contains(bodies.Get(k), text) {
 				continue
 			}
 			if len(events) == limit {
@@ -170,12 +174,16 @@ func (s *Store) ReplayMatching(q Query, now time.Time) (int, error) {
 		n = 0
 		var matches []*Event
 		bodies := tx.Bucket(bucketBodies)
+		text := []byte(q.Text)
 		err := tx.Bucket(bucketEvents).ForEach(func(k, v []byte) error {
+			if len(text) > 0 && !bytes.Contains(v, text) && !bytes.Contains(bodies.Get(k), text) {
+				return nil // as in List: neither its record nor its body has the text
+			}
 			e, err := decodeEvent(v)
 			if err != nil || e.Queue != q.Queue || !q.selects(e) {
 				return nil // a damaged record is not replayable
 			}
-			if q.Text != "" && !q.textIn(e) && !bytes.Contains(bodies.Get(k), []byte(q.Text)) {
+			if len(text) > 0 && !q.textIn(e) && !bytes.Contains(bodies.Get(k), text) {
 				return nil
 			}
 			matches = append(matches, e)
