@@ -64,8 +64,9 @@ func newBrowserSized(t *testing.T, path string, width, height int) context.Conte
 // a real headless Chromium against a real Caddy with a real inbox, the
 // page mounted on a site with webhook_guard_history: the
 // cards count what the store holds, a click on a dead event opens its
-// pretty-printed payload and attempt log, and a click on Replay delivers
-// it to the app again. The screenshot it takes is README's (written to
+// pretty-printed payload and attempt log, Send test event delivers a
+// sample that the table marks as a test, and a click on Replay delivers
+// the dead event to the app again. The screenshot it takes is README's (written to
 // docs/history.png with -update).
 func TestHistoryPageInBrowser(t *testing.T) {
 	browser := chromiumPath(t)
@@ -131,6 +132,13 @@ func TestHistoryPageInBrowser(t *testing.T) {
 		t.Errorf("attempt log: %q", attempts)
 	}
 
+	// Send test event: its delivery shows in the table, marked as a test
+	// (and in the screenshot, with the health line and the chart).
+	do("sending a test event", chromedp.Click(chromedp.CSS(`[data-handler="kapso"] .send-test`)),
+		chromedp.WaitVisible(chromedp.CSS(`#events td.status.delivered [data-tag="test"]`)))
+	waitFor(t, func() bool { return ta.delivered(t) == 4 })
+	do("reopening the dead event", chromedp.Click(chromedp.CSS(row)), chromedp.WaitVisible(chromedp.CSS("#payload")))
+
 	shot, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG; below it, JPEG
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
@@ -151,7 +159,7 @@ func TestHistoryPageInBrowser(t *testing.T) {
 	failing = false
 	mu.Unlock()
 	do("clicking Replay", chromedp.Click(chromedp.CSS("#replay")))
-	waitFor(t, func() bool { return ta.delivered(t) == 4 })
+	waitFor(t, func() bool { return ta.delivered(t) == 5 })
 	do("waiting for the page to show the replay delivered", chromedp.WaitVisible(chromedp.CSS(row+" td.status.delivered")))
 	ta.mu.Lock()
 	defer ta.mu.Unlock()

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -197,5 +198,31 @@ func TestSecondPlatformThroughCaddy(t *testing.T) {
 	if out, ok := runCaddyCmd(t, nil, "webhook", "send", "--sample", "message.sent", "--secret", "s", "--url", url); ok ||
 		!strings.Contains(out, "--sample must be one of message.incoming, message.report, form.submitted") {
 		t.Errorf("an unknown sample: %s", out)
+	}
+}
+
+// TestReadmePlatformRecipeValidates guards README's recipe for the
+// second platform: its Caddyfile, as printed, adapts and provisions in a
+// site (caddy validate), with its secret in the environment.
+func TestReadmePlatformRecipeValidates(t *testing.T) {
+	readme, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, recipe, ok := strings.Cut(string(readme), "### Recipe: the second WhatsApp platform")
+	if ok {
+		_, recipe, ok = strings.Cut(recipe, "```caddyfile\n")
+	}
+	if ok {
+		recipe, _, ok = strings.Cut(recipe, "```")
+	}
+	if !ok || !strings.Contains(recipe, "header X-Webhook-Signature") {
+		t.Fatalf("README has no recipe block for the second platform")
+	}
+	recipe = strings.ReplaceAll(recipe, "localhost:3000", "127.0.0.1:"+fmt.Sprint(freePort(t)))
+	recipe = strings.Replace(recipe, "inbox {", "inbox {\n\t\t\tpath "+filepath.Join(t.TempDir(), "inbox.db"), 1)
+	t.Setenv("PLATFORM_WEBHOOK_SECRET", testPlatformSecret)
+	if out, refused := caddyValidate(t, recipe); refused {
+		t.Fatalf("caddy validate of README's recipe:\n%s\n%s", out, recipe)
 	}
 }
