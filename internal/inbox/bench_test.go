@@ -46,6 +46,50 @@ func BenchmarkAcceptAndDeliver(b *testing.B) {
 	b.ReportMetric(float64(b.N)/float64(max(1, s.commits.Load())), "appends/commit")
 }
 
+// BenchmarkAcceptAndDeliverAfterDrain is BenchmarkAcceptAndDeliver on a
+// file that held a backlog of 100,000 events, delivered and expired: its
+// free pages are what a freelist written with each commit would hold.
+func BenchmarkAcceptAndDeliverAfterDrain(b *testing.B) {
+	s := openBenchStore(b)
+	var delivered atomic.Int64
+	deliver := func(context.Context, *Event, int) Result { delivered.Add(1); return Result{Status: 200} }
+	const backlog = 100000
+	appendBacklog(b, s, backlog)
+	d := NewDispatcher(s, func(err error) { b.Error(err) })
+	d.SetQueues([]Queue{{Name: "q", Concurrency: 16, Timeout: time.Second, Retry: []time.Duration{time.Second}, Deliver: deliver}})
+	d.Start()
+	defer d.Stop(time.Second)
+	for delivered.Load() < backlog {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := s.Expire(time.Now().Add(time.Hour)); err != nil {
+		b.Fatal(err)
+	}
+	delivered.Store(0)
+	written := writtenBytes()
+	appendFromSenders(b, s, d)
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "accepted/s")
+	b.ReportMetric(float64(writtenBytes()-written)/float64(b.N)/1024, "KB-written/event")
+}
+
+// appendBacklog appends n pending events of 1 KB over 256
+// conversations, 5,000 a commit.
+func appendBacklog(b *testing.B, s *Store, n int) {
+	body := make([]byte, 1024)
+	const group = 5000
+	for i := 0; i < n; i += group {
+		events := make([]*Event, 0, group)
+		for j := i; j < min(n, i+group); j++ {
+			events = append(events, &Event{ID: fmt.Sprintf("evt_%08d", j), Queue: "q", OrderKey: fmt.Sprintf("conv_%d", j%256),
+				Method: "POST", URI: "/", Body: body, ReceivedAt: time.Now()})
+		}
+		if err := s.Append(events); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 func openBenchStore(b *testing.B) *Store {
 	s, err := Open(filepath.Join(b.TempDir(), "inbox.db"), time.Second)
 	if err != nil {
@@ -144,4 +188,47 @@ func BenchmarkList(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkOpenLargeFile measures opening a file that holds 200,000
+// pending events of 1 KB (about 500 MB), as Caddy does at start, in the
+// page cache (a warm start): after a crash, when bbolt rebuilds its
+// freelist by walking every page of the file, and after a clean stop,
+// when Close wrote the freelist.
+func BenchmarkOpenLargeFile(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "inbox.db")
+	s, err := Open(path, time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	appendBacklog(b, s, 200000)
+	closeAsCrash(s)
+	for _, bc := range []struct {
+		name  string
+		close func(*Store)
+	}{{"after-crash", closeAsCrash}, {"after-stop", func(s *Store) { _ = s.Close() }}} {
+		b.Run(bc.name, func(b *testing.B) {
+			if s, err := Open(path, time.Second); err == nil {
+				bc.close(s) // leaves the file as this case opens it
+			}
+			for b.Loop() {
+				s, err := Open(path, time.Second)
+				if err != nil {
+					b.Fatal(err)
+				}
+				bc.close(s)
+			}
+		})
+	}
+}
+
+// closeAsCrash closes s as a crash leaves it: without the last commit
+// that writes the freelist.
+func closeAsCrash(s *Store) {
+	s.mu.Lock()
+	s.closed = true
+	close(s.writes)
+	s.mu.Unlock()
+	<-s.writerDone
+	_ = s.db.Close()
 }

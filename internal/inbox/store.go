@@ -161,13 +161,19 @@ type Store struct {
 // lockTimeout, then fails with a *FileError that says so; a damaged file
 // fails with a *FileError that says what to do, never with a panic.
 //
-// Every commit is fsynced, with bbolt's default options: that is what
-// acknowledged means, and no setting or environment changes it.
+// Every commit is fsynced: that is what acknowledged means, and no
+// setting or environment changes it. The freelist is not written with
+// each commit (bbolt's NoFreelistSync): every commit would otherwise
+// rewrite it whole, a page or more of each commit's writes once a
+// drained backlog left free pages. Close writes it once (saveFreelist);
+// after a crash bbolt rebuilds it at open by walking the file's pages
+// (BENCHMARKS.md says what that costs). A crash loses nothing of the
+// data either way.
 func Open(path string, lockTimeout time.Duration) (s *Store, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("inbox: %w", err)
 	}
-	db, err := openFile(path, &bolt.Options{Timeout: lockTimeout})
+	db, err := openFile(path, &bolt.Options{Timeout: lockTimeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		return nil, err
 	}
@@ -257,7 +263,21 @@ func (s *Store) Close() error {
 	}
 	s.mu.Unlock()
 	<-s.writerDone
+	s.saveFreelist()
 	return s.db.Close()
+}
+
+// saveFreelist writes the freelist once, in a last commit, so that the
+// next Open reads it instead of walking the file's pages: after a clean
+// stop a start is quick whatever the file's size; only a start after a
+// crash walks the file (BENCHMARKS.md: seconds for a file of gigabytes).
+// The writer has stopped: nothing else writes now.
+func (s *Store) saveFreelist() {
+	if s.db.IsReadOnly() {
+		return
+	}
+	s.db.NoFreelistSync = false
+	_ = s.commit(func(*bolt.Tx) error { return nil })
 }
 
 // NewID returns a new event id: time-ordered, unique.
