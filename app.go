@@ -10,6 +10,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
 	"github.com/webhookguard/webhookguard/internal/inbox"
 	"go.uber.org/zap"
 )
@@ -31,6 +32,8 @@ type App struct {
 	// orderChecked is set once the first handler checked the routes.
 	orderChecked bool
 	opened       map[string]*inboxRuntime // the inbox files Start took a reference on
+	reached      []testTarget             // where a request reaches each handler, found at Start
+	published    []published              // the targets Start gave Send Test Event, to take back on Stop
 }
 
 // CaddyModule returns the Caddy module information.
@@ -83,7 +86,8 @@ func (a *App) Start() error {
 	if err != nil {
 		return err
 	}
-	if err := checkServers(httpApp.(*caddyhttp.App), true); err != nil {
+	a.reached = nil
+	if err := checkServers(httpApp.(*caddyhttp.App), a.reach); err != nil {
 		return err
 	}
 	if err := a.openInboxes(); err != nil {
@@ -92,7 +96,18 @@ func (a *App) Start() error {
 	for _, al := range a.alerts {
 		al.start()
 	}
+	a.publishTargets()
 	return nil
+}
+
+// reach notes where a request reaches h; an inbox delivers through that
+// server's context.
+func (a *App) reach(h *Handler, at testTarget) {
+	if h.Inbox != nil {
+		h.Inbox.server.Store(at.srv)
+	}
+	at.h = h
+	a.reached = append(a.reached, at)
 }
 
 // openInboxes opens each inbox file (or takes another reference on the
@@ -161,6 +176,7 @@ func (a *App) logStore(rt *inboxRuntime) {
 // Stop lets go of this config's inbox files; the last config to let go of
 // one stops its dispatcher and closes it.
 func (a *App) Stop() error {
+	a.withdrawTargets()
 	for _, al := range a.alerts {
 		al.shutdown()
 	}
@@ -190,13 +206,13 @@ var terminalHandlers = []string{
 // A terminal route with a matcher is not refused (it may well cover
 // other paths); neither is one in a separate route list.
 //
-// It also tells each provisioned handler which server it is in: an inbox
-// delivers through that server's context.
-//
-// And it tells each handler where a request reaches it (the server, and
-// a host and path its routes match), for Send Test Event.
-func checkGuardOrder(routes []routeView, where string, srv *caddyhttp.Server, reach testTarget) error {
+// Once the config is started (found is set), it also reports where a
+// request reaches each provisioned handler: its server, and a host and
+// path its routes match (a prefix that an earlier route of the same
+// list strips, as handle_path does, added back).
+func checkGuardOrder(routes []routeView, where string, reach testTarget, found func(*Handler, testTarget)) error {
 	var terminal string // "<handler> in <route>", once one answers everything
+	strip := ""         // stripped by an earlier route of this list, for those after it
 	for i, r := range routes {
 		at := fmt.Sprintf("%s, route %d", where, i)
 		here := reach
@@ -204,18 +220,21 @@ func checkGuardOrder(routes []routeView, where string, srv *caddyhttp.Server, re
 			here.host = r.host
 		}
 		if r.path != "" {
-			here.path = r.path
+			here.path = strip + r.path
 		}
 		for _, h := range r.handlers {
 			if h.module == guardModule {
 				if terminal != "" {
 					return guardOrderError(h.name, terminal)
 				}
-				if h.guard != nil && srv != nil {
-					h.guard.reachedAt(srv, here)
+				if h.guard != nil && found != nil {
+					found(h.guard, here)
 				}
 			}
-			if err := checkGuardOrder(h.routes, at+" > subroute", srv, here); err != nil {
+			if h.strip != "" && !r.matched {
+				strip = h.strip
+			}
+			if err := checkGuardOrder(h.routes, at+" > subroute", here, found); err != nil {
 				return err
 			}
 			if terminal == "" && !r.matched && h.terminal() {
@@ -244,21 +263,18 @@ func (a *App) checkOrderAtProvision(ctx caddy.Context) error {
 	a.orderChecked = true
 	for _, m := range ctx.Modules() {
 		if httpApp, ok := m.(*caddyhttp.App); ok {
-			return checkServers(httpApp, false)
+			return checkServers(httpApp, nil)
 		}
 	}
 	return nil
 }
 
 // checkServers checks every server's routes in name order; at Start
-// (started) it also hands each inbox its server.
-func checkServers(httpApp *caddyhttp.App, started bool) error {
+// (found set) it also reports where a request reaches each handler.
+func checkServers(httpApp *caddyhttp.App, found func(*Handler, testTarget)) error {
 	for _, name := range slices.Sorted(maps.Keys(httpApp.Servers)) {
 		srv := httpApp.Servers[name]
-		if !started {
-			srv = nil
-		}
-		if err := checkGuardOrder(viewRoutes(httpApp.Servers[name].Routes), "server "+name, srv, testTarget{}); err != nil {
+		if err := checkGuardOrder(viewRoutes(srv.Routes), "server "+name, testTarget{srv: srv}, found); err != nil {
 			return err
 		}
 	}
@@ -280,6 +296,7 @@ type handlerView struct {
 	name   string      // a webhook_guard's name, for messages
 	guard  *Handler    // a provisioned webhook_guard
 	routes []routeView // a subroute's
+	strip  string      // a rewrite's strip_path_prefix
 }
 
 // terminal reports whether h answers every request it gets: a terminal
@@ -323,6 +340,8 @@ func viewHandler(h caddyhttp.MiddlewareHandler) handlerView {
 		v.name, v.guard = h.name, h
 	case *caddyhttp.Subroute:
 		v.routes = viewRoutes(h.Routes)
+	case *rewrite.Rewrite:
+		v.strip = h.StripPathPrefix
 	}
 	return v
 }
@@ -355,7 +374,7 @@ func matchedHostAndPath(set caddyhttp.MatcherSet) (host, path string) {
 			}
 		case *caddyhttp.MatchPath:
 			if len(*m) > 0 {
-				path = strings.ReplaceAll((*m)[0], "*", "")
+				path = strings.ReplaceAll((*m)[0], "*", "test")
 			}
 		}
 	}

@@ -82,6 +82,7 @@ func (d *delivery) forwardSingle(it *item) {
 	if err != nil || status < 200 || status > 299 {
 		result = outcomeUpstreamError
 	}
+	d.observeApp(status, err)
 	d.record(it, result, status, took)
 	d.upstreamErr = err
 }
@@ -104,6 +105,7 @@ func (d *delivery) forwardItem(it *item) bool {
 	})
 	took := time.Since(start)
 	d.h.observeUpstream(took)
+	d.observeApp(a.status, a.err)
 	if !a.ok() {
 		d.record(it, outcomeFailed, a.status, took)
 		d.stopped = true

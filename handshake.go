@@ -19,7 +19,7 @@ func (h *Handler) isHandshake(r *http.Request) bool {
 func (h *Handler) answerHandshake(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	if q.Get("hub.mode") != "subscribe" || !q.Has("hub.challenge") {
-		h.logRejection(r, "", outcomeHandshake+"_refused", "not a subscribe handshake")
+		h.logRejection(r, "", outcomeHandshakeRefused, "not a subscribe handshake")
 		return writeJSONError(w, http.StatusForbidden, "forbidden", "expected hub.mode=subscribe with a hub.challenge")
 	}
 	given := sha256.Sum256([]byte(q.Get("hub.verify_token")))
@@ -28,7 +28,7 @@ func (h *Handler) answerHandshake(w http.ResponseWriter, r *http.Request) error 
 		match |= subtle.ConstantTimeCompare(given[:], tok[:])
 	}
 	if match != 1 {
-		h.logRejection(r, "", outcomeHandshake+"_refused", "verify token does not match")
+		h.logRejection(r, "", outcomeHandshakeRefused, "verify token does not match")
 		return writeJSONError(w, http.StatusForbidden, "forbidden", "hub.verify_token does not match")
 	}
 	h.countRequest(outcomeHandshake)

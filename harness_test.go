@@ -261,6 +261,14 @@ func (c *caddyInstance) restart(site string) {
 // does.
 func (c *caddyInstance) reload(site string) {
 	c.t.Helper()
+	if status, answer := c.tryReload(site); status != http.StatusOK {
+		c.t.Fatalf("reload: %d %s", status, answer)
+	}
+}
+
+// tryReload loads site through the admin API and returns its answer.
+func (c *caddyInstance) tryReload(site string) (int, string) {
+	c.t.Helper()
 	cfg := siteCaddyfile(c.admin, c.port, site)
 	req, _ := http.NewRequest(http.MethodPost, c.AdminURL+"/load", strings.NewReader(cfg))
 	req.Header.Set("Content-Type", "text/caddyfile")
@@ -269,10 +277,8 @@ func (c *caddyInstance) reload(site string) {
 		c.t.Fatalf("reload: %v", err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(resp.Body)
-		c.t.Fatalf("reload: %d %s", resp.StatusCode, b)
-	}
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
 }
 
 // Logs returns everything the process wrote so far.

@@ -1,7 +1,6 @@
 package webhookguard
 
 import (
-	"cmp"
 	_ "embed"
 	"encoding/base64"
 	"encoding/json"
@@ -12,8 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -98,41 +95,6 @@ type attemptView struct {
 	DurationMS float64 `json:"duration_ms"`
 	Error      string  `json:"error,omitempty"`
 	Response   string  `json:"response"` // the start (1 KB) of the app's answer
-}
-
-// handlerSummary is one handler's cards: Total is the sum of the
-// outcomes (Pending … Deferred), each counted once. For an inbox the
-// stored states come from the store; what never became an event
-// (duplicates, ignored, refused, deferred) is counted in memory since
-// CountedSince. A handler without an inbox counts its in-memory history.
-type handlerSummary struct {
-	Handler string `json:"handler"`
-	Inbox   bool   `json:"inbox"`
-	// Served: a handler of the running config delivers this queue. An
-	// inbox queue that is not served was left by a handler that was
-	// renamed or removed; Orphaned when events of it are still pending.
-	Served    bool   `json:"served"`
-	Orphaned  bool   `json:"orphaned,omitempty"`
-	Error     string `json:"error,omitempty"`
-	Total     int    `json:"total"`
-	Pending   int    `json:"pending"`
-	Delivered int    `json:"delivered"`
-	Dead      int    `json:"dead"`
-	Damaged   int    `json:"damaged"`
-	Failed    int    `json:"failed"`
-	Duplicate int    `json:"duplicate"`
-	Ignored   int    `json:"ignored"`
-	// Refused: unsigned, too large or malformed requests. A handler
-	// without an inbox remembers the last 100 of them, apart from its
-	// deliveries.
-	Refused int `json:"refused"`
-	// Deferred: requests answered "retry later" (an identical delivery
-	// in flight, a store down); the sender sends them again.
-	Deferred       int       `json:"deferred"`
-	CountedSince   time.Time `json:"counted_since"` // since when Duplicate … Deferred and the timeline count
-	OldestPendingS float64   `json:"oldest_pending_seconds"`
-	SuccessRate    *float64  `json:"success_rate"` // delivered over delivered and dead (or failed); null before any
-	Health         *health   `json:"health,omitempty"`
 }
 
 func viewOf(e *inbox.Event) eventView {
@@ -260,136 +222,15 @@ func ownOrigin(r *http.Request) string {
 	return scheme + "://" + r.Host
 }
 
-// storedQueue is one queue of an open inbox store, as the history and
-// the metrics see it: served by a handler of the running config, or left
-// over from a handler that was renamed or removed (orphaned when events
-// of it are still pending).
-type storedQueue struct {
-	name   string
-	rt     *inboxRuntime
-	served bool
-	counts map[inbox.State]int
-	err    error // the store could not be read
-}
-
-// oldestPending is the age of the queue's oldest pending event; zero
-// when none is pending.
-func (q storedQueue) oldestPending() time.Duration {
-	if q.counts[inbox.Pending] == 0 {
-		return 0
-	}
-	if at, ok, err := q.rt.store.OldestPending(q.name); err == nil && ok {
-		return time.Since(at)
-	}
-	return 0
-}
-
-// storedQueues lists every queue of the open inbox stores, by name: the
-// ones the running config serves, and any other the store holds events
-// of.
-func storedQueues() []storedQueue {
-	var out []storedQueue
-	for _, rt := range openRuntimes() {
-		counts, err := rt.store.Counts()
-		served := map[string]bool{}
-		for _, q := range rt.currentQueues() {
-			served[q.Name] = true
-			out = append(out, storedQueue{name: q.Name, rt: rt, served: true, counts: counts[q.Name], err: err})
-		}
-		for name, c := range counts {
-			if !served[name] {
-				out = append(out, storedQueue{name: name, rt: rt, counts: c})
-			}
-		}
-	}
-	slices.SortFunc(out, func(a, b storedQueue) int { return strings.Compare(a.name, b.name) })
-	return out
-}
-
-// findQueue is the stored queue named name, served or not.
-func findQueue(name string) (storedQueue, bool) {
-	for _, q := range storedQueues() {
-		if q.name == name {
-			return q, true
-		}
-	}
-	return storedQueue{}, false
-}
-
-func summaries() []handlerSummary {
-	out := []handlerSummary{}
-	seen := map[string]bool{}
-	now := time.Now()
-	for _, q := range storedQueues() {
-		c := q.counts
-		s := handlerSummary{Handler: q.name, Inbox: true, Served: q.served, Pending: c[inbox.Pending],
-			Delivered: c[inbox.Delivered], Dead: c[inbox.Dead], Damaged: c[inbox.Damaged]}
-		s.Orphaned = !q.served && s.Pending > 0
-		s.OldestPendingS = q.oldestPending().Seconds()
-		s.SuccessRate = rate(s.Delivered, s.Dead)
-		if q.err != nil {
-			s.Error = "the inbox could not be read"
-		}
-		if rh := recentHandlerNamed(q.name); rh != nil {
-			s.addTally(rh.tally, now)
-		}
-		s.Total = s.Pending + s.Delivered + s.Dead + s.Damaged + s.Duplicate + s.Ignored + s.Refused + s.Deferred
-		out = append(out, s)
-		seen[q.name] = true
-	}
-	for _, rh := range recentHandlers() {
-		if seen[rh.name] {
-			continue
-		}
-		s := handlerSummary{Handler: rh.name, Served: true}
-		var c classCounts
-		for _, d := range rh.snapshot() {
-			c[classOfStatus(d.Status)]++
-		}
-		s.Delivered, s.Failed, s.Duplicate, s.Ignored = c[classDelivered], c[classFailed], c[classDuplicate], c[classIgnored]
-		s.Refused, s.Deferred = c[classRefused], c[classDeferred]
-		s.Total = s.Delivered + s.Failed + s.Duplicate + s.Ignored + s.Refused + s.Deferred
-		s.SuccessRate = rate(s.Delivered, s.Failed)
-		since, _, failed, app := rh.tally.snapshot(now)
-		hl := healthOf(failed, app, 0, now, time.Local)
-		s.CountedSince, s.Health = since, &hl
-		out = append(out, s)
-	}
-	slices.SortFunc(out, func(a, b handlerSummary) int { return strings.Compare(a.Handler, b.Handler) })
-	return out
-}
-
-// addTally adds to an inbox's summary what its handler counted in
-// memory: what never became an event, and the app's health.
-func (s *handlerSummary) addTally(t *handlerTally, now time.Time) {
-	since, totals, failed, app := t.snapshot(now)
-	s.Duplicate, s.Ignored, s.Refused, s.Deferred = totals[classDuplicate], totals[classIgnored], totals[classRefused], totals[classDeferred]
-	hl := healthOf(failed, app, s.Pending, now, time.Local)
-	s.CountedSince, s.Health = since, &hl
-}
-
-// classOfStatus is the class of a status of the in-memory history.
-func classOfStatus(status string) outcomeClass {
-	switch status {
-	case "delivered":
-		return classDelivered
-	case "failed":
-		return classFailed
-	}
-	return classOf(outcome(status), 0)
-}
-
-func rate(ok, bad int) *float64 {
-	if ok+bad == 0 {
-		return nil
-	}
-	r := float64(ok) / float64(ok+bad)
-	return &r
-}
-
 // inboxStates are the statuses an inbox's events list by; failed is the
 // pending events that failed at least one attempt and wait for the next.
 var inboxStates = []string{string(inbox.Pending), "failed", string(inbox.Delivered), string(inbox.Dead), string(inbox.Damaged)}
+
+// unstoredStates are the statuses of what an inbox handler never
+// stores (the app was not called), which it remembers in memory.
+var unstoredStates = []string{string(outcomeDuplicate), string(outcomeIgnored), string(outcomeInvalidSignature),
+	string(outcomeTooLarge), string(outcomeBadRequest), string(outcomeHandshakeRefused), string(outcomeInFlight),
+	string(outcomeStoreUnavailable)}
 
 // listParams are the parameters of the events list; replay by filter
 // takes the same but limit and before.
@@ -472,9 +313,14 @@ func listEvents(w http.ResponseWriter, q url.Values) error {
 		limit = n
 	}
 	before := q.Get("before")
-	if queue, ok := findQueue(f.handler); ok {
+	queue, stored := findQueue(f.handler)
+	if stored && slices.Contains(unstoredStates, f.status) {
+		stored = false // what its handler did not store, it remembers in memory
+	}
+	if stored {
 		if f.status != "" && !slices.Contains(inboxStates, f.status) {
-			return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be one of "+strings.Join(inboxStates, ", "))
+			return writeJSONError(w, http.StatusBadRequest, "bad_request", "status must be one of "+
+				strings.Join(slices.Concat(inboxStates, unstoredStates), ", "))
 		}
 		sq := f.query()
 		sq.Limit, sq.Before = limit, before
@@ -727,8 +573,14 @@ func moveQueue(w http.ResponseWriter, q url.Values) error {
 // filter selects, or makes the failed ones waiting for a retry
 // (status=failed) due now, and says how many.
 func replayMatching(w http.ResponseWriter, q url.Values) error {
-	dryRun := q.Get("dry_run") == "1"
-	q.Del("dry_run")
+	dryRun := false
+	if v, ok := q["dry_run"]; ok {
+		var err error
+		if dryRun, err = strconv.ParseBool(v[0]); err != nil || len(v) > 1 {
+			return writeJSONError(w, http.StatusBadRequest, "bad_request", "dry_run must be true or false (1 or 0)")
+		}
+		q.Del("dry_run")
+	}
 	f, bad := filterOf(q, []string{"handler", "status", "event", "q", "since", "until"})
 	if bad != "" {
 		return writeJSONError(w, http.StatusBadRequest, "bad_request", bad)
@@ -752,9 +604,13 @@ func replayMatching(w http.ResponseWriter, q url.Values) error {
 		if err != nil {
 			return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the inbox could not be read")
 		}
-		return writeJSON(w, http.StatusOK, map[string]any{"status": "dry_run", "matched": n})
+		return writeJSON(w, http.StatusOK, map[string]any{"status": "dry_run", "matched": n, "as_of": time.Now()})
 	}
-	n, err := queue.rt.store.ReplayMatching(f.query(), time.Now())
+	var n int
+	err := queue.rt.dispatcher.Quiet(func(busy func(string, string, uint64) bool) (err error) {
+		n, err = queue.rt.store.ReplayMatching(f.query(), time.Now(), busy)
+		return err
+	})
 	if err != nil {
 		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the replay could not be stored")
 	}
@@ -781,147 +637,6 @@ func countMatching(store inbox.Backend, q inbox.Query) (int, error) {
 	}
 }
 
-// openRuntimes are the open inbox stores (the inboxes pool's), for the
-// history and the metrics.
-func openRuntimes() []*inboxRuntime {
-	var out []*inboxRuntime
-	inboxes.Range(func(_, v any) bool {
-		out = append(out, v.(*inboxRuntime))
-		return true
-	})
-	return out
-}
-
-// recentHandler is what a handler without an inbox remembers of its
-// last deliveries: no body, no headers. Refusals (unsigned or malformed
-// requests, which need no secret to send) have a smaller ring of their
-// own, so that nobody without a secret can push what verified senders
-// did out of the history.
-type recentHandler struct {
-	name       string
-	tally      *handlerTally              // outcomes per minute and the app's health, for every handler
-	target     atomic.Pointer[testTarget] // where Send Test Event reaches the newest handler of this name
-	mu         sync.Mutex
-	deliveries ring // the last recentPerHandler verified deliveries
-	refusals   ring // the last recentRefusals refused requests
-	seq        uint64
-}
-
-// ring keeps the last size views, oldest overwritten first.
-type ring struct {
-	views []eventView
-	next  int
-}
-
-func (g *ring) add(v eventView, size int) {
-	if len(g.views) < size {
-		g.views = append(g.views, v)
-		return
-	}
-	g.views[g.next] = v
-	g.next = (g.next + 1) % size
-}
-
-func (rh *recentHandler) add(v eventView, refused bool) {
-	rh.mu.Lock()
-	defer rh.mu.Unlock()
-	rh.seq++
-	v.ID = "req_" + strconv.FormatInt(v.ReceivedAt.UnixNano(), 36) + "_" + strconv.FormatUint(rh.seq, 36)
-	v.seq = rh.seq
-	if refused {
-		rh.refusals.add(v, recentRefusals)
-	} else {
-		rh.deliveries.add(v, recentPerHandler)
-	}
-}
-
-// snapshot returns the deliveries and refusals newest first.
-func (rh *recentHandler) snapshot() []eventView {
-	rh.mu.Lock()
-	out := make([]eventView, 0, len(rh.deliveries.views)+len(rh.refusals.views))
-	out = append(append(out, rh.deliveries.views...), rh.refusals.views...)
-	rh.mu.Unlock()
-	slices.SortFunc(out, func(a, b eventView) int { return cmp.Compare(b.seq, a.seq) })
-	return out
-}
-
-func (rh *recentHandler) page(f eventFilter, before string, limit int) ([]eventView, string, bool) {
-	all := rh.snapshot()
-	start := 0
-	if before != "" {
-		i := slices.IndexFunc(all, func(v eventView) bool { return v.ID == before })
-		if i < 0 {
-			return nil, "", false
-		}
-		start = i + 1
-	}
-	out := []eventView{}
-	for _, v := range all[start:] {
-		if !f.selects(v) {
-			continue
-		}
-		if len(out) == limit {
-			return out, out[len(out)-1].ID, true
-		}
-		out = append(out, v)
-	}
-	return out, "", true
-}
-
-// recent holds the in-memory histories by handler name: a handler takes
-// a reference when provisioned and lets go on Cleanup, so that a reload's
-// new handler of the same name keeps the history.
-var recent = caddy.NewUsagePool()
-
-func acquireRecent(name string) *recentHandler {
-	v, _ := recent.LoadOrStore(name, &recentHandler{name: name, tally: newHandlerTally(time.Now())})
-	return v.(*recentHandler)
-}
-
-// Destruct lets a history go once no handler of its name is left.
-func (rh *recentHandler) Destruct() error { return nil }
-
-// recentHandlers are the in-memory histories of the handlers loaded now.
-func recentHandlers() []*recentHandler {
-	var out []*recentHandler
-	recent.Range(func(_, v any) bool {
-		out = append(out, v.(*recentHandler))
-		return true
-	})
-	return out
-}
-
-func recentHandlerNamed(name string) *recentHandler {
-	var found *recentHandler
-	recent.Range(func(k, v any) bool {
-		if k == name {
-			found = v.(*recentHandler)
-		}
-		return found == nil
-	})
-	return found
-}
-
-// findRecent finds a delivery of a handler without an inbox by its id.
-func findRecent(id string) (eventView, bool) {
-	if !strings.HasPrefix(id, "req_") {
-		return eventView{}, false
-	}
-	for _, rh := range recentHandlers() {
-		for _, v := range rh.snapshot() {
-			if v.ID == id {
-				return v, true
-			}
-		}
-	}
-	return eventView{}, false
-}
-
-// memoryStates are the statuses a handler without an inbox records.
-var memoryStates = []string{"delivered", "failed", string(outcomeDuplicate), string(outcomeIgnored),
-	string(outcomeInvalidSignature), string(outcomeTooLarge), string(outcomeBadRequest), string(outcomeHandshake),
-	string(outcomeInFlight), string(outcomeStoreUnavailable)}
-
 //go:embed page/index.html
 var historyPage []byte
 
@@ -937,46 +652,4 @@ func servePage(w http.ResponseWriter) error {
 	h.Set("X-Content-Type-Options", "nosniff")
 	_, err := w.Write(historyPage)
 	return err
-}
-
-// redactHeaders is the forwarded headers as the history shows them:
-// signature headers are never stored, and credentials a sender put in
-// other headers (basic auth on the webhook URL, a token) are kept for
-// delivery but not shown. The rule errs towards hiding: a header is shown
-// only when its name contains none of credentialWords and none of its
-// values looks like a credential.
-func redactHeaders(hdr http.Header) http.Header {
-	out := make(http.Header, len(hdr))
-	for name, values := range hdr {
-		if isCredentialHeader(name) || slices.ContainsFunc(values, looksLikeCredential) {
-			out[name] = []string{"[redacted]"}
-			continue
-		}
-		out[name] = values
-	}
-	return out
-}
-
-// credentialWords hide a header whose name contains one of them, in any
-// case (README, History, lists them).
-var credentialWords = []string{"auth", "key", "token", "secret", "signature", "sig", "password", "passwd", "pwd",
-	"pass", "session", "cookie", "credential", "private", "jwt", "bearer", "csrf", "xsrf", "nonce"}
-
-func isCredentialHeader(name string) bool {
-	lower := strings.ToLower(name)
-	return slices.ContainsFunc(credentialWords, func(w string) bool { return strings.Contains(lower, w) })
-}
-
-// credentialSchemes start a value that carries a credential, whatever
-// the header's name (an Authorization-style value under another name).
-var credentialSchemes = []string{"bearer ", "basic ", "digest ", "token ", "negotiate ", "hmac ", "aws4-hmac-"}
-
-// looksLikeCredential reports whether a header value carries a
-// credential: an authorization scheme followed by its secret, or a JWT.
-func looksLikeCredential(v string) bool {
-	lower := strings.ToLower(strings.TrimSpace(v))
-	if slices.ContainsFunc(credentialSchemes, func(s string) bool { return strings.HasPrefix(lower, s) }) {
-		return true
-	}
-	return strings.HasPrefix(lower, "eyj") && strings.Count(v, ".") == 2
 }

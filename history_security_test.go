@@ -296,8 +296,8 @@ func TestHistoryRedactsCredentials(t *testing.T) {
 // TestHistoryKeepsRefusalsApart guards point 3's memory history and
 // status rules: 1,001 unsigned requests (which need no secret) leave a
 // handler's verified deliveries in its history, the refusals keep to
-// their own ring of 100, and an unknown status is 400 for a handler
-// without an inbox as for one with.
+// their own ring of 100 (while the summary counts all 1,001), and an
+// unknown status is 400 for a handler without an inbox as for one with.
 func TestHistoryKeepsRefusalsApart(t *testing.T) {
 	up := newUpstream(t)
 	c := startCaddy(t, historySite(t.TempDir(), up.Addr(), ""))
@@ -329,10 +329,14 @@ func TestHistoryKeepsRefusalsApart(t *testing.T) {
 	if len(l.Events) != 3 {
 		t.Fatalf("%d verified deliveries left in the history after 1,001 refusals, want 3", len(l.Events))
 	}
+	apiCall(t, http.MethodGet, c.AdminURL+"/webhook_guard/inbox/events?handler=plain&status=invalid_signature&limit=500", &l)
+	if len(l.Events) != recentRefusals {
+		t.Fatalf("%d refusals kept in the history, want the last %d", len(l.Events), recentRefusals)
+	}
 	var s struct{ Handlers []handlerSummary }
 	apiCall(t, http.MethodGet, c.AdminURL+"/webhook_guard/inbox", &s)
 	for _, hs := range s.Handlers {
-		if hs.Handler == "plain" && (hs.Refused != recentRefusals || hs.Delivered != 3) {
+		if hs.Handler == "plain" && (hs.Refused != 1001 || hs.Delivered != 3 || hs.Total != 1004) {
 			t.Fatalf("summary of plain: %+v", hs)
 		}
 	}

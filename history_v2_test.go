@@ -139,6 +139,12 @@ func TestHistoryCardsAddUp(t *testing.T) {
 			}
 		}
 	}
+	for status, n := range map[string]int{"invalid_signature": 2, "duplicate": 1, "ignored": 1} {
+		rows := eventsOf(t, c, "kapso", url.Values{"status": {status}})
+		if len(rows) != n || rows[0].AppCalled || rows[0].Attempts != 0 {
+			t.Errorf("kapso (inbox) rows of %s: %+v; want %d, app not called", status, rows, n)
+		}
+	}
 	for _, e := range eventsOf(t, c, "plain", nil) {
 		called := e.Status == "delivered" || e.Status == "failed"
 		if e.AppCalled != called || (!called && (e.Attempts != 0 || e.LastStatus != 0)) {
@@ -270,6 +276,10 @@ func TestHealthLineFollowsTheApp(t *testing.T) {
 		t.Errorf("unreachable: %+v", hl)
 	}
 	pageSays("unreachable", "App unreachable since")
+	post(t, c.URL+"/plain", body, h) // the handler without an inbox, forwarding to the same dead app
+	if s := summaryOf(t, c, "plain"); s.Health == nil || s.Health.State != "unreachable" || !strings.Contains(s.Health.Message, "connection refused") {
+		t.Errorf("plain, its app down: %+v", s.Health)
+	}
 	out, ok := runCaddyCmd(t, nil, "webhook", "inbox", "--address", address, "--handler", "kapso")
 	if !ok || !regexpMatch(`(?m)^kapso: App unreachable since \d\d:\d\d [A-Z+\-0-9]+ \(`, out) ||
 		!regexpMatch(`(?m)^evt_\S+\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [A-Z+\-0-9]+\s`, out) {
@@ -431,8 +441,13 @@ func TestReplayByFilter(t *testing.T) {
 	if n, _ := replay(url.Values{"since": {"1h"}, "until": {"2000-01-01T00:00:00Z"}}); n != 0 {
 		t.Fatalf("an empty window replayed %d", n)
 	}
-	if n, _ := replay(url.Values{"event": {"whatsapp.message.sent"}, "dry_run": {"1"}}); n != 1 {
-		t.Fatalf("dry run of event=whatsapp.message.sent matched %d, want 1", n)
+	for _, dry := range []string{"1", "true"} {
+		if n, body := replay(url.Values{"event": {"whatsapp.message.sent"}, "dry_run": {dry}}); n != 1 || !strings.Contains(body, `"dry_run"`) {
+			t.Fatalf("dry_run=%s of event=whatsapp.message.sent: %s, want 1 matched", dry, body)
+		}
+	}
+	if status, body := apiCall(t, "POST", c.AdminURL+"/webhook_guard/inbox/replay?handler=kapso&dry_run=yes-please", nil); status != 400 {
+		t.Fatalf("dry_run=yes-please answered %d %s; want 400, not a replay", status, body)
 	}
 	if ta.delivered(t) != 0 {
 		t.Fatal("a dry run delivered something")
@@ -470,6 +485,8 @@ func TestReplayByFilter(t *testing.T) {
 		t.Fatalf("status=failed replayed %d, want 1", r.Replayed)
 	}
 	waitFor(t, func() bool { return ta2.delivered(t) == 1 })
+	never(t, 300*time.Millisecond, func() bool { return ta2.seen() != 1 || ta2.answers("wamid.slow.001") != 2 },
+		"the retried event reached the app again")
 }
 
 // seen counts the message ids the app was sent.
@@ -477,6 +494,13 @@ func (ta *tally) seen() int {
 	ta.mu.Lock()
 	defer ta.mu.Unlock()
 	return len(ta.answered)
+}
+
+// answers is how many times the app was sent id.
+func (ta *tally) answers(id string) int {
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	return len(ta.answered[id])
 }
 
 // lastAnswer is what the app last answered for id (0: never sent).

@@ -2,6 +2,7 @@ package webhookguard
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -540,7 +541,7 @@ func (in *Inbox) observeAttempt(e *inbox.Event, attempt int, res inbox.Result) {
 	if dead {
 		logged = outcomeDead
 	}
-	in.h.logDelivery(e.Header.Get(headerEvent), e.Header.Get(headerIdempotencyKey), e.Header.Get(headerVerified),
+	in.h.logDelivery(cmp.Or(e.Name, e.Header.Get(headerEvent)), e.Header.Get(headerIdempotencyKey), e.Header.Get(headerVerified),
 		logged, res.Status, res.Took, e.Header.Get(headerTest) != "", fields...)
 	errText := ""
 	if res.Err != nil {

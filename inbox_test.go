@@ -496,28 +496,21 @@ func TestInboxFailedReloadKeepsDelivering(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "zz"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	broken := siteCaddyfile(c.admin, c.port, `
+	broken := `
 	handle /other {
 		webhook_guard {
 			name other
-			verify kapso `+kapsoSecret+`
+			verify kapso ` + kapsoSecret + `
 			inbox {
-				to `+elsewhere+`
-				path `+filepath.Join(dir, "zz", "inbox.db")+`
+				to ` + elsewhere + `
+				path ` + filepath.Join(dir, "zz", "inbox.db") + `
 			}
 		}
 	}
 	handle {
-		`+inboxSite(dir, elsewhere, "")+`
-	}`)
-	req, _ := http.NewRequest(http.MethodPost, c.AdminURL+"/load", strings.NewReader(broken))
-	req.Header.Set("Content-Type", "text/caddyfile")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
+		` + inboxSite(dir, elsewhere, "") + `
+	}`
+	if status, _ := c.tryReload(broken); status == http.StatusOK {
 		t.Fatal("the broken config loaded")
 	}
 	for n := range 5 {

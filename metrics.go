@@ -28,6 +28,7 @@ const (
 	outcomeBadRequest       outcome = "bad_request"
 	outcomeUpstreamError    outcome = "upstream_error"
 	outcomeHandshake        outcome = "handshake"
+	outcomeHandshakeRefused outcome = "handshake_refused"
 	outcomeInFlight         outcome = "in_flight"
 	outcomeStoreUnavailable outcome = "store_unavailable"
 )

@@ -31,7 +31,7 @@ import (
 // ServeHTTP runs the pipeline, stage after stage.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	stripGatewayHeaders(r.Header)
-	markTestEvent(r)
+	h.markTestEvent(r)
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	event := r.Header.Get(headerEvent)
 	repl.Set("http.webhook.event", event)
@@ -180,16 +180,20 @@ func (d *delivery) sink() sink {
 // rest, the request's own claim included unless every item went; it runs
 // once, also after a panic of the rest of the route.
 func (d *delivery) settle() {
-	if d.settled || d.h.Dedupe == nil {
+	if d.settled {
 		return
 	}
 	d.settled = true
 	if it := d.inFlight; it != nil && it.result == "" {
 		// reverse_proxy aborts a response that broke after its headers
-		// by panicking: a 2xx already received means the upstream took it.
+		// by panicking: a 2xx already received means the upstream took
+		// it, and it is recorded so.
 		if status := d.rec.Status(); status >= 200 && status < 300 {
-			it.result = outcomeForwarded
+			d.record(it, outcomeForwarded, status, 0)
 		}
+	}
+	if d.h.Dedupe == nil {
+		return
 	}
 	for i := range d.items {
 		if it := &d.items[i]; it.result == outcomeForwarded {

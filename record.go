@@ -2,11 +2,13 @@ package webhookguard
 
 import (
 	"cmp"
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/webhookguard/webhookguard/internal/payload"
 	"go.uber.org/zap"
 )
@@ -29,10 +31,6 @@ func (d *delivery) record(it *item, result outcome, status int, took time.Durati
 		d.h.countRequest(result)
 	}
 	d.h.logDelivery(event, it.key, d.scheme, result, status, took, isTest(d.r), extra...)
-	switch class := classOf(result, status); class {
-	case classDelivered, classFailed:
-		d.h.recent.tally.attempted(d.h.now(), class == classDelivered, status, "", false)
-	}
 	if al := d.h.Alert; al != nil {
 		switch result {
 		case outcomeForwarded:
@@ -41,6 +39,18 @@ func (d *delivery) record(it *item, result outcome, status int, took time.Durati
 			al.failed(false, "the app answered "+strconv.Itoa(status), map[string]any{"status": status})
 		}
 	}
+}
+
+// observeApp tells the handler's health what a forward found: the app
+// took it, answered something else, or could not be reached at all
+// (reverse_proxy wraps every dial failure in a DialError).
+func (d *delivery) observeApp(status int, err error) {
+	ok, text := err == nil && status >= 200 && status < 300, ""
+	_, unreachable := errors.AsType[reverseproxy.DialError](err)
+	if err != nil {
+		text = describeAttemptError(err, 0).Error()
+	}
+	d.h.recent.tally.attempted(d.h.now(), ok, status, text, unreachable)
 }
 
 // eventName is the event a single delivery is logged and shown as: its
@@ -106,10 +116,11 @@ func historyStatus(result outcome, status int) string {
 	return string(result)
 }
 
-// remember counts an outcome in the handler's timeline and, for a
-// handler without an inbox (which has its store instead), adds it to the
-// in-memory history. An item the app was never called for shows no
-// attempt and no answer.
+// remember counts an outcome in the handler's timeline and adds it to
+// the in-memory history: every outcome of a handler without an inbox,
+// and of one with an inbox what never became a stored event (a
+// duplicate, an ignored event, a refusal, a retry later). An item the
+// app was never called for shows no attempt and no answer.
 func (h *Handler) remember(event, key string, result outcome, status int, took time.Duration, refused, test bool) {
 	if h.recent == nil {
 		return
@@ -117,8 +128,8 @@ func (h *Handler) remember(event, key string, result outcome, status int, took t
 	now := h.now()
 	class := classOf(result, status)
 	h.recent.tally.count(class, now)
-	if h.Inbox != nil {
-		return
+	if h.Inbox != nil && !class.neverStored() {
+		return // its store holds it
 	}
 	v := eventView{Handler: h.name, Event: truncate(event, 128), Key: truncate(key, 256),
 		Status: historyStatus(result, status), ReceivedAt: now.Add(-took), Test: test}

@@ -32,6 +32,11 @@ const sampleConversation = `{"id":"conv_test_123","phone_number":"+15551234567",
 	`"last_active_at":"%[1]s","created_at":"%[1]s","updated_at":"%[1]s","metadata":{},` +
 	`"phone_number_id":"123456789012345"}`
 
+// kapsoEvents are the events kapsoSample builds.
+var kapsoEvents = []string{"whatsapp.message.received", "whatsapp.message.sent", "whatsapp.message.delivered",
+	"whatsapp.message.read", "whatsapp.message.failed", "whatsapp.conversation.created", "whatsapp.conversation.ended",
+	"whatsapp.conversation.inactive", "whatsapp.phone_number.created"}
+
 // kapsoSample returns the body of a single Kapso v2 delivery of event.
 func kapsoSample(event string, now time.Time) []byte {
 	ts := strconv.FormatInt(now.Unix(), 10)

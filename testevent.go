@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -32,27 +33,50 @@ type testTarget struct {
 	host, path string
 }
 
-// reachedAt records, when the config starts, where a request reaches h.
-// The newest config's handler of a name is the one a test goes to.
-func (h *Handler) reachedAt(srv *caddyhttp.Server, at testTarget) {
-	at.h, at.srv = h, srv
-	if h.Inbox != nil {
-		h.Inbox.server.Store(srv)
-	}
-	if h.recent != nil {
-		h.recent.target.Store(&at)
+// published is a target Start gave Send Test Event, and the one it
+// replaced.
+type published struct {
+	rh       *recentHandler
+	ours     *testTarget
+	replaced *testTarget
+}
+
+// publishTargets makes this config's handlers the ones Send Test Event
+// reaches, once the config has started.
+func (a *App) publishTargets() {
+	for i := range a.reached {
+		at := &a.reached[i]
+		if rh := at.h.recent; rh != nil {
+			a.published = append(a.published, published{rh: rh, ours: at, replaced: rh.target.Swap(at)})
+		}
 	}
 }
 
+// withdrawTargets gives back the targets this config replaced, where
+// they are still its own: a config that stops because a later app of its
+// reload failed to start leaves the running config's handlers in place.
+func (a *App) withdrawTargets() {
+	for _, p := range a.published {
+		p.rh.target.CompareAndSwap(p.ours, p.replaced)
+	}
+	a.published = nil
+}
+
 type testEventKey struct{}
+
+// testMark travels in a test request's context; the handler that sees
+// the request notes itself in it.
+type testMark struct{ reached atomic.Pointer[Handler] }
 
 // isTest reports whether r is a Send Test Event delivery (marked once
 // its gateway headers were stripped).
 func isTest(r *http.Request) bool { return r.Header.Get(headerTest) != "" }
 
-// markTestEvent marks the request as a test when Send Test Event made it.
-func markTestEvent(r *http.Request) {
-	if r.Context().Value(testEventKey{}) != nil {
+// markTestEvent marks the request as a test when Send Test Event made
+// it, and notes that h saw it.
+func (h *Handler) markTestEvent(r *http.Request) {
+	if m, ok := r.Context().Value(testEventKey{}).(*testMark); ok {
+		m.reached.CompareAndSwap(nil, h)
 		r.Header.Set(headerTest, "true")
 	}
 }
@@ -67,13 +91,12 @@ func testSample(h *Handler, now time.Time) (event string, body []byte, hdr http.
 	if len(h.Verify) > 0 {
 		scheme = h.Verify[0].Scheme
 	}
-	kapso := []string{"whatsapp.message.received", "whatsapp.message.delivered", "whatsapp.conversation.created", "whatsapp.phone_number.created"}
-	candidates := append(append([]string{}, kapso...), platformEvents...)
+	candidates := slices.Concat(kapsoEvents, platformEvents)
 	switch scheme {
 	case schemeMeta:
 		candidates = []string{"messages"}
 	case schemeHMAC, schemeStandard:
-		candidates = append(append([]string{}, platformEvents...), kapso...)
+		candidates = slices.Concat(platformEvents, kapsoEvents)
 	}
 	event = candidates[0]
 	if i := slices.IndexFunc(candidates, func(c string) bool { return h.subscribed([]string{c}) }); i >= 0 {
@@ -97,6 +120,23 @@ func testSample(h *Handler, now time.Time) (event string, body []byte, hdr http.
 	return event, body, hdr
 }
 
+// serveTest runs the test request through the server. reverse_proxy
+// aborts an answer that broke after its headers with a panic
+// (http.ErrAbortHandler), which a real connection absorbs; here it says
+// so instead.
+func serveTest(srv *caddyhttp.Server, w http.ResponseWriter, r *http.Request) (broke bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			if p != http.ErrAbortHandler {
+				panic(p)
+			}
+			broke = true
+		}
+	}()
+	srv.ServeHTTP(w, r)
+	return false
+}
+
 // testTimeout bounds how long a test waits for the route's answer.
 const testTimeout = 30 * time.Second
 
@@ -117,7 +157,8 @@ func sendTestEvent(w http.ResponseWriter, r *http.Request) error {
 			strconv.Quote(truncate(name, 64)))
 	}
 	event, body, hdr := testSample(at.h, time.Now())
-	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), testEventKey{}, true), testTimeout)
+	mark := &testMark{}
+	ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), testEventKey{}, mark), testTimeout)
 	defer cancel()
 	path := at.path
 	if path == "" {
@@ -133,7 +174,19 @@ func sendTestEvent(w http.ResponseWriter, r *http.Request) error {
 		req.Host = "localhost"
 	}
 	mw := &memWriter{hdr: make(http.Header), keep: 4096}
-	at.srv.ServeHTTP(mw, req)
+	if broke := serveTest(at.srv, mw, req); broke {
+		return writeJSONError(w, http.StatusBadGateway, "answer_broken", "the test event went through "+
+			strconv.Quote(truncate(name, 64))+", and the app's answer broke off after its headers")
+	}
+	if got := mark.reached.Load(); got != at.h {
+		went := "no webhook_guard handler"
+		if got != nil {
+			went = "handler " + strconv.Quote(truncate(got.name, 64)) + " (as a test)"
+		}
+		return writeJSONError(w, http.StatusBadGateway, "not_reached", "the test request (host "+req.Host+", path "+path+
+			") did not reach "+strconv.Quote(truncate(name, 64))+" but "+went+": its route matches on more than a host "+
+			"and a path; send a delivery to its URL with caddy webhook send instead")
+	}
 	status := mw.status
 	if status == 0 {
 		status = http.StatusOK

@@ -3,7 +3,9 @@ package webhookguard
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -224,5 +226,106 @@ func TestReadmePlatformRecipeValidates(t *testing.T) {
 	t.Setenv("PLATFORM_WEBHOOK_SECRET", testPlatformSecret)
 	if out, refused := caddyValidate(t, recipe); refused {
 		t.Fatalf("caddy validate of README's recipe:\n%s\n%s", out, recipe)
+	}
+}
+
+// TestSendTestEventFindsItsRoute guards where Send Test Event goes and
+// what it says when it cannot get there: through a handler nested in
+// handle_path (the stripped prefix added back), with an events filter
+// that takes only whatsapp.message.failed (a sample of that event, not
+// an ignored one); a route that also matches on a header is not
+// reached, and says so (502 not_reached) rather than "sent"; an app
+// whose answer breaks after its headers is a 502 answer_broken, and a
+// real delivery through that route is still in the history; after a
+// reload whose config failed to start, the test still goes to the
+// running config.
+func TestSendTestEventFindsItsRoute(t *testing.T) {
+	up := newUpstream(t)
+	broken := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		conn, buf, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+		_ = buf.Flush()
+		_ = conn.Close()
+	}))
+	t.Cleanup(broken.Close)
+	dir := t.TempDir()
+	site := fmt.Sprintf(`
+	handle_path /api/* {
+		handle /kapso {
+			webhook_guard {
+				name nested
+				verify kapso %[1]s
+				events whatsapp.message.failed
+			}
+			reverse_proxy %[2]s
+		}
+	}
+	@tagged header X-Route tagged
+	handle @tagged {
+		webhook_guard {
+			name tagged
+			verify kapso %[1]s
+		}
+		reverse_proxy %[2]s
+	}
+	handle /broken {
+		webhook_guard {
+			name broken
+			verify kapso %[1]s
+		}
+		reverse_proxy %[3]s
+	}
+	handle {
+		webhook_guard {
+			name kapso
+			verify kapso %[1]s
+			inbox {
+				to %[2]s
+				path %[4]s
+			}
+		}
+	}`, kapsoSecret, up.Addr(), strings.TrimPrefix(broken.URL, "http://"), filepath.Join(dir, "inbox.db"))
+	c := startCaddy(t, site)
+	test := func(handler string) (int, string) {
+		t.Helper()
+		return apiCall(t, "POST", c.AdminURL+"/webhook_guard/inbox/test?handler="+handler, nil)
+	}
+
+	if status, body := test("nested"); status != 200 || !strings.Contains(body, `"event":"whatsapp.message.failed"`) ||
+		!strings.Contains(body, `"answer_status":200`) || strings.Contains(body, "ignored") {
+		t.Errorf("nested in handle_path, events whatsapp.message.failed: %d %s", status, body)
+	}
+	waitFor(t, func() bool { return up.count() == 1 })
+	if got := up.requests()[0]; got.Header.Get(headerEvent) != "whatsapp.message.failed" || got.Header.Get(headerTest) != "true" {
+		t.Errorf("the app got event %q, test %q", got.Header.Get(headerEvent), got.Header.Get(headerTest))
+	}
+	if status, body := test("tagged"); status != 502 || !strings.Contains(body, "not_reached") {
+		t.Errorf("a route that matches a header: %d %s; want 502 not_reached", status, body)
+	}
+	if status, body := test("broken"); status != 502 || !strings.Contains(body, "answer_broken") {
+		t.Errorf("an answer that breaks after its headers: %d %s; want 502 answer_broken", status, body)
+	}
+	body, h := conversationEvent("broken", 1)
+	post(t, c.URL+"/broken", body, h)
+	waitFor(t, func() bool {
+		events := eventsOf(t, c, "broken", url.Values{"status": {"delivered"}})
+		return len(events) == 2 // the test's and this one: a 2xx whose body broke, taken by the app
+	})
+
+	// A reload whose config fails to start (its inbox file cannot be
+	// created: its directory is a file) leaves the test on the running one.
+	if err := os.WriteFile(filepath.Join(dir, "zz"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	failing := strings.Replace(site, filepath.Join(dir, "inbox.db"), filepath.Join(dir, "zz", "inbox.db"), 1)
+	if status, _ := c.tryReload(failing); status == http.StatusOK {
+		t.Fatal("the failing config loaded")
+	}
+	if status, body := test("kapso"); status != 200 || !strings.Contains(body, `"status":"queued"`) {
+		t.Errorf("after a failed reload: %d %s; want the running config's 200 queued", status, body)
 	}
 }

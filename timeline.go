@@ -53,7 +53,7 @@ func classOf(result outcome, status int) outcomeClass {
 		return classDuplicate
 	case outcomeIgnored:
 		return classIgnored
-	case outcomeInvalidSignature, outcomeTooLarge, outcomeBadRequest, outcomeHandshake + "_refused":
+	case outcomeInvalidSignature, outcomeTooLarge, outcomeBadRequest, outcomeHandshakeRefused:
 		return classRefused
 	case outcomeInFlight, outcomeStoreUnavailable:
 		return classDeferred
@@ -61,6 +61,12 @@ func classOf(result outcome, status int) outcomeClass {
 		return classQueued
 	}
 	return classNone
+}
+
+// neverStored reports whether an outcome of the class never becomes an
+// inbox event: the app is not called for it.
+func (c outcomeClass) neverStored() bool {
+	return c == classDuplicate || c == classIgnored || c == classRefused || c == classDeferred
 }
 
 // classCounts counts outcomes by class.

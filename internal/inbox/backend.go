@@ -26,7 +26,7 @@ type Backend interface {
 	List(q Query) (events []*Event, next string, err error)
 	Body(seq uint64) ([]byte, error)
 	Replay(id string, now time.Time) (*Event, error)
-	ReplayMatching(q Query, now time.Time) (int, error)
+	ReplayMatching(q Query, now time.Time, busy func(queue, order string, seq uint64) bool) (int, error)
 	Move(from, to string, now time.Time) (int, error)
 
 	Close() error

@@ -180,6 +180,15 @@ func (d *Dispatcher) inFlightCount() int {
 	return len(d.inFlight)
 }
 
+// Quiet runs fn while no pass takes due events, with busy saying which
+// events an attempt holds: a change to due times made in fn (retry now)
+// can then never move an event from under its attempt.
+func (d *Dispatcher) Quiet(fn func(busy func(queue, order string, seq uint64) bool) error) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return fn(func(queue, order string, seq uint64) bool { return d.inFlight[flightKey(queue, order, seq)] })
+}
+
 // Wake makes the dispatcher look for due events now (a new event was
 // stored, say).
 func (d *Dispatcher) Wake() {

@@ -71,7 +71,8 @@ type Query struct {
 	Before string    // an event id: only events that arrived before it
 	// Scan bounds how many events one List reads looking for matches
 	// (0 means 100,000), so that a filter that matches nothing does not
-	// read the whole file.
+	// read the whole file at once; a page that stopped there has a next
+	// page all the same, which goes on from where it stopped.
 	Scan int
 }
 
@@ -110,10 +111,15 @@ func (s *Store) List(q Query) (events []*Event, next string, err error) {
 			k, v = c.Prev()
 		}
 		text, bodies := []byte(q.Text), tx.Bucket(bucketBodies)
+		var lastK, lastV []byte
 		for read := 0; k != nil; k, v = c.Prev() {
 			if read++; read > scan {
+				// Read as far as one page may: the next page goes on from
+				// the last event read, matched or not.
+				next = recordView(tx, binary.BigEndian.Uint64(lastK), lastV).ID
 				return nil
 			}
+			lastK, lastV = k, v
 			if len(text) > 0 && !bytes.Contains(v, text) && !bytes.Contains(bodies.Get(k), text) {
 				continue // a record holds its id and keys as they are: neither has the text
 			}
@@ -163,9 +169,11 @@ func (s *Store) Replay(id string, now time.Time) (*Event, error) {
 
 // ReplayMatching acts on every event of q.Queue that q selects: a dead
 // (or delivered) one is queued again, as Replay does; a pending one that
-// failed and waits for its next attempt (q.Failed) is made due now. It
-// returns how many. One transaction: all or none.
-func (s *Store) ReplayMatching(q Query, now time.Time) (int, error) {
+// failed and waits for its next attempt (q.Failed) is made due now,
+// unless busy says an attempt holds it. It returns how many; one that
+// cannot be replayed (damaged, its body erased) is left as it is. One
+// transaction.
+func (s *Store) ReplayMatching(q Query, now time.Time, busy func(queue, order string, seq uint64) bool) (int, error) {
 	if err := q.replayable(); err != nil {
 		return 0, err
 	}
@@ -193,11 +201,16 @@ func (s *Store) ReplayMatching(q Query, now time.Time) (int, error) {
 			return err
 		}
 		for _, e := range matches { // not while iterating: both write to the bucket
-			var done bool
-			if e.State == Pending {
+			done := false
+			switch {
+			case e.State != Pending:
+				err = requeue(tx, e, now)
+				done = err == nil
+			case busy == nil || !busy(e.Queue, e.OrderKey, e.Seq):
 				done, err = retryNow(tx, e, now)
-			} else {
-				done, err = true, requeue(tx, e, now)
+			}
+			if errors.Is(err, ErrNotReplayable) {
+				continue
 			}
 			if err != nil {
 				return err
@@ -223,9 +236,10 @@ func (q Query) replayable() error {
 }
 
 // retryNow makes a head that failed and waits for its next attempt due
-// now. One whose next attempt is not in the future is left alone: it is
-// due already, and may be in flight, whose result must find it where it
-// was.
+// now, in the due index, its pending entry and its record alike. One
+// that is due already is left alone: an attempt may hold it (the caller
+// also leaves out those it knows are in flight), and that attempt's
+// result must find it where it was.
 func retryNow(tx *bolt.Tx, e *Event, now time.Time) (bool, error) {
 	due := tx.Bucket(bucketDue)
 	if !e.NextAt.After(now) || due.Get(dueKey(e.Queue, e.NextAt, e.Seq)) == nil {
@@ -234,8 +248,11 @@ func retryNow(tx *bolt.Tx, e *Event, now time.Time) (bool, error) {
 	if err := due.Delete(dueKey(e.Queue, e.NextAt, e.Seq)); err != nil {
 		return false, err
 	}
-	e.NextAt = now
+	e.NextAt, e.dueAt = now, now
 	if err := due.Put(dueKey(e.Queue, now, e.Seq), []byte(e.OrderKey)); err != nil {
+		return false, err
+	}
+	if err := tx.Bucket(bucketPending).Put(pendingKey(e), pendingValue(e)); err != nil {
 		return false, err
 	}
 	return true, putEvent(tx.Bucket(bucketEvents), e)

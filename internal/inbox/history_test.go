@@ -126,7 +126,7 @@ func TestReplayGoesBehindItsConversation(t *testing.T) {
 	if got := dueIDs(t, s, "q", now); !slices.Equal(got, []string{"y-3", "x-0"}) { // by due time: the replay is due now
 		t.Fatalf("due once x-1 was delivered: %v", got)
 	}
-	if n, err := s.ReplayMatching(Query{Queue: "q", State: Dead}, now); err != nil || n != 1 {
+	if n, err := s.ReplayMatching(Query{Queue: "q", State: Dead}, now, nil); err != nil || n != 1 {
 		t.Fatalf("replay all dead: %d %v, want 1 (y-2)", n, err)
 	}
 	c, _ := s.Counts()
@@ -156,5 +156,66 @@ func TestManualAttemptIsOneTry(t *testing.T) {
 	}
 	if len(e.Log) != maxLog || e.Log[len(e.Log)-1].N != maxLog+9 {
 		t.Fatalf("log not bounded to the latest %d: %d entries, last %d", maxLog, len(e.Log), e.Log[len(e.Log)-1].N)
+	}
+}
+
+// TestRetryNowMovesEveryIndex guards replay by filter of failed events
+// (retry now) on the file: the event is due now in the due index, its
+// pending entry and its record alike, so that an erasure or a move
+// afterwards finds it where it is (no stale due entry turning into a
+// phantom damaged event holding the erased order key); an event an
+// attempt holds (busy) is left alone; one already due is too.
+func TestRetryNowMovesEveryIndex(t *testing.T) {
+	t.Parallel()
+	for _, then := range []string{"erase", "move"} {
+		t.Run(then, func(t *testing.T) {
+			s, err := Open(filepath.Join(t.TempDir(), "inbox.db"), time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			evs := newEvents("q", "phone:+1555", "other")
+			if err := s.Append(evs); err != nil {
+				t.Fatal(err)
+			}
+			now := time.Now()
+			due, _, _, _ := s.Due("q", now, 10, nil)
+			for _, e := range due { // both failed once, their next attempt in an hour
+				e.Attempts, e.NextAt = 1, now.Add(time.Hour)
+				if err := s.Settle(e); err != nil {
+					t.Fatal(err)
+				}
+			}
+			busy := func(_, order string, _ uint64) bool { return order == "other" }
+			if n, err := s.ReplayMatching(Query{Queue: "q", State: Pending, Failed: true}, now, busy); err != nil || n != 1 {
+				t.Fatalf("retry now: %d %v, want 1 (the other is busy)", n, err)
+			}
+			if got := dueIDs(t, s, "q", now); !slices.Equal(got, []string{"phone:+1555-0"}) {
+				t.Fatalf("due now: %v", got)
+			}
+			if n, err := s.ReplayMatching(Query{Queue: "q", State: Pending, Failed: true}, now.Add(time.Second), nil); err != nil || n != 1 {
+				t.Fatalf("retry now again: %d %v, want 1 (only the other: the first is due already)", n, err)
+			}
+			switch then {
+			case "erase":
+				if n, err := s.Erase(Erasure{OrderKey: "phone:+1555"}); err != nil || n != 1 {
+					t.Fatalf("erase: %d %v", n, err)
+				}
+				_, damaged, _, err := s.Due("q", now.Add(time.Minute), 10, nil)
+				if c, _ := s.Counts(); err != nil || len(damaged) != 0 || c["q"][Damaged] != 0 || c["q"][Pending] != 1 {
+					t.Fatalf("after the erasure: damaged %v, counts %v, %v", damaged, c["q"], err)
+				}
+			case "move":
+				if _, err := s.Move("q", "r", now); err != nil {
+					t.Fatal(err)
+				}
+				if got := dueIDs(t, s, "q", now.Add(time.Minute)); len(got) != 0 {
+					t.Fatalf("still due in the old queue after the move: %v", got)
+				}
+				if got := dueIDs(t, s, "r", now.Add(time.Minute)); len(got) != 2 {
+					t.Fatalf("due in the new queue: %v, want both", got)
+				}
+			}
+		})
 	}
 }

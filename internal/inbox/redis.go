@@ -634,6 +634,7 @@ func (s *RedisStore) List(q Query) ([]*Event, string, error) {
 		upper = "(" + seq
 	}
 	var out []*Event
+	last := "" // the id of the last event read: a page cut short by scan goes on from there
 	for read := 0; read < scan; {
 		seqs, err := s.client.ZRevRangeByScore(ctx, s.prefix+"q:"+q.Queue+":all", &redis.ZRangeBy{Min: "-inf", Max: upper, Count: 200}).Result()
 		if err != nil {
@@ -663,9 +664,12 @@ func (s *RedisStore) List(q Query) ([]*Event, string, error) {
 			}
 			out = append(out, e)
 		}
+		if n := len(events); n > 0 {
+			last = events[n-1].ID
+		}
 		upper = "(" + seqs[len(seqs)-1]
 	}
-	return out, "", nil
+	return out, last, nil
 }
 
 // bodiesWith reports which of events (those q selects whose metadata
@@ -751,8 +755,10 @@ func (s *RedisStore) Replay(id string, now time.Time) (*Event, error) {
 
 // ReplayMatching acts on every event q selects, as the file store's
 // does: a dead (or delivered) one is replayed, a failed one waiting for
-// its next attempt made due now. Event by event: each is atomic.
-func (s *RedisStore) ReplayMatching(q Query, now time.Time) (int, error) {
+// its next attempt made due now. Event by event: each is atomic. busy is
+// not needed: an event in flight is leased, and the script leaves a
+// leased event alone.
+func (s *RedisStore) ReplayMatching(q Query, now time.Time, _ func(queue, order string, seq uint64) bool) (int, error) {
 	if err := q.replayable(); err != nil {
 		return 0, err
 	}

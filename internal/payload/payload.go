@@ -199,12 +199,13 @@ func ContentKey(event string, item []byte) string {
 	return event + ":" + id
 }
 
-// envelopeID is the id of an event envelope (a top-level "id" and
-// "type" beside a "data" object holding an "object"), "" for any other
-// body.
+// envelopeID is the id of an event envelope (a top-level "evt_…" id and
+// a "type" beside a "data" object holding an "object"), "" for any other
+// body. The prefix keeps out bodies of that shape whose id is the
+// object's, which later events about the same object would share.
 func envelopeID(body []byte) string {
 	id, kind := stringAt(body, "id"), stringAt(body, "type")
-	if id == "" || kind == "" {
+	if !strings.HasPrefix(id, "evt_") || len(id) == len("evt_") || kind == "" {
 		return ""
 	}
 	if v, ok := jsonscan.FieldPath(body, "data", "object"); !ok || body[v.Start] != '{' {

@@ -162,6 +162,8 @@ func TestContentKey(t *testing.T) {
 		{"message.report", `{"id":"evt_2","type":"message.report","data":{"other":{}}}`, ""},
 		{"message.report", `{"id":"evt_2","data":{"object":{}}}`, ""},
 		{"message.report", `{"id":"","type":"message.report","data":{"object":{}}}`, ""},
+		{"message.report", `{"id":"msg_1","type":"message.report","data":{"object":{}}}`, ""},
+		{"message.report", `{"id":"evt_","type":"message.report","data":{"object":{}}}`, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.event+" "+tc.body, func(t *testing.T) {
