@@ -49,6 +49,11 @@ type RedisStore struct {
 
 	stop chan struct{}
 	done chan struct{}
+
+	settleMu    sync.RWMutex // held to send on settles, and to close it
+	closed      bool
+	settles     chan settleCall
+	settlesDone chan struct{}
 }
 
 // OpenRedis returns a store over client under prefix. Leases last lease
@@ -59,8 +64,10 @@ func OpenRedis(client *redis.Client, prefix string, lease time.Duration) *RedisS
 	host, _ := os.Hostname()
 	s := &RedisStore{client: client, prefix: prefix, owner: hex.EncodeToString(token[:]), lease: lease,
 		instance: fmt.Sprintf("%s/%d", host, os.Getpid()),
-		held:     map[string]string{}, stop: make(chan struct{}), done: make(chan struct{})}
+		held:     map[string]string{}, stop: make(chan struct{}), done: make(chan struct{}),
+		settles: make(chan settleCall, maxSettleGroup), settlesDone: make(chan struct{})}
 	go s.renewLeases()
+	go s.settleGroups()
 	return s
 }
 
@@ -350,10 +357,9 @@ func (s *RedisStore) Settle(e *Event) error {
 	if n := len(e.Log); n > 0 && e.Log[n-1].Instance == "" {
 		e.Log[n-1].Instance = s.instance
 	}
+	err := s.settleInGroup(s.prefix, e.Queue, seq, s.owner, e.OrderKey, string(e.State), ms(e.NextAt), encodeEvent(e), ms(time.Now()))
 	ctx, cancel := s.ctx()
 	defer cancel()
-	err := settleScript.Run(ctx, s.client, nil, s.prefix, e.Queue, seq, s.owner, e.OrderKey, string(e.State),
-		ms(e.NextAt), encodeEvent(e), ms(time.Now())).Err()
 	if err != nil && strings.Contains(err.Error(), "LEASE") && len(e.Log) > 0 {
 		late := e.Log[len(e.Log)-1]
 		late.Late = true
@@ -366,6 +372,76 @@ func (s *RedisStore) Settle(e *Event) error {
 		return fmt.Errorf("inbox: redis: settling %s: %w", e.ID, err)
 	}
 	return nil
+}
+
+// maxSettleGroup bounds how many settles share one round trip.
+const maxSettleGroup = 256
+
+// settleCall is one Settle waiting for its group's round trip.
+type settleCall struct {
+	args []any
+	done chan error
+}
+
+// settleInGroup runs settleScript with args in the next settle group and
+// returns its own result.
+func (s *RedisStore) settleInGroup(args ...any) error {
+	call := settleCall{args: args, done: make(chan error, 1)}
+	s.settleMu.RLock()
+	if s.closed {
+		s.settleMu.RUnlock()
+		return ErrClosed
+	}
+	s.settles <- call
+	s.settleMu.RUnlock()
+	return <-call.done
+}
+
+// settleGroups is the store's one settle writer: each round trip carries
+// the settles that queued during the previous one, pipelined, so that
+// concurrent attempts share a round trip and, with appendfsync always,
+// one fsync of Redis's. Each settle is still its own script: atomic, and
+// answered on its own (a lease another instance took fails only its
+// settle). An idle store sends a lone settle at once.
+func (s *RedisStore) settleGroups() {
+	defer close(s.settlesDone)
+	for first := range s.settles {
+		group := []settleCall{first}
+	gather:
+		for len(group) < maxSettleGroup {
+			select {
+			case c, ok := <-s.settles:
+				if !ok {
+					break gather
+				}
+				group = append(group, c)
+			default:
+				break gather
+			}
+		}
+		s.runSettles(group)
+	}
+}
+
+// runSettles sends one group; a settle that finds its script not loaded
+// (a Redis restarted since) runs it again on its own, which loads it.
+func (s *RedisStore) runSettles(group []settleCall) {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	cmds := make([]*redis.Cmd, len(group))
+	_, _ = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, c := range group {
+			cmds[i] = p.EvalSha(ctx, settleScript.Hash(), nil, c.args...)
+		}
+		return nil
+	})
+	for i, c := range group {
+		err := cmds[i].Err()
+		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			err = settleScript.Run(ctx, s.client, nil, c.args...).Err()
+		}
+		c.done <- err
+	}
 }
 
 var swapScript = redis.NewScript(`
@@ -883,7 +959,8 @@ func prefixed(prefix string, names []string) []string {
 }
 
 // Close stops renewing leases (those still held expire, and their events
-// are taken by another instance or by this one after a restart). The
+// are taken by another instance or by this one after a restart) and
+// answers the settles queued; a later Settle fails with ErrClosed. The
 // client is the caller's.
 func (s *RedisStore) Close() error {
 	select {
@@ -892,6 +969,13 @@ func (s *RedisStore) Close() error {
 		close(s.stop)
 	}
 	<-s.done
+	s.settleMu.Lock()
+	if !s.closed {
+		s.closed = true
+		close(s.settles)
+	}
+	s.settleMu.Unlock()
+	<-s.settlesDone
 	return nil
 }
 
