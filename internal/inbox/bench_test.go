@@ -225,10 +225,7 @@ func BenchmarkOpenLargeFile(b *testing.B) {
 // closeAsCrash closes s as a crash leaves it: without the last commit
 // that writes the freelist.
 func closeAsCrash(s *Store) {
-	s.mu.Lock()
-	s.closed = true
-	close(s.writes)
-	s.mu.Unlock()
+	s.writes.close()
 	<-s.writerDone
 	_ = s.db.Close()
 }

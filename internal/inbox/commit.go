@@ -2,6 +2,7 @@ package inbox
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -46,14 +47,43 @@ func (s *Store) updateLazy(fn func(*bolt.Tx) error) error {
 }
 
 func (s *Store) enqueue(w write) error {
-	s.mu.RLock()
-	if s.closed {
-		s.mu.RUnlock()
+	if !s.writes.send(w) {
 		return ErrClosed
 	}
-	s.writes <- w
-	s.mu.RUnlock()
 	return <-w.done
+}
+
+// callQueue hands calls to the one goroutine that serves them (ranging
+// over ch), and refuses them once closed: a call queued after that
+// would wait for an answer forever.
+type callQueue[T any] struct {
+	mu     sync.RWMutex
+	closed bool
+	ch     chan T
+}
+
+func newCallQueue[T any](size int) *callQueue[T] { return &callQueue[T]{ch: make(chan T, size)} }
+
+// send queues v, or reports false once the queue is closed.
+func (q *callQueue[T]) send(v T) bool {
+	q.mu.RLock()
+	defer q.mu.RUnlock()
+	if q.closed {
+		return false
+	}
+	q.ch <- v
+	return true
+}
+
+// close refuses further calls; the serving goroutine's range ends once
+// it took those queued.
+func (q *callQueue[T]) close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.closed {
+		q.closed = true
+		close(q.ch)
+	}
 }
 
 // commitGroups is the store's one writer: it runs until Close closes the
@@ -63,7 +93,7 @@ func (s *Store) commitGroups() {
 	// A write that trips over a damaged page fails alone (commit turns
 	// the panic or the fault into an error); the writer goes on.
 	defer safeFaults()()
-	for first := range s.writes {
+	for first := range s.writes.ch {
 		group := s.gather([]write{first})
 		s.commitGroup(group)
 		s.commits.Add(1)
@@ -82,7 +112,7 @@ func (s *Store) gather(group []write) []write {
 	for len(group) < maxGroup {
 		if !lazy {
 			select {
-			case w, ok := <-s.writes:
+			case w, ok := <-s.writes.ch:
 				if !ok {
 					return group
 				}
@@ -93,7 +123,7 @@ func (s *Store) gather(group []write) []write {
 			}
 		}
 		select {
-		case w, ok := <-s.writes:
+		case w, ok := <-s.writes.ch:
 			if !ok {
 				return group
 			}

@@ -373,19 +373,19 @@ func TestSettleSchedule(t *testing.T) {
 // eager group takes only what is already queued.
 func TestGatherLetsEagerWritesThrough(t *testing.T) {
 	t.Parallel()
-	s := &Store{writes: make(chan write, 8)}
+	s := &Store{writes: newCallQueue[write](8)}
 	lazy, eager := write{lazy: true}, write{}
 	for _, w := range []write{lazy, eager, lazy} {
-		s.writes <- w
+		s.writes.send(w)
 	}
 	if g := s.gather([]write{lazy}); len(g) != 4 {
 		t.Fatalf("lazy group took %d writes, want all 4 queued", len(g))
 	}
-	s.writes <- lazy
+	s.writes.send(lazy)
 	if g := s.gather([]write{eager}); len(g) != 2 {
 		t.Fatalf("eager group took %d writes, want the 2 queued", len(g))
 	}
-	close(s.writes)
+	s.writes.close()
 	if g := s.gather([]write{lazy}); len(g) != 1 {
 		t.Fatalf("lazy group on a closed queue: %d writes", len(g))
 	}

@@ -50,9 +50,7 @@ type RedisStore struct {
 	stop chan struct{}
 	done chan struct{}
 
-	settleMu    sync.RWMutex // held to send on settles, and to close it
-	closed      bool
-	settles     chan settleCall
+	settles     *callQueue[settleCall] // to the one settle writer, settleGroups
 	settlesDone chan struct{}
 }
 
@@ -65,7 +63,7 @@ func OpenRedis(client *redis.Client, prefix string, lease time.Duration) *RedisS
 	s := &RedisStore{client: client, prefix: prefix, owner: hex.EncodeToString(token[:]), lease: lease,
 		instance: fmt.Sprintf("%s/%d", host, os.Getpid()),
 		held:     map[string]string{}, stop: make(chan struct{}), done: make(chan struct{}),
-		settles: make(chan settleCall, maxSettleGroup), settlesDone: make(chan struct{})}
+		settles: newCallQueue[settleCall](maxSettleGroup), settlesDone: make(chan struct{})}
 	go s.renewLeases()
 	go s.settleGroups()
 	return s
@@ -387,13 +385,9 @@ type settleCall struct {
 // returns its own result.
 func (s *RedisStore) settleInGroup(args ...any) error {
 	call := settleCall{args: args, done: make(chan error, 1)}
-	s.settleMu.RLock()
-	if s.closed {
-		s.settleMu.RUnlock()
+	if !s.settles.send(call) {
 		return ErrClosed
 	}
-	s.settles <- call
-	s.settleMu.RUnlock()
 	return <-call.done
 }
 
@@ -405,12 +399,12 @@ func (s *RedisStore) settleInGroup(args ...any) error {
 // settle). An idle store sends a lone settle at once.
 func (s *RedisStore) settleGroups() {
 	defer close(s.settlesDone)
-	for first := range s.settles {
+	for first := range s.settles.ch {
 		group := []settleCall{first}
 	gather:
 		for len(group) < maxSettleGroup {
 			select {
-			case c, ok := <-s.settles:
+			case c, ok := <-s.settles.ch:
 				if !ok {
 					break gather
 				}
@@ -969,12 +963,7 @@ func (s *RedisStore) Close() error {
 		close(s.stop)
 	}
 	<-s.done
-	s.settleMu.Lock()
-	if !s.closed {
-		s.closed = true
-		close(s.settles)
-	}
-	s.settleMu.Unlock()
+	s.settles.close()
 	<-s.settlesDone
 	return nil
 }

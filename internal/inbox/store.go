@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -149,9 +148,7 @@ type Store struct {
 	db   *bolt.DB
 	path string
 
-	mu         sync.RWMutex // closed, against writes queued after Close
-	closed     bool
-	writes     chan write
+	writes     *callQueue[write] // to the one writer, commitGroups
 	writerDone chan struct{}
 	commits    atomic.Int64 // commit groups so far
 }
@@ -177,7 +174,7 @@ func Open(path string, lockTimeout time.Duration) (s *Store, err error) {
 	if err != nil {
 		return nil, err
 	}
-	s = &Store{db: db, path: path, writes: make(chan write, maxGroup), writerDone: make(chan struct{})}
+	s = &Store{db: db, path: path, writes: newCallQueue[write](maxGroup), writerDone: make(chan struct{})}
 	err = s.prepare()
 	if err != nil {
 		_ = db.Close()
@@ -256,12 +253,7 @@ func (s *Store) Path() string { return s.path }
 // Close finishes the writes queued so far and closes the file; later
 // writes fail with ErrClosed.
 func (s *Store) Close() error {
-	s.mu.Lock()
-	if !s.closed {
-		s.closed = true
-		close(s.writes)
-	}
-	s.mu.Unlock()
+	s.writes.close()
 	<-s.writerDone
 	s.saveFreelist()
 	return s.db.Close()
