@@ -6,6 +6,7 @@
 package payload
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -204,6 +205,9 @@ func ContentKey(event string, item []byte) string {
 // body. The prefix keeps out bodies of that shape whose id is the
 // object's, which later events about the same object would share.
 func envelopeID(body []byte) string {
+	if !bytes.Contains(body, []byte(`"evt_`)) {
+		return "" // most bodies: one pass of a byte search instead of a walk of the object
+	}
 	id, kind := stringAt(body, "id"), stringAt(body, "type")
 	if !strings.HasPrefix(id, "evt_") || len(id) == len("evt_") || kind == "" {
 		return ""
