@@ -123,7 +123,7 @@ func TestHistoryCardsAddUp(t *testing.T) {
 	c := startCaddy(t, mixedSite(t.TempDir(), up.Addr(), ""))
 	sendMix(t, c.URL+"/plain", "p")
 	sendMix(t, c.URL, "k")
-	waitFor(t, func() bool { return summaryOf(t, c, "kapso").Dead == 1 })
+	waitFor(t, func() bool { s := summaryOf(t, c, "kapso"); return s.Dead == 1 && s.Delivered == 2 })
 
 	want := map[string]map[string]int{
 		"plain": {"total": 7, "delivered": 2, "failed": 1, "duplicate": 1, "ignored": 1, "refused": 2},
@@ -267,6 +267,7 @@ func TestHealthLineFollowsTheApp(t *testing.T) {
 		t.Errorf("failing: %+v", hl)
 	}
 	pageSays("failing", "the app answered 503")
+	waitFor(t, func() bool { return summaryOf(t, c, "kapso").Dead == 1 }) // out of attempts before the app goes
 
 	first.srv.Close()
 	body, h = conversationEvent("health", 3)
@@ -477,7 +478,7 @@ func TestReplayByFilter(t *testing.T) {
 	c2 := startCaddy(t, mixedSite(t.TempDir(), up2.Addr(), "retry 1h"))
 	body, h := conversationEvent("slow", 1)
 	sendQueued(t, c2.URL, body, h)
-	waitFor(t, func() bool { return ta2.seen() == 1 })
+	waitFor(t, func() bool { return failedOnce(t, c2) }) // its result recorded: no attempt holds it
 	app2.recover()
 	var r struct{ Replayed int }
 	apiCall(t, "POST", c2.AdminURL+"/webhook_guard/inbox/replay?handler=kapso&status=failed", &r)
@@ -487,6 +488,13 @@ func TestReplayByFilter(t *testing.T) {
 	waitFor(t, func() bool { return ta2.delivered(t) == 1 })
 	never(t, 300*time.Millisecond, func() bool { return ta2.seen() != 1 || ta2.answers("wamid.slow.001") != 2 },
 		"the retried event reached the app again")
+}
+
+// failedOnce reports whether kapso's only event is pending after one
+// failed attempt, its result recorded.
+func failedOnce(t *testing.T, c *caddyInstance) bool {
+	events := eventsOf(t, c, "kapso", url.Values{"status": {"failed"}})
+	return len(events) == 1 && events[0].Attempts == 1
 }
 
 // seen counts the message ids the app was sent.
