@@ -146,6 +146,11 @@ func (a *App) openInboxes() error {
 	return nil
 }
 
+// compactAbove is how many free pages of an inbox file make its start
+// warn that the file wants compacting (BENCHMARKS.md has what a long
+// list of free pages costs each commit).
+const compactAbove = 5000
+
 // logStore says, when a config starts, where each inbox keeps its events
 // (the file, or Redis's address and prefix) and what its queues hold, and
 // warns of each queue that holds pending events no handler serves: a
@@ -155,6 +160,13 @@ func (a *App) logStore(rt *inboxRuntime) {
 	if err != nil {
 		a.ctx.Logger().Error("inbox store opened but its counts could not be read", zap.String("store", rt.label), zap.Error(err))
 		return
+	}
+	if file, ok := rt.store.(*inbox.Store); ok {
+		if free := file.FreePages(); free > compactAbove {
+			a.ctx.Logger().Warn("the inbox file has many free pages, left by a backlog that drained: bbolt rewrites "+
+				"their list with every commit, which slows acceptance; compact the file while Caddy is stopped: "+
+				"caddy webhook inbox compact <file>", zap.String("store", rt.label), zap.Int("free_pages", free))
+		}
 	}
 	served := map[string]bool{}
 	for _, q := range rt.currentQueues() {

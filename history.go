@@ -606,11 +606,7 @@ func replayMatching(w http.ResponseWriter, q url.Values) error {
 		}
 		return writeJSON(w, http.StatusOK, map[string]any{"status": "dry_run", "matched": n, "as_of": time.Now()})
 	}
-	var n int
-	err := queue.rt.dispatcher.Quiet(func(busy func(string, string, uint64) bool) (err error) {
-		n, err = queue.rt.store.ReplayMatching(f.query(), time.Now(), busy)
-		return err
-	})
+	n, err := replayStore(queue.rt, f)
 	if err != nil {
 		return writeJSONError(w, http.StatusServiceUnavailable, "store_unavailable", "the replay could not be stored")
 	}
@@ -618,6 +614,21 @@ func replayMatching(w http.ResponseWriter, q url.Values) error {
 	caddy.Log().Named("webhook_guard.history").Info("events replayed by filter", zap.String("handler", f.handler),
 		zap.String("status", f.status), zap.Int("replayed", n))
 	return writeJSON(w, http.StatusOK, map[string]any{"status": "queued", "replayed": n})
+}
+
+// replayStore has the store replay what f selects. Retrying failed events
+// of a file moves due times, so it runs while the dispatcher takes
+// nothing and leaves out the events in flight; Redis's leases already
+// keep it from an event in flight, and dead events are never in flight.
+func replayStore(rt *inboxRuntime, f eventFilter) (n int, err error) {
+	if _, file := rt.store.(*inbox.Store); !file || f.status != "failed" {
+		return rt.store.ReplayMatching(f.query(), time.Now(), nil)
+	}
+	err = rt.dispatcher.Quiet(func(busy func(string, string, uint64) bool) (err error) {
+		n, err = rt.store.ReplayMatching(f.query(), time.Now(), busy)
+		return err
+	})
+	return n, err
 }
 
 // countMatching counts the events q selects, a page at a time: what a

@@ -631,3 +631,55 @@ func TestInboxWaitsForItsStoreAtStart(t *testing.T) {
 		t.Fatalf("the event was not stored: %v", err)
 	}
 }
+
+// TestInboxWarnsOfAFileToCompact guards the start-up warning of a file
+// that a drained backlog left with many free pages (bbolt rewrites their
+// list with every commit): Caddy started on it says so and how to
+// compact it; on the compacted file it does not.
+func TestInboxWarnsOfAFileToCompact(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "inbox.db")
+	s, err := inbox.Open(path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("x"), 1024)
+	const total = 40000
+	for i := 0; i < total; i += 5000 {
+		events := make([]*inbox.Event, 0, 5000)
+		for j := i; j < i+5000; j++ {
+			events = append(events, &inbox.Event{ID: fmt.Sprintf("evt_%08d", j), Queue: "kapso", OrderKey: "backlog",
+				Method: "POST", URI: "/", Body: body, ReceivedAt: time.Now()})
+		}
+		if err := s.Append(events); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A backlog gone at once (erased: one transaction, where delivering
+	// and expiring it would take one per event) leaves its pages free.
+	if n, err := s.Erase(inbox.Erasure{OrderKey: "backlog"}); err != nil || n != total {
+		t.Fatalf("erasing the backlog: %d %v", n, err)
+	}
+	if _, err := s.Expire(time.Now()); err != nil { // a later write: bbolt frees a transaction's pages then
+		t.Fatal(err)
+	}
+	if free := s.FreePages(); free <= compactAbove {
+		t.Fatalf("the drained file has %d free pages; the test needs more than %d", free, compactAbove)
+	}
+	_ = s.Close()
+	up := newUpstream(t)
+	const warning = "the inbox file has many free pages"
+	c := startCaddy(t, inboxSite(dir, up.Addr(), ""))
+	waitFor(t, func() bool {
+		return strings.Contains(c.Logs(), warning) && strings.Contains(c.Logs(), "caddy webhook inbox compact")
+	})
+	c.stop()
+	if _, _, err := inbox.Compact(path); err != nil {
+		t.Fatal(err)
+	}
+	c = startCaddy(t, inboxSite(dir, up.Addr(), ""))
+	waitFor(t, func() bool { return strings.Contains(c.Logs(), "inbox queue open") })
+	if strings.Contains(c.Logs(), warning) {
+		t.Fatal("the compacted file is still warned about")
+	}
+}

@@ -56,7 +56,7 @@ func (a *App) publishTargets() {
 // they are still its own: a config that stops because a later app of its
 // reload failed to start leaves the running config's handlers in place.
 func (a *App) withdrawTargets() {
-	for _, p := range a.published {
+	for _, p := range slices.Backward(a.published) { // undone in reverse: two handlers of one name in this config
 		p.rh.target.CompareAndSwap(p.ours, p.replaced)
 	}
 	a.published = nil

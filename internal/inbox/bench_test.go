@@ -31,11 +31,7 @@ func BenchmarkAppendConcurrent(b *testing.B) {
 // written to disk per event (from /proc/self/io).
 func BenchmarkAcceptAndDeliver(b *testing.B) {
 	s := openBenchStore(b)
-	var delivered atomic.Int64
-	d := NewDispatcher(s, func(err error) { b.Error(err) })
-	d.SetQueues([]Queue{{Name: "q", Concurrency: 16, Timeout: time.Second, Retry: []time.Duration{time.Second},
-		Deliver: func(context.Context, *Event, int) Result { delivered.Add(1); return Result{Status: 200} }}})
-	d.Start()
+	d, delivered := takeAll(b, s)
 	defer d.Stop(time.Second)
 	written := writtenBytes()
 	appendFromSenders(b, s, d)
@@ -47,30 +43,68 @@ func BenchmarkAcceptAndDeliver(b *testing.B) {
 }
 
 // BenchmarkAcceptAndDeliverAfterDrain is BenchmarkAcceptAndDeliver on a
-// file that held a backlog of 100,000 events, delivered and expired: its
-// free pages are what a freelist written with each commit would hold.
+// file that held a backlog of 100,000 events, delivered and expired: as
+// it was left (bbolt rewrites its list of the free pages, now long, with
+// every commit), and after caddy webhook inbox compact rewrote it.
 func BenchmarkAcceptAndDeliverAfterDrain(b *testing.B) {
-	s := openBenchStore(b)
-	var delivered atomic.Int64
-	deliver := func(context.Context, *Event, int) Result { delivered.Add(1); return Result{Status: 200} }
-	const backlog = 100000
-	appendBacklog(b, s, backlog)
+	for _, compact := range []bool{false, true} {
+		name := "as-left"
+		if compact {
+			name = "compacted"
+		}
+		b.Run(name, func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "inbox.db")
+			s, err := Open(path, time.Second)
+			if err != nil {
+				b.Fatal(err)
+			}
+			const backlog = 100000
+			appendBacklog(b, s, backlog)
+			drain(b, s, backlog)
+			if _, err := s.Expire(time.Now().Add(time.Hour)); err != nil {
+				b.Fatal(err)
+			}
+			if compact {
+				_ = s.Close()
+				if _, _, err := Compact(path); err != nil {
+					b.Fatal(err)
+				}
+				if s, err = Open(path, time.Second); err != nil {
+					b.Fatal(err)
+				}
+			}
+			defer s.Close()
+			d, _ := takeAll(b, s)
+			defer d.Stop(time.Second)
+			written := writtenBytes()
+			appendFromSenders(b, s, d)
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "accepted/s")
+			b.ReportMetric(float64(writtenBytes()-written)/float64(b.N)/1024, "KB-written/event")
+		})
+	}
+}
+
+// takeAll starts a dispatcher with concurrency 16 that delivers the
+// events of s's queue q to a deliverer that takes them at once, and
+// counts them.
+func takeAll(b *testing.B, s *Store) (*Dispatcher, *atomic.Int64) {
+	delivered := new(atomic.Int64)
 	d := NewDispatcher(s, func(err error) { b.Error(err) })
-	d.SetQueues([]Queue{{Name: "q", Concurrency: 16, Timeout: time.Second, Retry: []time.Duration{time.Second}, Deliver: deliver}})
+	d.SetQueues([]Queue{{Name: "q", Concurrency: 16, Timeout: time.Second, Retry: []time.Duration{time.Second},
+		Deliver: func(context.Context, *Event, int) Result { delivered.Add(1); return Result{Status: 200} }}})
 	d.Start()
+	return d, delivered
+}
+
+// drain delivers the n pending events of s to a deliverer that takes
+// them at once.
+func drain(b *testing.B, s *Store, n int64) {
+	d, delivered := takeAll(b, s)
 	defer d.Stop(time.Second)
-	for delivered.Load() < backlog {
+	for delivered.Load() < n {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if _, err := s.Expire(time.Now().Add(time.Hour)); err != nil {
-		b.Fatal(err)
-	}
-	delivered.Store(0)
-	written := writtenBytes()
-	appendFromSenders(b, s, d)
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "accepted/s")
-	b.ReportMetric(float64(writtenBytes()-written)/float64(b.N)/1024, "KB-written/event")
 }
 
 // appendBacklog appends n pending events of 1 KB over 256
@@ -188,44 +222,4 @@ func BenchmarkList(b *testing.B) {
 			}
 		})
 	}
-}
-
-// BenchmarkOpenLargeFile measures opening a file that holds 200,000
-// pending events of 1 KB (about 500 MB), as Caddy does at start, in the
-// page cache (a warm start): after a crash, when bbolt rebuilds its
-// freelist by walking every page of the file, and after a clean stop,
-// when Close wrote the freelist.
-func BenchmarkOpenLargeFile(b *testing.B) {
-	path := filepath.Join(b.TempDir(), "inbox.db")
-	s, err := Open(path, time.Second)
-	if err != nil {
-		b.Fatal(err)
-	}
-	appendBacklog(b, s, 200000)
-	closeAsCrash(s)
-	for _, bc := range []struct {
-		name  string
-		close func(*Store)
-	}{{"after-crash", closeAsCrash}, {"after-stop", func(s *Store) { _ = s.Close() }}} {
-		b.Run(bc.name, func(b *testing.B) {
-			if s, err := Open(path, time.Second); err == nil {
-				bc.close(s) // leaves the file as this case opens it
-			}
-			for b.Loop() {
-				s, err := Open(path, time.Second)
-				if err != nil {
-					b.Fatal(err)
-				}
-				bc.close(s)
-			}
-		})
-	}
-}
-
-// closeAsCrash closes s as a crash leaves it: without the last commit
-// that writes the freelist.
-func closeAsCrash(s *Store) {
-	s.writes.close()
-	<-s.writerDone
-	_ = s.db.Close()
 }

@@ -267,7 +267,7 @@ func requeue(tx *bolt.Tx, e *Event, now time.Time) error {
 		return fmt.Errorf("%w (event %s is damaged)", ErrNotReplayable, e.ID)
 	}
 	if tx.Bucket(bucketBodies).Get(seqKey(e.Seq)) == nil {
-		return fmt.Errorf("inbox: event %s has no body left to replay", e.ID)
+		return fmt.Errorf("%w (event %s has no body left to replay)", ErrNotReplayable, e.ID)
 	}
 	pos, err := tx.Bucket(bucketEvents).NextSequence()
 	if err != nil {

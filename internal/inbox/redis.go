@@ -328,6 +328,9 @@ var settleScript = redis.NewScript(leavePending + `
 local P, Q, seq, owner, order, state, at, blob, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 local qp = P .. 'q:' .. Q .. ':'
 local holder = redis.call('GET', qp .. 'lease:' .. seq)
+if redis.call('GET', P .. 'ev:' .. seq) == blob then
+  return 1 -- this very result is stored already: a resent pipeline
+end
 if (holder and holder ~= owner) or redis.call('GET', P .. 'state:' .. seq) ~= 'pending' then
   return redis.error_reply('LEASE another instance took this event')
 end
@@ -419,6 +422,8 @@ func (s *RedisStore) settleGroups() {
 
 // runSettles sends one group; a settle that finds its script not loaded
 // (a Redis restarted since) runs it again on its own, which loads it.
+// go-redis sends a pipeline again when its answer is lost, so the
+// script takes a result it finds stored already as done.
 func (s *RedisStore) runSettles(group []settleCall) {
 	ctx, cancel := s.ctx()
 	defer cancel()
@@ -432,10 +437,18 @@ func (s *RedisStore) runSettles(group []settleCall) {
 	for i, c := range group {
 		err := cmds[i].Err()
 		if err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			err = settleScript.Run(ctx, s.client, nil, c.args...).Err()
+			err = s.settleAlone(c.args)
 		}
 		c.done <- err
 	}
+}
+
+// settleAlone runs one settle on its own, with a timeout of its own
+// (Run loads the script).
+func (s *RedisStore) settleAlone(args []any) error {
+	ctx, cancel := s.ctx()
+	defer cancel()
+	return settleScript.Run(ctx, s.client, nil, args...).Err()
 }
 
 var swapScript = redis.NewScript(`
@@ -957,14 +970,14 @@ func prefixed(prefix string, names []string) []string {
 // answers the settles queued; a later Settle fails with ErrClosed. The
 // client is the caller's.
 func (s *RedisStore) Close() error {
+	s.settles.close()
+	<-s.settlesDone // the settles queued land while their leases are still renewed
 	select {
 	case <-s.stop:
 	default:
 		close(s.stop)
 	}
 	<-s.done
-	s.settles.close()
-	<-s.settlesDone
 	return nil
 }
 

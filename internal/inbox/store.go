@@ -158,19 +158,18 @@ type Store struct {
 // lockTimeout, then fails with a *FileError that says so; a damaged file
 // fails with a *FileError that says what to do, never with a panic.
 //
-// Every commit is fsynced: that is what acknowledged means, and no
-// setting or environment changes it. The freelist is not written with
-// each commit (bbolt's NoFreelistSync): every commit would otherwise
-// rewrite it whole, a page or more of each commit's writes once a
-// drained backlog left free pages. Close writes it once (saveFreelist);
-// after a crash bbolt rebuilds it at open by walking the file's pages
-// (BENCHMARKS.md says what that costs). A crash loses nothing of the
-// data either way.
+// Every commit is fsynced, with bbolt's default options: that is what
+// acknowledged means, and no setting or environment changes it. The
+// freelist is written with each commit: without it (NoFreelistSync),
+// bbolt rebuilds it by walking the whole file on every rolled-back write
+// and at every open after a crash, in a goroutine of its own where a
+// damaged page panics past any recover. Its cost after a large backlog
+// drained (BENCHMARKS.md) is what compacting the file removes.
 func Open(path string, lockTimeout time.Duration) (s *Store, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("inbox: %w", err)
 	}
-	db, err := openFile(path, &bolt.Options{Timeout: lockTimeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
+	db, err := openFile(path, &bolt.Options{Timeout: lockTimeout})
 	if err != nil {
 		return nil, err
 	}
@@ -255,22 +254,13 @@ func (s *Store) Path() string { return s.path }
 func (s *Store) Close() error {
 	s.writes.close()
 	<-s.writerDone
-	s.saveFreelist()
 	return s.db.Close()
 }
 
-// saveFreelist writes the freelist once, in a last commit, so that the
-// next Open reads it instead of walking the file's pages: after a clean
-// stop a start is quick whatever the file's size; only a start after a
-// crash walks the file (BENCHMARKS.md: seconds for a file of gigabytes).
-// The writer has stopped: nothing else writes now.
-func (s *Store) saveFreelist() {
-	if s.db.IsReadOnly() {
-		return
-	}
-	s.db.NoFreelistSync = false
-	_ = s.commit(func(*bolt.Tx) error { return nil })
-}
+// FreePages is how many pages of the file are free: bbolt writes their
+// list with every commit, so a file a large backlog left with many
+// wants compacting.
+func (s *Store) FreePages() int { return s.db.Stats().FreePageN }
 
 // NewID returns a new event id: time-ordered, unique.
 func NewID(now time.Time) string {
