@@ -359,6 +359,17 @@ func (s *RedisStore) Settle(e *Event) error {
 		e.Log[n-1].Instance = s.instance
 	}
 	err := s.settleInGroup(s.prefix, e.Queue, seq, s.owner, e.OrderKey, string(e.State), ms(e.NextAt), encodeEvent(e), ms(time.Now()))
+	for _, wait := range settleRetries {
+		if err == nil || redisAnswered(err) || errors.Is(err, ErrClosed) {
+			break
+		}
+		// Redis did not answer (a dropped connection, a timeout): the
+		// lease is still renewed, so trying again costs nothing, and a
+		// settle lost here would have the event delivered again once
+		// the lease lapsed. One that did land is taken as done.
+		time.Sleep(wait)
+		err = s.settleInGroup(s.prefix, e.Queue, seq, s.owner, e.OrderKey, string(e.State), ms(e.NextAt), encodeEvent(e), ms(time.Now()))
+	}
 	ctx, cancel := s.ctx()
 	defer cancel()
 	if err != nil && strings.Contains(err.Error(), "LEASE") && len(e.Log) > 0 {
@@ -373,6 +384,17 @@ func (s *RedisStore) Settle(e *Event) error {
 		return fmt.Errorf("inbox: redis: settling %s: %w", e.ID, err)
 	}
 	return nil
+}
+
+// settleRetries are the waits before a settle that Redis did not answer
+// is sent again.
+var settleRetries = []time.Duration{100 * time.Millisecond, 500 * time.Millisecond, 2 * time.Second}
+
+// redisAnswered reports whether err is Redis's own answer (a script's
+// error reply, LEASE among them) rather than a failure to reach it.
+func redisAnswered(err error) bool {
+	var reply redis.Error
+	return errors.As(err, &reply) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 // maxSettleGroup bounds how many settles share one round trip.

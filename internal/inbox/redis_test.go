@@ -181,3 +181,38 @@ func TestRedisHistory(t *testing.T) {
 		t.Fatalf("counts %v", c["q"])
 	}
 }
+
+// TestRedisSettleOutlastsAStall guards a settle sent while Redis does
+// not answer: Redis holds every write for 2 s (CLIENT PAUSE) while the
+// client gives up after 300 ms; the settle is sent again until it lands,
+// its lease renewed meanwhile, and the copy that Redis ran once the
+// pause ended (the first try's, or a resent pipeline's) is taken as the
+// same result: the event is delivered, with one attempt, none late.
+func TestRedisSettleOutlastsAStall(t *testing.T) {
+	t.Parallel()
+	admin := startRedis(t)
+	client := redis.NewClient(&redis.Options{Addr: admin.Options().Addr, ReadTimeout: 300 * time.Millisecond})
+	defer client.Close()
+	s := OpenRedis(client, "t:", 5*time.Second)
+	defer s.Close()
+	if err := s.Append(newEvents("q", "x")); err != nil {
+		t.Fatal(err)
+	}
+	due, _, _, err := s.Due("q", time.Now(), 1, nil)
+	if err != nil || len(due) != 1 {
+		t.Fatalf("due: %v %v", due, err)
+	}
+	e := due[0]
+	e.State, e.Attempts = Delivered, 1
+	e.Log = append(e.Log, Attempt{N: 1, At: time.Now(), Status: 200})
+	if err := admin.Do(context.Background(), "CLIENT", "PAUSE", "2000", "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Settle(e); err != nil {
+		t.Fatalf("settle across a 2 s stall: %v", err)
+	}
+	got, err := s.Lookup(e.ID)
+	if err != nil || got.State != Delivered || len(got.Log) != 1 || got.Log[0].Late {
+		t.Fatalf("after the stall: %+v %v; want delivered, one attempt, not late", got, err)
+	}
+}
