@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -473,36 +474,32 @@ func (s *RedisStore) settleAlone(args []any) error {
 	return settleScript.Run(ctx, s.client, nil, args...).Err()
 }
 
-var swapScript = redis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-return 1
-`)
-
-// recordLate adds a late attempt to the stored event's log, whatever
-// became of the event meanwhile (compare and swap, retried a few times
-// against the instance that now holds it).
+// recordLate keeps a late attempt beside the event, in a list of its
+// own, which Lookup adds to the attempt log: the instance that took the
+// event over writes the event's record when it settles, and would write
+// over a late attempt put in that record.
 func (s *RedisStore) recordLate(ctx context.Context, seq string, a Attempt) error {
-	key := s.prefix + "ev:" + seq
-	for range 5 {
-		blob, err := s.client.Get(ctx, key).Result()
-		if err != nil {
-			return err
-		}
-		cur, err := decodeEvent([]byte(blob))
-		if err != nil {
-			return err
-		}
-		cur.Log = append(cur.Log, a)
-		if len(cur.Log) > maxLog {
-			cur.Log = cur.Log[len(cur.Log)-maxLog:]
-		}
-		swapped, err := swapScript.Run(ctx, s.client, []string{key}, blob, encodeEvent(cur)).Int()
-		if err != nil || swapped == 1 {
-			return err
+	b, err := json.Marshal(a)
+	if err != nil {
+		return err
+	}
+	return s.client.RPush(ctx, s.prefix+"late:"+seq, b).Err()
+}
+
+// withLate adds to e's attempt log the late attempts kept beside it,
+// after the others, in the order they were recorded.
+func (s *RedisStore) withLate(ctx context.Context, e *Event) error {
+	lates, err := s.client.LRange(ctx, s.prefix+"late:"+strconv.FormatUint(e.Seq, 10), 0, -1).Result()
+	if err != nil || len(lates) == 0 {
+		return err
+	}
+	for _, l := range lates {
+		var a Attempt
+		if json.Unmarshal([]byte(l), &a) == nil {
+			e.Log = append(e.Log, a)
 		}
 	}
-	return errors.New("the event kept changing")
+	return nil
 }
 
 func (s *RedisStore) hold(queue, seq string) {
@@ -557,7 +554,7 @@ local qp = P .. 'q:' .. Q .. ':'
 if redis.call('GET', P .. 'state:' .. seq) ~= state then return 0 end
 id = redis.call('GET', P .. 'eid:' .. seq) or id
 redis.call('DEL', P .. 'ev:' .. seq, P .. 'body:' .. seq, P .. 'id:' .. id, P .. 'eid:' .. seq, P .. 'state:' .. seq,
-  P .. 'order:' .. seq, P .. 'damage:' .. seq, P .. 'keys:' .. seq)
+  P .. 'order:' .. seq, P .. 'damage:' .. seq, P .. 'keys:' .. seq, P .. 'late:' .. seq)
 redis.call('ZREM', qp .. 'all', seq)
 redis.call('HINCRBY', qp .. 'counts', state, -1)
 return 1
@@ -695,6 +692,16 @@ func (s *RedisStore) OldestPending(queue string) (time.Time, bool, error) {
 func (s *RedisStore) Lookup(id string) (*Event, error) {
 	ctx, cancel := s.ctx()
 	defer cancel()
+	e, err := s.lookup(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return e, s.withLate(ctx, e)
+}
+
+// lookup is Lookup without the late attempts kept beside the event: the
+// record as it is stored, to be written back.
+func (s *RedisStore) lookup(ctx context.Context, id string) (*Event, error) {
 	seq, err := s.client.Get(ctx, s.prefix+"id:"+id).Result()
 	if errors.Is(err, redis.Nil) {
 		return nil, ErrNotFound
@@ -838,7 +845,9 @@ return 1
 // Replay queues a delivered or dead event again, behind its
 // conversation's pending events, for one manual attempt.
 func (s *RedisStore) Replay(id string, now time.Time) (*Event, error) {
-	e, err := s.Lookup(id)
+	ctx, cancel := s.ctx()
+	defer cancel()
+	e, err := s.lookup(ctx, id)
 	if err != nil {
 		return nil, err
 	}
@@ -846,8 +855,6 @@ func (s *RedisStore) Replay(id string, now time.Time) (*Event, error) {
 		return nil, fmt.Errorf("%w (event %s is %s)", ErrNotReplayable, e.ID, e.State)
 	}
 	e.State, e.Manual, e.NextAt, e.DeliveredAt = Pending, true, now, time.Time{}
-	ctx, cancel := s.ctx()
-	defer cancel()
 	err = replayScript.Run(ctx, s.client, nil, s.prefix, e.Queue, e.Seq, e.OrderKey, encodeEvent(e), ms(now)).Err()
 	if err != nil && strings.Contains(err.Error(), "NOTREPLAYABLE") {
 		return nil, ErrNotReplayable
