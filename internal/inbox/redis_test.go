@@ -3,11 +3,10 @@ package inbox
 import (
 	"context"
 	"errors"
-	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -26,18 +25,15 @@ func startRedis(t *testing.T) *redis.Client {
 		}
 		t.Skip("redis-server is not installed: install it (apt-get install redis-server) or run scripts/test.sh to run this test")
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	// A unix socket of its own: no TCP port to race other tests for.
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "redis.sock")
+	cmd := exec.Command(bin, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no", "--dir", dir)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:" + strconv.Itoa(port)})
+	client := redis.NewClient(&redis.Options{Network: "unix", Addr: sock})
 	t.Cleanup(func() { client.Close() })
 	for deadline := time.Now().Add(10 * time.Second); client.Ping(context.Background()).Err() != nil; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -191,7 +187,7 @@ func TestRedisHistory(t *testing.T) {
 func TestRedisSettleOutlastsAStall(t *testing.T) {
 	t.Parallel()
 	admin := startRedis(t)
-	client := redis.NewClient(&redis.Options{Addr: admin.Options().Addr, ReadTimeout: 300 * time.Millisecond})
+	client := redis.NewClient(&redis.Options{Network: "unix", Addr: admin.Options().Addr, ReadTimeout: 300 * time.Millisecond})
 	defer client.Close()
 	s := OpenRedis(client, "t:", 5*time.Second)
 	defer s.Close()
