@@ -13,7 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// startRedis runs a real redis-server on a free loopback port for one
+// startRedis runs a real redis-server on a unix socket of its own for one
 // test. Without redis-server the test is skipped with how to run it, or
 // fails under WEBHOOKGUARD_REQUIRE_REDIS=1 (scripts/test.sh and CI).
 func startRedis(t *testing.T) *redis.Client {
