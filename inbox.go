@@ -492,7 +492,10 @@ func describeAttemptError(err error, timeout time.Duration) error {
 	netErr, isNet := errors.AsType[net.Error](err)
 	switch {
 	case errors.Is(err, context.DeadlineExceeded) || (isNet && netErr.Timeout()):
-		msg = "timed out after " + timeout.String()
+		msg = "timed out"
+		if timeout > 0 { // a direct forward's deadline is reverse_proxy's, not known here
+			msg += " after " + timeout.String()
+		}
 	case errors.Is(err, syscall.ECONNREFUSED):
 		msg = "connection refused"
 	case isDNS:
